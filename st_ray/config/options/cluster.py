@@ -1,0 +1,119 @@
+"""st_ray's own options: how a run maps onto a Ray cluster, its storage and tracking."""
+
+from st_ray.config.schema import opt
+
+_NO_COMPILE = "torch.compile of the denoiser is not wired into st_ray yet"
+
+GROUP = "Ray cluster, run storage and tracking (st_ray)"
+
+OPTIONS = [
+    opt(
+        "num_processes",
+        int,
+        1,
+        "Number of Ray Train workers (one per GPU). SimpleTuner's TRAINING_NUM_PROCESSES in "
+        "config.env maps here.",
+        minimum=1,
+        aliases=("num_workers",),
+    ),
+    opt(
+        "num_machines",
+        int,
+        1,
+        "Number of nodes the run expects (config.env TRAINING_NUM_MACHINES). Ray places the "
+        "workers itself; this only checks that the cluster can hold them.",
+        minimum=1,
+    ),
+    opt(
+        "use_gpu",
+        str,
+        "auto",
+        "Give each Train worker a GPU: 'auto' uses GPUs when the cluster has them.",
+        choices=("auto", "true", "false"),
+    ),
+    opt(
+        "cpus_per_worker",
+        int,
+        1,
+        "CPUs reserved for each Ray Train worker.",
+        minimum=1,
+    ),
+    opt(
+        "ray_address",
+        str,
+        None,
+        "Ray cluster to join ('auto' or ray://host:port). Unset: join RAY_ADDRESS or the "
+        "running cluster, else start a local Ray instance.",
+    ),
+    opt(
+        "run_storage_path",
+        str,
+        None,
+        "Ray Train run storage for checkpoints: a local path or s3://bucket/prefix. Default: "
+        "<output_dir>/ray_runs.",
+    ),
+    opt(
+        "s3_endpoint_url",
+        str,
+        None,
+        "Endpoint URL of an S3-compatible store used for s3:// run storage and caches "
+        "(MinIO, R2, ...). Unset: AWS.",
+    ),
+    opt(
+        "max_failures",
+        int,
+        0,
+        "How many times Ray Train restarts a failed run from its latest checkpoint.",
+        minimum=-1,
+    ),
+    opt(
+        "mlflow_tracking_uri",
+        str,
+        None,
+        "MLflow tracking server URI. Unset: a local store under <output_dir>/mlruns.",
+    ),
+    opt(
+        "mlflow_experiment_name",
+        str,
+        None,
+        "MLflow experiment name. Unset: tracker_project_name.",
+    ),
+    opt(
+        "dynamo_backend",
+        str,
+        "no",
+        "torch.compile backend for the denoiser (config.env TRAINING_DYNAMO_BACKEND); 'no' "
+        "disables compilation.",
+        choices=("no", "inductor", "aot_eager", "cudagraphs", "eager"),
+        unsupported=_NO_COMPILE,
+    ),
+    opt(
+        "dynamo_mode",
+        str,
+        None,
+        "torch.compile mode, e.g. 'max-autotune'.",
+        choices=(None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        unsupported=_NO_COMPILE,
+    ),
+    opt(
+        "dynamo_fullgraph",
+        bool,
+        False,
+        "Ask torch.compile for a single graph.",
+        unsupported=_NO_COMPILE,
+    ),
+    opt(
+        "dynamo_dynamic",
+        bool,
+        False,
+        "Let torch.compile trace dynamic shapes.",
+        unsupported=_NO_COMPILE,
+    ),
+    opt(
+        "dynamo_use_regional_compilation",
+        bool,
+        False,
+        "Compile repeated blocks once each instead of the whole model.",
+        unsupported=_NO_COMPILE,
+    ),
+]

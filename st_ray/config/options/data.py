@@ -1,0 +1,400 @@
+"""Dataset options: resolution and bucketing, captions, caches and the data loader's workers."""
+
+from st_ray.config.schema import Json, opt
+
+_NO_ONDEMAND_VAE = (
+    "st_ray always pre-computes and stores VAE latents; on-demand encoding is not implemented"
+)
+
+GROUP = "Data loading, captions and caching"
+
+OPTIONS = [
+    # Dataset definition
+    opt(
+        "data_backend_config",
+        Json,
+        None,
+        "The dataset plan: a path to a multidatabackend-style JSON file or an inline JSON list "
+        "of dataset entries. Several datasets on different storage can be mixed in one run.",
+        required=True,
+    ),
+    opt(
+        "override_dataset_config",
+        bool,
+        False,
+        "Skip the check that a dataset's cached settings (crop, resolution, ...) still match "
+        "the current config. Mismatches can break training in odd ways; prefer fixing them.",
+    ),
+    opt(
+        "data_backend_sampling",
+        str,
+        "auto-weighting",
+        "How batches are drawn from several datasets: 'auto-weighting' scales each dataset's "
+        "chance by its size, 'uniform' uses only the manual probabilities.",
+        choices=("uniform", "auto-weighting"),
+    ),
+    opt(
+        "allow_dataset_oversubscription",
+        bool,
+        False,
+        "When a dataset holds fewer samples than one effective batch across all workers, raise "
+        "its repeats automatically (only where repeats is not set explicitly).",
+    ),
+    opt(
+        "ignore_missing_files",
+        bool,
+        False,
+        "Keep going when files listed in a dataset's cache are gone from storage instead of "
+        "stopping with an error.",
+    ),
+    opt(
+        "skip_file_discovery",
+        str,
+        None,
+        "Discovery stages to skip when a run starts (comma-separated: aspect, vae, text, "
+        "metadata). Faster resumes, but missing or mis-bucketed files may go unnoticed.",
+        choices=("aspect", "vae", "text", "metadata"),
+        multiple=True,
+    ),
+    opt(
+        "preserve_data_backend_cache",
+        bool,
+        False,
+        "Reuse the stored file listings of a dataset instead of rescanning it at startup. "
+        "Meant for huge buckets that never change; stale listings are not detected.",
+    ),
+    opt(
+        "data_aesthetic_score",
+        float,
+        7.0,
+        "Fixed aesthetic score fed to the SDXL refiner's conditioning for every image.",
+        minimum=0,
+        unsupported="only used by SDXL refiner training, which st_ray does not implement",
+    ),
+    # Resolution and image sizes
+    opt(
+        "resolution",
+        float,
+        1024.0,
+        "Default training resolution for datasets that do not set their own: an edge length "
+        "in pixels, or megapixels when resolution_type is 'area'.",
+        minimum=0,
+    ),
+    opt(
+        "resolution_type",
+        str,
+        "pixel_area",
+        "How resolution is read: 'pixel_area' turns a pixel edge into an equivalent area for "
+        "bucketing, 'pixel' resizes the shorter edge to it, 'area' (deprecated) uses megapixels.",
+        choices=("pixel", "area", "pixel_area"),
+    ),
+    opt(
+        "minimum_image_size",
+        float,
+        None,
+        "Drop images whose sides are smaller than this (pixels or megapixels, following "
+        "resolution_type).",
+        minimum=0,
+    ),
+    opt(
+        "maximum_image_size",
+        float,
+        None,
+        "Images larger than this are first shrunk to target_downsample_size before cropping, so "
+        "crops keep more of the scene. Pixels or megapixels, following resolution_type.",
+        minimum=0,
+    ),
+    opt(
+        "target_downsample_size",
+        float,
+        None,
+        "Size that images above maximum_image_size are shrunk to before cropping.",
+        minimum=0,
+    ),
+    opt(
+        "max_upscale_threshold",
+        float,
+        None,
+        "Largest upscale factor allowed for small images, as a fraction (0.2 = up to 20%). "
+        "Buckets that would need more are dropped; unset allows any upscaling.",
+        minimum=0,
+        maximum=1,
+    ),
+    # Aspect buckets
+    opt(
+        "aspect_bucket_alignment",
+        int,
+        64,
+        "Pixel multiple that bucket widths and heights are rounded to.",
+        choices=(8, 16, 24, 32, 64),
+    ),
+    opt(
+        "aspect_bucket_rounding",
+        int,
+        2,
+        "Decimal places aspect ratios are rounded to when grouping images into buckets.",
+        choices=(1, 2, 3, 4, 5, 6, 7, 8, 9),
+    ),
+    opt(
+        "aspect_bucket_worker_count",
+        int,
+        12,
+        "Workers used to sort images into aspect buckets. CPU-bound; slow storage can benefit "
+        "from more workers than cores.",
+        minimum=1,
+    ),
+    opt(
+        "aspect_bucket_disable_rebuild",
+        bool,
+        False,
+        "Do not rebuild the aspect bucket lists every epoch for datasets with randomised "
+        "buckets; only the VAE cache is refreshed.",
+    ),
+    opt(
+        "disable_bucket_pruning",
+        bool,
+        False,
+        "Keep buckets that hold fewer images than a batch needs. Useful for tiny datasets, but "
+        "epoch counts and statistics may be off.",
+    ),
+    opt(
+        "metadata_update_interval",
+        int,
+        3600,
+        "Seconds between saves of the aspect bucket metadata while it is being built.",
+        minimum=1,
+    ),
+    # Captions
+    opt(
+        "caption_strategy",
+        str,
+        "filename",
+        "Where captions come from: the cleaned-up file name, a .txt file beside each image, "
+        "the instance prompt, or a parquet table.",
+        choices=("filename", "textfile", "instance_prompt", "parquet"),
+    ),
+    opt(
+        "instance_prompt",
+        str,
+        None,
+        "Trigger phrase used as (or prepended to) the caption, depending on caption_strategy, "
+        "prepend_instance_prompt and only_instance_prompt.",
+    ),
+    opt(
+        "prepend_instance_prompt",
+        bool,
+        False,
+        "Put instance_prompt in front of every caption derived from file names.",
+    ),
+    opt(
+        "only_instance_prompt",
+        bool,
+        False,
+        "Ignore the per-image captions and train every image with instance_prompt alone.",
+    ),
+    opt(
+        "parquet_caption_column",
+        str,
+        None,
+        "Column of the parquet table that holds captions, for parquet datasets that do not "
+        "name one themselves.",
+    ),
+    opt(
+        "parquet_filename_column",
+        str,
+        None,
+        "Column of the parquet table that holds image file names or ids, for parquet datasets "
+        "that do not name one themselves.",
+    ),
+    opt(
+        "caption_dropout_probability",
+        float,
+        0.1,
+        "Chance that a sample is trained with an empty caption (and, for SDXL, without size "
+        "conditioning), which keeps unconditional guidance working.",
+        minimum=0,
+        maximum=1,
+    ),
+    opt(
+        "tokenizer_max_length",
+        int,
+        None,
+        "Override the text encoder's token limit. Unset keeps the model's own length; changing "
+        "it invalidates cached text embeddings.",
+        minimum=1,
+    ),
+    # Caches
+    opt(
+        "cache_dir",
+        str,
+        None,
+        "Base directory for downloaded models and dataset caches. Unset: the usual Hugging Face "
+        "cache location.",
+    ),
+    opt(
+        "cache_dir_text",
+        str,
+        "cache",
+        "Default directory for cached text embeddings, used by text-embed datasets that do not "
+        "set their own.",
+    ),
+    opt(
+        "cache_dir_vae",
+        str,
+        None,
+        "Default directory for cached VAE latents, used by datasets that do not set their own.",
+    ),
+    opt(
+        "compress_disk_cache",
+        bool,
+        True,
+        "Gzip the cached latents and text embeddings. Saves a lot of space (T5 embeddings "
+        "especially) at some CPU cost; existing caches must be deleted to change it.",
+    ),
+    opt(
+        "vae_cache_scan_behaviour",
+        str,
+        "recreate",
+        "What a cache integrity scan does with a latent that no longer matches its bucket: "
+        "'recreate' deletes it so it is encoded again, 'sync' updates the bucket metadata.",
+        choices=("recreate", "sync"),
+    ),
+    opt(
+        "vae_cache_ondemand",
+        bool,
+        False,
+        "Encode latents with the VAE during training instead of caching them beforehand.",
+        unsupported=_NO_ONDEMAND_VAE,
+    ),
+    opt(
+        "vae_cache_disable",
+        bool,
+        False,
+        "Encode latents on demand and never write them to disk.",
+        unsupported=_NO_ONDEMAND_VAE,
+    ),
+    opt(
+        "vae_batch_size",
+        int,
+        4,
+        "Images encoded per VAE call while building the latent cache.",
+        minimum=1,
+    ),
+    opt(
+        "keep_vae_loaded",
+        bool,
+        False,
+        "Keep the VAE resident on the GPU after caching instead of unloading it. Less reloading, "
+        "more VRAM in use during training.",
+    ),
+    opt(
+        "delete_model_after_load",
+        bool,
+        False,
+        "Remove the base model's files from the Hugging Face cache once they are loaded.",
+        unsupported="Ray workers may share the model cache; deleting it after load is not "
+        "implemented",
+    ),
+    opt(
+        "delete_unwanted_images",
+        bool,
+        False,
+        "Delete images that fall below the minimum size from their storage instead of only "
+        "skipping them.",
+    ),
+    opt(
+        "delete_problematic_images",
+        bool,
+        False,
+        "Delete images that fail to load from their storage.",
+    ),
+    # Workers, batching and I/O
+    opt(
+        "image_processing_batch_size",
+        int,
+        32,
+        "Images queued at a time for parallel resizing and cropping.",
+        minimum=1,
+    ),
+    opt(
+        "read_batch_size",
+        int,
+        25,
+        "Images read ahead while the VAE cache is being built.",
+        minimum=1,
+    ),
+    opt(
+        "write_batch_size",
+        int,
+        128,
+        "Cache entries grouped into one write. Batching many small writes helps object stores "
+        "such as S3 and some shared filesystems.",
+        minimum=1,
+    ),
+    opt(
+        "max_workers",
+        int,
+        32,
+        "Threads or processes used during VAE caching.",
+        minimum=1,
+    ),
+    opt(
+        "enable_multiprocessing",
+        bool,
+        False,
+        "Use processes instead of threads for metadata caching.",
+    ),
+    opt(
+        "aws_max_pool_connections",
+        int,
+        128,
+        "Most connections kept open at once to an S3-compatible bucket.",
+        minimum=1,
+    ),
+    opt(
+        "torch_num_threads",
+        int,
+        8,
+        "Threads PyTorch may use for CPU work in each process (not data loader workers).",
+        minimum=1,
+    ),
+    opt(
+        "dataloader_prefetch",
+        bool,
+        False,
+        "Fetch upcoming batches (latents, text embeddings, metadata) in the background so the "
+        "GPU does not wait on storage. Mostly matters for fast GPUs at low resolution.",
+    ),
+    opt(
+        "dataloader_prefetch_qlen",
+        int,
+        10,
+        "Batches each worker keeps ready when dataloader_prefetch is on.",
+        minimum=1,
+    ),
+    # Debugging output
+    opt(
+        "debug_aspect_buckets",
+        bool,
+        False,
+        "Log detailed information about aspect bucket construction.",
+    ),
+    opt(
+        "debug_dataset_loader",
+        bool,
+        False,
+        "Log detailed information about dataset loading.",
+    ),
+    opt(
+        "print_filenames",
+        bool,
+        False,
+        "Log each file name as it is processed, to find the image that breaks a run.",
+    ),
+    opt(
+        "print_sampler_statistics",
+        bool,
+        False,
+        "Log statistics about the dataset sampler.",
+    ),
+]

@@ -1,0 +1,527 @@
+"""Options that choose, load, quantise and configure the base model and its text encoders."""
+
+from st_ray.config.schema import Json, opt
+
+GROUP = "Model, precision and memory"
+
+_NO_TE_TRAINING = "training the text encoder is not supported by st_ray yet"
+
+_PRECISIONS = (
+    "no_change",
+    "int8-quanto",
+    "int4-quanto",
+    "int2-quanto",
+    "int8-torchao",
+    "nf4-bnb",
+    "int4-torchao",
+    "fp8-quanto",
+    "fp8uz-quanto",
+    "fp8-torchao",
+)
+
+_FLASH = "needs the flash-attn kernels, which st_ray does not integrate yet"
+_FLASH3 = "needs the FlashAttention 3 kernels (Hopper only), which st_ray does not integrate yet"
+_SAGE = "needs SageAttention, which st_ray does not integrate yet"
+
+# SimpleTuner's default system prompt for Sana's Gemma text encoder.
+_SANA_INSTRUCTION = "\n".join(
+    [
+        "Given a user prompt, generate an 'Enhanced prompt' that provides detailed visual "
+        "descriptions suitable for image generation. Evaluate the level of detail in the user "
+        "prompt:",
+        "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, "
+        "textures, and spatial relationships to create vivid and concrete scenes.",
+        "- Do not add detail that is not in the original prompt! Do not mention colors if the "
+        "User Prompt does not!",
+        "- If the prompt is already detailed, refine and enhance the existing details slightly "
+        "without overcomplicating.",
+        "- If the prompt contains explicit material, do not remove this information from the "
+        "output, which would damage the performance of downstream classifiers.",
+        "Here are examples of how to transform or refine prompts:",
+        "- User Prompt: A cat sleeping -> Enhanced: A cat sleeping peacefully, showcasing the joy "
+        "of pet ownership. Cute floof kitty cat gatto.",
+        "- User Prompt: A busy city street -> Enhanced: A bustling city street scene featuring a "
+        "crowd of people.",
+        "Please generate only the enhanced description for the prompt below and avoid including "
+        "any additional commentary or evaluations:",
+        "User Prompt: ",
+    ]
+)
+
+OPTIONS = [
+    # --- model selection ---
+    opt(
+        "model_family",
+        str,
+        None,
+        "Architecture to train (e.g. sdxl, flux, sd3). Decides which pipeline, text encoders, "
+        "VAE and noise schedule are loaded.",
+        choices=(
+            "kolors",
+            "auraflow",
+            "omnigen",
+            "flux",
+            "deepfloyd",
+            "cosmos2image",
+            "sana",
+            "qwen_image",
+            "pixart_sigma",
+            "sdxl",
+            "sd1x",
+            "sd2x",
+            "wan",
+            "hidream",
+            "sd3",
+            "lumina2",
+            "ltxvideo",
+        ),
+        required=True,
+        unsupported_values={
+            "wan": "video families are not supported yet",
+            "ltxvideo": "video families are not supported yet",
+        },
+    ),
+    opt(
+        "model_flavour",
+        str,
+        None,
+        "Named variant of the chosen family (e.g. 'dev' or 'schnell' for Flux). Picks the "
+        "default checkpoint and family-specific settings; unset uses the family's default.",
+    ),
+    opt(
+        "model_type",
+        str,
+        "lora",
+        "'lora' trains a small adapter on top of frozen base weights (see lora_type); 'full' "
+        "updates every weight of the denoiser and needs far more memory.",
+        choices=("full", "lora"),
+    ),
+    opt(
+        "prediction_type",
+        str,
+        None,
+        "What the denoiser is trained to predict. Leave unset to use the family's native "
+        "objective; override only for checkpoints trained differently (e.g. a v-prediction SDXL).",
+        choices=(None, "epsilon", "v_prediction", "sample", "flow_matching"),
+    ),
+    # --- checkpoint locations ---
+    opt(
+        "pretrained_model_name_or_path",
+        str,
+        None,
+        "Hugging Face repo id or local path of the base model. Unset uses the flavour's default "
+        "repository; single-file .safetensors checkpoints work for SDXL, Flux and SD3.",
+    ),
+    opt(
+        "pretrained_transformer_model_name_or_path",
+        str,
+        None,
+        "Load the transformer (denoiser) from a different repo or path than the rest of the "
+        "pipeline, e.g. a fine-tuned Flux transformer.",
+    ),
+    opt(
+        "pretrained_transformer_subfolder",
+        str,
+        "transformer",
+        "Subfolder of the transformer source that holds its weights; use 'none' for a repo "
+        "whose weights sit at the top level.",
+    ),
+    opt(
+        "pretrained_unet_model_name_or_path",
+        str,
+        None,
+        "Load the UNet (SD 1.x/2.x, SDXL, Kolors, DeepFloyd) from a different repo or path than "
+        "the rest of the pipeline.",
+    ),
+    opt(
+        "pretrained_unet_subfolder",
+        str,
+        "unet",
+        "Subfolder of the UNet source that holds its weights; use 'none' for a repo whose "
+        "weights sit at the top level.",
+    ),
+    opt(
+        "pretrained_vae_model_name_or_path",
+        str,
+        None,
+        "Load the VAE from another repo or path instead of the one bundled with the base "
+        "model, e.g. madebyollin/sdxl-vae-fp16-fix for SDXL trained in fp16.",
+    ),
+    opt(
+        "pretrained_t5_model_name_or_path",
+        str,
+        None,
+        "Load the T5 text encoder from a separate repo or path, e.g. to share one local T5 "
+        "copy between PixArt, SD3 or Flux runs instead of downloading it per model.",
+    ),
+    opt(
+        "pretrained_gemma_model_name_or_path",
+        str,
+        None,
+        "Load the Gemma text encoder (Sana, Lumina2) from a separate repo or path instead of "
+        "the base model's repository.",
+    ),
+    opt(
+        "revision",
+        str,
+        None,
+        "Git branch, tag or commit of the Hub repository to download the base model from.",
+    ),
+    opt(
+        "variant",
+        str,
+        None,
+        "Weight file variant to load from the Hub repository, e.g. 'fp16' picks "
+        "*.fp16.safetensors files.",
+    ),
+    # --- quantisation and dtypes ---
+    opt(
+        "base_model_precision",
+        str,
+        "no_change",
+        "Quantise the denoiser's frozen weights to save memory (mainly for LoRA runs). "
+        "'no_change' keeps them in the training dtype; int8-quanto is the safest choice.",
+        choices=_PRECISIONS,
+    ),
+    opt(
+        "text_encoder_1_precision",
+        str,
+        "no_change",
+        "Quantise the first text encoder; only affects memory while text embeddings are cached.",
+        choices=_PRECISIONS,
+    ),
+    opt(
+        "text_encoder_2_precision",
+        str,
+        "no_change",
+        "Quantise the second text encoder (if the family has one), e.g. T5 for Flux or SD3.",
+        choices=_PRECISIONS,
+    ),
+    opt(
+        "text_encoder_3_precision",
+        str,
+        "no_change",
+        "Quantise the third text encoder (if the family has one), e.g. T5 for SD3.",
+        choices=_PRECISIONS,
+    ),
+    opt(
+        "text_encoder_4_precision",
+        str,
+        "no_change",
+        "Quantise the fourth text encoder (if the family has one), e.g. Llama for HiDream.",
+        choices=_PRECISIONS,
+    ),
+    opt(
+        "quantize_via",
+        str,
+        "accelerator",
+        "Where quantisation happens: 'accelerator' is fastest but may run out of GPU memory on "
+        "large models, 'cpu' is slower and safer, 'pipeline' lets Diffusers quantise on load.",
+        choices=("cpu", "accelerator", "pipeline"),
+    ),
+    opt(
+        "quantization_config",
+        Json,
+        None,
+        "Diffusers quantization_config overrides used with quantize_via=pipeline, keyed by "
+        "component ('unet', 'transformer', 'text_encoder' or 'default').",
+    ),
+    opt(
+        "base_model_default_dtype",
+        str,
+        "bf16",
+        "Dtype of the base model weights that are not quantised when a quantised precision is "
+        "used; fp32 costs memory but can help numerically fragile models.",
+        choices=("bf16", "fp32"),
+    ),
+    opt(
+        "vae_dtype",
+        str,
+        "bf16",
+        "Dtype the VAE runs in while encoding latents. Use fp32 for VAEs that produce NaNs in "
+        "half precision; 'default' keeps the checkpoint's own dtype.",
+        choices=("default", "fp32", "fp16", "bf16"),
+    ),
+    # --- attention and compute ---
+    opt(
+        "attention_mechanism",
+        str,
+        "diffusers",
+        "Attention kernel. 'diffusers' uses PyTorch SDPA; 'cudnn' and the native-* values pin "
+        "one SDPA backend (native-math is the deterministic one).",
+        choices=(
+            "diffusers",
+            "xformers",
+            "flash-attn",
+            "flash-attn-2",
+            "flash-attn-3",
+            "flash-attn-3-varlen",
+            "flex",
+            "cudnn",
+            "native-efficient",
+            "native-flash",
+            "native-math",
+            "native-npu",
+            "native-xla",
+            "sla",
+            "sageattention",
+            "sageattention-int8-fp16-triton",
+            "sageattention-int8-fp16-cuda",
+            "sageattention-int8-fp8-cuda",
+        ),
+        unsupported_values={
+            "xformers": "needs xformers, which st_ray does not integrate yet",
+            "flash-attn": _FLASH,
+            "flash-attn-2": _FLASH,
+            "flash-attn-3": _FLASH3,
+            "flash-attn-3-varlen": _FLASH3,
+            "flex": "needs compiled PyTorch FlexAttention kernels, which st_ray does not "
+            "integrate yet",
+            "sla": "needs the SLA (sparse-linear attention) package, which st_ray does not "
+            "integrate yet",
+            "sageattention": _SAGE,
+            "sageattention-int8-fp16-triton": _SAGE,
+            "sageattention-int8-fp16-cuda": _SAGE,
+            "sageattention-int8-fp8-cuda": _SAGE,
+        },
+    ),
+    opt(
+        "sageattention_usage",
+        str,
+        "inference",
+        "Whether SageAttention is used for training, validation inference, or both.",
+        choices=("training", "inference", "training+inference"),
+        unsupported=_SAGE,
+    ),
+    opt(
+        "fuse_qkv_projections",
+        bool,
+        False,
+        "Fuse the query/key/value projections of attention blocks so FlashAttention 3 can run "
+        "them as one matmul.",
+        aliases=("fused_qkv_projections",),
+        unsupported="needs FlashAttention 3 on Hopper GPUs, which st_ray does not integrate yet",
+    ),
+    opt(
+        "disable_tf32",
+        bool,
+        False,
+        "Run fp32 matmuls and convolutions in full IEEE precision instead of TF32. Slower on "
+        "Ampere and newer GPUs; use it only when debugging numerical differences.",
+    ),
+    opt(
+        "unet_attention_slice",
+        bool,
+        False,
+        "Compute UNet attention in slices to lower peak memory at the cost of speed (mostly "
+        "useful on Apple MPS).",
+        unsupported="UNet attention slicing is not implemented by st_ray yet",
+    ),
+    # --- memory: checkpointing and offload ---
+    opt(
+        "gradient_checkpointing",
+        bool,
+        True,
+        "Recompute activations during the backward pass instead of storing them: much less "
+        "GPU memory for roughly 20% slower steps.",
+    ),
+    opt(
+        "gradient_checkpointing_interval",
+        int,
+        None,
+        "Checkpoint only every N-th block, trading back some memory for speed.",
+        minimum=1,
+        unsupported="checkpointing only every N-th block is not implemented by st_ray yet; "
+        "use gradient_checkpointing",
+    ),
+    opt(
+        "gradient_checkpointing_backend",
+        str,
+        "torch",
+        "Implementation of gradient checkpointing: 'torch' recomputes activations, 'unsloth' "
+        "offloads them to CPU memory instead.",
+        choices=("torch", "unsloth"),
+        unsupported="only PyTorch's own gradient checkpointing is implemented by st_ray",
+    ),
+    opt(
+        "vae_enable_slicing",
+        bool,
+        False,
+        "Encode a batch through the VAE one image at a time to lower peak memory while caching "
+        "latents.",
+    ),
+    opt(
+        "vae_enable_tiling",
+        bool,
+        False,
+        "Encode large images through the VAE in overlapping tiles to lower peak memory while "
+        "caching latents.",
+    ),
+    opt(
+        "accelerator_cache_clear_interval",
+        int,
+        None,
+        "Empty the CUDA memory cache every N steps to fight fragmentation on tight GPUs; unset "
+        "or 0 never clears it.",
+        minimum=0,
+    ),
+    opt(
+        "offload_during_startup",
+        bool,
+        False,
+        "Keep the text encoders on the CPU while latents are cached, so large models (e.g. "
+        "HiDream) do not run out of GPU memory at startup. Slows startup down.",
+    ),
+    opt(
+        "offload_during_save",
+        bool,
+        False,
+        "Move the model to the CPU while a checkpoint is written, for quantised models whose "
+        "state_dict serialisation would otherwise run out of GPU memory.",
+        unsupported="offloading the model while checkpoints are saved is not implemented by "
+        "st_ray yet",
+    ),
+    opt(
+        "fully_unload_text_encoder",
+        bool,
+        False,
+        "Free the text encoders completely once text embeddings are cached instead of parking "
+        "them on the CPU.",
+    ),
+    # --- text encoder training ---
+    opt(
+        "train_text_encoder",
+        bool,
+        False,
+        "Also train the text encoder(s) together with the denoiser (only worthwhile for SD 1.x "
+        "and 2.x).",
+        unsupported=_NO_TE_TRAINING,
+    ),
+    opt(
+        "text_encoder_lr",
+        float,
+        None,
+        "Learning rate for the text encoder when it is trained; unset uses learning_rate.",
+        minimum=0,
+        unsupported=_NO_TE_TRAINING,
+    ),
+    opt(
+        "text_encoder_limit",
+        int,
+        100,
+        "How long the text encoder may be trained before it is frozen again, to keep it "
+        "from degrading.",
+        minimum=0,
+        unsupported=_NO_TE_TRAINING,
+    ),
+    opt(
+        "freeze_encoder_before",
+        int,
+        12,
+        "Text encoder layer index below which layers stay frozen (strategies 'before' and "
+        "'between').",
+        minimum=0,
+        unsupported=_NO_TE_TRAINING,
+    ),
+    opt(
+        "freeze_encoder_after",
+        int,
+        17,
+        "Text encoder layer index above which layers stay frozen (strategies 'after' and "
+        "'between').",
+        minimum=0,
+        unsupported=_NO_TE_TRAINING,
+    ),
+    opt(
+        "freeze_encoder_strategy",
+        str,
+        "after",
+        "Which text encoder layers to freeze relative to freeze_encoder_before/after.",
+        choices=("before", "between", "after"),
+        unsupported=_NO_TE_TRAINING,
+    ),
+    opt(
+        "save_text_encoder",
+        bool,
+        False,
+        "Write the (trained) text encoder into the final pipeline save.",
+        unsupported=_NO_TE_TRAINING,
+    ),
+    opt(
+        "layer_freeze_strategy",
+        str,
+        "none",
+        "Which denoiser parameters to freeze in a full fine-tune: 'bitfit' trains only the biases.",
+        choices=("none", "bitfit"),
+        unsupported_values={"bitfit": "BitFit (bias-only) training is not supported by st_ray yet"},
+    ),
+    # --- family-specific ---
+    opt(
+        "t5_padding",
+        str,
+        "unmodified",
+        "How padding tokens of T5 embeddings are treated: 'zero' zeroes them, 'unmodified' "
+        "keeps the encoder's output as is.",
+        choices=("zero", "unmodified"),
+    ),
+    opt(
+        "flux_attention_masked_training",
+        bool,
+        False,
+        "Flux: mask padding tokens of the T5 prompt in attention so the model does not learn "
+        "from them. Needs text embeddings cached with their attention masks.",
+    ),
+    opt(
+        "sd3_clip_uncond_behaviour",
+        str,
+        "empty_string",
+        "SD3: how the CLIP embeddings of empty (dropped) captions are made: encode an empty "
+        "string, or use zeros.",
+        choices=("empty_string", "zero"),
+    ),
+    opt(
+        "sd3_t5_uncond_behaviour",
+        str,
+        None,
+        "SD3: same as sd3_clip_uncond_behaviour for the T5 embeddings; unset follows the CLIP "
+        "setting.",
+        choices=(None, "empty_string", "zero"),
+    ),
+    opt(
+        "sana_complex_human_instruction",
+        str,
+        _SANA_INSTRUCTION,
+        "Sana: system prompt prepended to every caption before the Gemma text encoder, as "
+        "during Sana's own training. Set it to an empty string to encode captions alone.",
+    ),
+    opt(
+        "hidream_use_load_balancing_loss",
+        bool,
+        False,
+        "HiDream: add the mixture-of-experts router's load-balancing loss so experts are used "
+        "evenly (experimental).",
+    ),
+    opt(
+        "hidream_load_balancing_loss_weight",
+        float,
+        None,
+        "HiDream: weight of the load-balancing loss; unset uses the model's built-in weight.",
+        minimum=0,
+    ),
+    # --- reproducibility ---
+    opt(
+        "seed",
+        int,
+        None,
+        "Random seed for noise, timesteps and data order. Unset gives a different run every time.",
+        minimum=0,
+        maximum=2**31 - 1,
+    ),
+    opt(
+        "seed_for_each_device",
+        bool,
+        True,
+        "Derive a distinct seed per worker from seed, so GPUs do not draw identical noise and "
+        "timesteps. Turn off only to reproduce single-seed behaviour.",
+    ),
+]

@@ -1,0 +1,216 @@
+"""The resolved plan of a run: every check that can fail before Ray starts, in one place.
+
+``build_plan`` loads the options, applies the rules between them, resolves the model and
+the dataset file, and raises one ``ConfigError`` listing every problem it found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from st_ray.config.datasets import DatasetEntry, load_datasets, resolve_local
+from st_ray.config.errors import ConfigError, ProblemList
+from st_ray.config.loader import LoadedConfig, load_config
+from st_ray.config.options import OPTIONS
+from st_ray.config.redact import redact
+from st_ray.config.rules import check_rules
+from st_ray.config.schema import Json
+from st_ray.config.sources import read_json
+from st_ray.models import FAMILIES, FamilySpec
+
+SECRET_OPTIONS = tuple(o.name for o in OPTIONS if o.secret)
+# Options that name a file or folder which must exist when set.
+PATH_OPTIONS = ("lycoris_config", "init_lora", "user_prompt_library")
+MODEL_PATH_OPTIONS = (
+    "pretrained_model_name_or_path",
+    "pretrained_vae_model_name_or_path",
+    "pretrained_unet_model_name_or_path",
+    "pretrained_transformer_model_name_or_path",
+    "pretrained_t5_model_name_or_path",
+    "pretrained_gemma_model_name_or_path",
+)
+
+
+@dataclass
+class Plan:
+    config: LoadedConfig
+    family: FamilySpec
+    model: str  # local folder or Hub id of the base pipeline
+    model_is_local: bool
+    dataset_config: Path
+    datasets: list[DatasetEntry]
+    output_dir: Path
+    run_storage: str
+    tracking_uri: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.config.values
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything a log, MLflow or a saved config may hold: secrets redacted."""
+        from st_ray.config.dataset_fields import FIELDS
+
+        dataset_secrets = [f.name for f in FIELDS if f.secret]
+        return {
+            "family": self.family.name,
+            "model": self.model,
+            "dataset_config": str(self.dataset_config),
+            "output_dir": str(self.output_dir),
+            "run_storage": redact(self.run_storage),
+            "tracking_uri": redact(self.tracking_uri),
+            "options": redact(self.config.explicit(), SECRET_OPTIONS),
+            "datasets": [redact(d.fields, dataset_secrets) for d in self.datasets],
+            "notes": list(self.notes),
+        }
+
+
+def looks_local(value: str) -> bool:
+    """Hub ids look like 'org/name'; anything absolute, relative-dotted or existing is local."""
+    return value.startswith(("/", "./", "../", "~")) or Path(value).expanduser().exists()
+
+
+def build_plan(
+    config: str | Path | None,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Plan:
+    problems = ProblemList()
+    loaded = load_config(config, overrides, environ, problems)
+    check_rules(loaded, problems)
+    values = loaded.values
+    base_dir = loaded.config_path.parent if loaded.config_path else None
+
+    family = FAMILIES.get(values["model_family"])
+    _check_paths(loaded, problems, base_dir)
+    model = values.get("pretrained_model_name_or_path")
+    if model is None and family is not None:
+        model = family.flavours[values.get("model_flavour") or family.default_flavour]
+    model_is_local = bool(model) and looks_local(str(model))
+
+    dataset_config = resolve_local(values["data_backend_config"], base_dir)
+    datasets: list[DatasetEntry] = []
+    if not dataset_config.is_file():
+        problems.add(
+            loaded.provenance["data_backend_config"],
+            "data_backend_config",
+            f"dataset config '{values['data_backend_config']}' does not exist",
+        )
+    else:
+        try:
+            datasets = load_datasets(dataset_config, values, loaded.env, problems, base_dir)
+        except ConfigError as err:  # unreadable or malformed file
+            problems.items.extend(err.problems)
+
+    output_dir = Path(values["output_dir"]).expanduser()
+    if output_dir.exists() and not output_dir.is_dir():
+        problems.add(
+            loaded.provenance["output_dir"],
+            "output_dir",
+            f"'{output_dir}' exists and is not a folder",
+        )
+    problems.raise_if_any()
+    assert family is not None and model is not None
+
+    run_storage = values.get("run_storage_path") or str((output_dir / "ray_runs").resolve())
+    tracking_uri = values.get("mlflow_tracking_uri") or (output_dir / "mlruns").resolve().as_uri()
+    notes = list(loaded.notes)
+    if not any(d.dataset_type == "text_embeds" for d in datasets):
+        notes.append(
+            "no text_embeds dataset given: text embeddings are cached under "
+            "cache_dir_text (or <output_dir>/cache/text)"
+        )
+    return Plan(
+        loaded,
+        family,
+        str(model),
+        model_is_local,
+        dataset_config,
+        datasets,
+        output_dir,
+        run_storage,
+        tracking_uri,
+        notes,
+    )
+
+
+def _check_paths(loaded: LoadedConfig, problems: ProblemList, base_dir: Path | None) -> None:
+    values = loaded.values
+    for name in MODEL_PATH_OPTIONS:
+        value = values.get(name)
+        if value and looks_local(str(value)) and not resolve_local(value, base_dir).exists():
+            problems.add(
+                loaded.provenance[name],
+                name,
+                f"local model path '{value}' does not "
+                "exist (give an existing folder, or a Hub id like 'org/name')",
+            )
+    model = values.get("pretrained_model_name_or_path")
+    if model and looks_local(str(model)):
+        folder = resolve_local(model, base_dir)
+        if folder.is_dir() and not (folder / "model_index.json").is_file():
+            problems.add(
+                loaded.provenance["pretrained_model_name_or_path"],
+                "pretrained_model_name_or_path",
+                f"'{model}' has no model_index.json; expected a diffusers pipeline "
+                "folder (as saved by save_pretrained)",
+            )
+    for name in PATH_OPTIONS:
+        value = values.get(name)
+        if loaded.provenance[name] == "default":
+            continue  # a default path (e.g. lycoris_config) matters only once it is used
+        remote = str(value).startswith(("s3://", "hf://"))
+        if value and not remote and not resolve_local(value, base_dir).exists():
+            problems.add(loaded.provenance[name], name, f"file '{value}' does not exist")
+    for option in OPTIONS:
+        value = values.get(option.name)
+        if option.type is Json and isinstance(value, str) and value:
+            path = resolve_local(value, base_dir)
+            if not path.is_file():
+                problems.add(
+                    loaded.provenance[option.name],
+                    option.name,
+                    f"'{value}' is neither inline JSON nor an existing JSON file",
+                )
+            else:
+                try:
+                    read_json(path)
+                except ConfigError as err:
+                    problems.items.extend(err.problems)
+
+
+def format_plan(plan: Plan) -> str:
+    """A short human summary of what the run will do."""
+    values = plan.options
+    steps = values.get("max_train_steps") or f"{values.get('num_train_epochs')} epoch(s)"
+    lines = [
+        "st_ray run plan",
+        f"  family        {plan.family.name} ({plan.family.denoiser}, "
+        f"{values.get('model_type')}{', ' + values['lora_type'] if values.get('model_type') == 'lora' else ''})",
+        f"  base model    {plan.model} ({'local folder' if plan.model_is_local else 'Hub id'})",
+        f"  workers       {values['num_processes']} Ray Train worker(s), gpu: {values['use_gpu']}",
+        f"  training      {steps} steps, batch {values.get('train_batch_size')}, "
+        f"lr {values.get('learning_rate')}, optimizer {values.get('optimizer')}",
+        f"  output_dir    {plan.output_dir}",
+        f"  run storage   {redact(plan.run_storage)}",
+        f"  MLflow        {redact(plan.tracking_uri)}",
+        f"  datasets      {plan.dataset_config}",
+    ]
+    for entry in plan.datasets:
+        where = entry.fields.get("instance_data_dir") or entry.fields.get("aws_bucket_name") or ""
+        if entry.is_image:
+            lines.append(
+                f"    - {entry.id}: {entry.backend} {where} resolution {entry['resolution']} "
+                f"({entry['resolution_type']}), captions: {entry['caption_strategy']}, "
+                f"repeats {entry['repeats']}"
+            )
+        else:
+            lines.append(f"    - {entry.id}: {entry.dataset_type} cache {entry['cache_dir'] or ''}")
+    explicit = redact(plan.config.explicit(), SECRET_OPTIONS)
+    lines.append(f"  options set   {len(explicit)} (the rest use defaults)")
+    lines += [f"  note: {note}" for note in plan.notes]
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""Rules between options: combinations that cannot work together, checked before any Ray work.
+
+Each rule is a small function of the loaded values that reports problems; ``check_rules``
+runs them all so a user sees every conflict at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from st_ray.config.errors import ProblemList
+from st_ray.config.loader import LoadedConfig
+from st_ray.models import FAMILIES
+
+Values = dict[str, Any]
+
+# Pairs that SimpleTuner documents as mutually exclusive.
+MUTUALLY_EXCLUSIVE = (
+    ("enable_group_offload", "ramtorch"),
+    ("validation_adapter_path", "validation_adapter_config"),
+    ("use_dora", "lora_type:lycoris"),
+    ("flow_use_uniform_schedule", "flow_use_beta_schedule"),
+)
+
+
+def _is_set(values: Values, spec: str) -> bool:
+    name, _, wanted = spec.partition(":")
+    if name not in values:
+        return False
+    value = values[name]
+    if wanted:
+        return value == wanted
+    return value not in (None, False, "", [], {})
+
+
+def _describe(spec: str) -> str:
+    name, _, wanted = spec.partition(":")
+    return f"'{name}: {wanted}'" if wanted else f"'{name}'"
+
+
+def check_exclusive(loaded: LoadedConfig, problems: ProblemList) -> None:
+    for first, second in MUTUALLY_EXCLUSIVE:
+        if _is_set(loaded.values, first) and _is_set(loaded.values, second):
+            name = first.partition(":")[0]
+            problems.add(
+                loaded.provenance[name],
+                name,
+                f"{_describe(first)} and {_describe(second)} are mutually exclusive; "
+                "set only one of them",
+            )
+
+
+def check_family(loaded: LoadedConfig, problems: ProblemList) -> None:
+    values = loaded.values
+    family_name = values["model_family"]
+    if family_name not in FAMILIES:
+        problems.add(
+            loaded.provenance["model_family"],
+            "model_family",
+            f"family '{family_name}' is not available in st_ray yet; available: "
+            + ", ".join(FAMILIES),
+        )
+        return
+    family = FAMILIES[family_name]
+    flavour = values.get("model_flavour")
+    if flavour is not None and flavour not in family.flavours:
+        problems.add(
+            loaded.provenance["model_flavour"],
+            "model_flavour",
+            f"unknown flavour '{flavour}' for {family_name}; accepted: "
+            + ", ".join(family.flavours),
+        )
+    prediction = values.get("prediction_type")
+    if prediction is not None and prediction not in family.prediction_types:
+        problems.add(
+            loaded.provenance["prediction_type"],
+            "prediction_type",
+            f"'{prediction}' does not apply to {family_name}; accepted: "
+            + ", ".join(family.prediction_types),
+        )
+    if values.get("flux_lora_target") not in (None, "all") and family_name != "flux":
+        problems.add(
+            loaded.provenance["flux_lora_target"],
+            "flux_lora_target",
+            f"only applies to model_family 'flux', not '{family_name}'",
+        )
+
+
+def check_training_length(loaded: LoadedConfig, problems: ProblemList) -> None:
+    values = loaded.values
+    steps, epochs = values.get("max_train_steps"), values.get("num_train_epochs")
+    if not steps and not epochs:
+        problems.add(
+            "configuration",
+            "max_train_steps",
+            "neither max_train_steps nor num_train_epochs is set above 0; set one "
+            "of them to say how long to train",
+        )
+
+
+def check_ranges(loaded: LoadedConfig, problems: ProblemList) -> None:
+    values = loaded.values
+    pairs = (
+        ("flux_guidance_min", "flux_guidance_max"),
+        ("timestep_bias_begin", "timestep_bias_end"),
+    )
+    for low, high in pairs:
+        lo, hi = values.get(low), values.get(high)
+        if lo is not None and hi is not None and lo > hi:
+            problems.add(
+                loaded.provenance[low],
+                low,
+                f"is {lo}, greater than {high} ({hi}); the range would be empty",
+            )
+    if values.get("model_type") == "full" and values.get("lora_type") == "lycoris":
+        problems.add(
+            loaded.provenance["lora_type"],
+            "lora_type",
+            "'lycoris' only applies to model_type 'lora'",
+        )
+
+
+def check_resume(loaded: LoadedConfig, problems: ProblemList) -> None:
+    value = loaded.values.get("resume_from_checkpoint")
+    if value in (None, "latest") or str(value).startswith(("s3://", "gs://")):
+        return
+    if not Path(str(value)).expanduser().exists():
+        problems.add(
+            loaded.provenance["resume_from_checkpoint"],
+            "resume_from_checkpoint",
+            f"checkpoint '{value}' does not exist; accepted: 'latest', a checkpoint "
+            "directory, or an s3:// URI",
+        )
+
+
+RULES: tuple[Callable[[LoadedConfig, ProblemList], None], ...] = (
+    check_exclusive,
+    check_family,
+    check_training_length,
+    check_ranges,
+    check_resume,
+)
+
+
+def check_rules(loaded: LoadedConfig, problems: ProblemList) -> None:
+    for rule in RULES:
+        rule(loaded, problems)

@@ -1,0 +1,94 @@
+"""The typed description of one option: the single source of truth for its name,
+type, default, allowed values, help text and support status.
+
+Every option the CLI, the config loaders, validation and ``--help`` know about is an
+``Option`` declared once in ``st_ray.config.options``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+class Json:
+    """Marker type: a JSON object/array given inline, as a JSON string, or as a path to a JSON file."""
+
+
+class Support(enum.Enum):
+    """How far st_ray honours an option.
+
+    YES: accepted and used (or used by a pipeline stage on the roadmap's open issues).
+    NO: documented by SimpleTuner but not implemented by st_ray yet; setting it to anything
+        other than its default is an error, never silently ignored.
+    """
+
+    YES = "yes"
+    NO = "no"
+
+
+OptionType = type[bool] | type[int] | type[float] | type[str] | type[Json]
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    type: OptionType
+    default: Any
+    help: str
+    group: str
+    choices: tuple[Any, ...] | None = None
+    required: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    # Deprecated or alternative spellings that load into this option.
+    aliases: tuple[str, ...] = ()
+    # Values are redacted whenever a config is printed, logged or saved.
+    secret: bool = False
+    support: Support = Support.YES
+    # Why an unsupported option is unsupported, or what to use instead.
+    note: str = ""
+    # Accept a comma-separated string or a JSON list of values, each checked against choices.
+    multiple: bool = False
+    # Individual choices st_ray does not implement yet, with the reason (e.g. one optimizer).
+    unsupported_values: tuple[tuple[Any, str], ...] = ()
+
+
+def opt(
+    name: str,
+    type: OptionType,
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[Any, ...] | list[Any] | None = None,
+    required: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    aliases: tuple[str, ...] = (),
+    secret: bool = False,
+    unsupported: str | None = None,
+    multiple: bool = False,
+    unsupported_values: dict[Any, str] | None = None,
+) -> Option:
+    """Declare an option. ``unsupported`` holds the reason st_ray does not implement it yet.
+
+    The group is filled in by the catalog module that declares the option.
+    """
+    return Option(
+        name=name,
+        type=type,
+        default=default,
+        help=help,
+        group="",
+        choices=tuple(choices) if choices is not None else None,
+        required=required,
+        minimum=minimum,
+        maximum=maximum,
+        aliases=aliases,
+        secret=secret,
+        support=Support.NO if unsupported else Support.YES,
+        note=unsupported or "",
+        multiple=multiple,
+        unsupported_values=tuple((unsupported_values or {}).items()),
+    )

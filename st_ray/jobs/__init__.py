@@ -1,0 +1,1 @@
+"""The jobs behind the thin scripts in jobs/: argument handling and one call each."""

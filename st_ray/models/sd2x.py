@@ -1,0 +1,16 @@
+"""Stable Diffusion 2.x: UNet, OpenCLIP text encoder, v-prediction (768) or epsilon (base)."""
+
+from st_ray.models.family import FamilySpec
+
+SPEC = FamilySpec(
+    name="sd2x",
+    denoiser="unet",
+    prediction_types=("v_prediction", "epsilon"),
+    flavours={
+        "2.1": "stabilityai/stable-diffusion-2-1",
+        "2.1-base": "stabilityai/stable-diffusion-2-1-base",
+    },
+    pixel_granularity=8,
+    text_encoders=1,
+    pipeline_class="StableDiffusionPipeline",
+)

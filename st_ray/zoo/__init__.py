@@ -1,0 +1,68 @@
+"""Offline tiny-model zoo: random tiny diffusion pipelines in the real checkpoints' layout.
+
+Each family is written with the diffusers pipeline's own ``save_pretrained`` so the folder
+(``model_index.json``, ``unet/`` or ``transformer/``, ``vae/``, ``text_encoder*/``,
+``tokenizer*/``, ``scheduler/``) loads through the same ``from_pretrained`` calls as the
+real checkpoint. Nothing is downloaded: tokenizers are generated from a built-in corpus.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# Family name -> module in this package exposing ``build(out_dir: Path, seed: int) -> None``.
+FAMILIES: tuple[str, ...] = ("sd1x", "sd2x", "sdxl", "flux", "sd3", "pixart_sigma")
+
+__all__ = ["FAMILIES", "build", "ensure"]
+
+
+def _module(family: str):
+    if family not in FAMILIES:
+        raise ValueError(f"unknown zoo family {family!r}; accepted families: {', '.join(FAMILIES)}")
+    # Imported lazily: family modules pull in diffusers/transformers.
+    return importlib.import_module(f"{__name__}.{family}")
+
+
+def build(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Write the tiny ``family`` pipeline into ``out_dir`` (the pipeline folder) and return it."""
+    module = _module(family)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    module.build(out, seed)
+    return out
+
+
+# Bump when a recipe changes, so ``ensure`` never reuses a model built by an older recipe.
+RECIPE_VERSION = 1
+
+
+def ensure(family: str, cache_root: str | Path, seed: int = 0) -> Path:
+    """Return ``cache_root/<family>-seed<seed>-v<RECIPE_VERSION>``, building it if missing.
+
+    The build goes to a temporary sibling that is renamed into place only when complete, so
+    a killed build is never mistaken for a finished one, and concurrent callers are safe:
+    whoever renames first wins and the others discard their copy.
+    """
+    _module(family)  # validate the name before touching the filesystem
+    root = Path(cache_root)
+    final = root / f"{family}-seed{seed}-v{RECIPE_VERSION}"
+    if (final / "model_index.json").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
+    try:
+        build(family, tmp, seed)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "model_index.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,355 @@
+"""Bad input fails before any Ray work, with the file, the key, what is wrong and what is
+accepted. Each case starts from a valid minimal run and breaks one thing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from st_ray.config.errors import ConfigError
+from st_ray.config.plan import build_plan
+
+Case = Callable[[dict[str, Any], list[dict[str, Any]], Path], None]
+
+
+def _base(tmp: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    images = tmp / "images"
+    images.mkdir(exist_ok=True)
+    config = {
+        "model_family": "sd1x",
+        "model_type": "lora",
+        "pretrained_model_name_or_path": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "output_dir": str(tmp / "out"),
+        "data_backend_config": str(tmp / "multidatabackend.json"),
+        "max_train_steps": 10,
+        "optimizer": "adamw_bf16",
+    }
+    datasets = [
+        {"id": "images", "type": "local", "instance_data_dir": str(images)},
+        {
+            "id": "text",
+            "dataset_type": "text_embeds",
+            "default": True,
+            "type": "local",
+            "cache_dir": str(tmp / "cache"),
+        },
+    ]
+    return config, datasets
+
+
+def _run(tmp: Path, config: dict, datasets: list, overrides=(), environ=None) -> None:
+    (tmp / "config.json").write_text(json.dumps(config))
+    (tmp / "multidatabackend.json").write_text(json.dumps(datasets))
+    build_plan(tmp / "config.json", overrides, environ or {})
+
+
+def _set(**changes: Any) -> Case:
+    def apply(config, datasets, tmp):
+        config.update(changes)
+
+    return apply
+
+
+def _dataset(index: int, **changes: Any) -> Case:
+    def apply(config, datasets, tmp):
+        datasets[index].update(changes)
+
+    return apply
+
+
+def _drop(key: str) -> Case:
+    def apply(config, datasets, tmp):
+        del config[key]
+
+    return apply
+
+
+def _drop_dataset_field(index: int, key: str) -> Case:
+    def apply(config, datasets, tmp):
+        del datasets[index][key]
+
+    return apply
+
+
+# (case id, change, fragments that must all appear in the message)
+CASES: list[tuple[str, Case, tuple[str, ...]]] = [
+    (
+        "unknown key suggests",
+        _set(learning_rat=1e-4),
+        ("config.json", "learning_rat", "unknown option", "did you mean 'learning_rate'"),
+    ),
+    (
+        "unknown key with dashes",
+        _set(**{"--lora_rnak": 8}),
+        ("lora_rnak", "did you mean 'lora_rank'"),
+    ),
+    (
+        "unknown key no guess",
+        _set(completely_unrelated_thing=1),
+        ("completely_unrelated_thing", "unknown option"),
+    ),
+    (
+        "bad choice",
+        _set(lr_scheduler="cosine_annealing"),
+        ("lr_scheduler", "'cosine_annealing' is not allowed", "'cosine'", "'constant'"),
+    ),
+    (
+        "bad family",
+        _set(model_family="sdxxl"),
+        ("model_family", "'sdxxl' is not allowed", "'sdxl'"),
+    ),
+    (
+        "family not built yet",
+        _set(model_family="sana"),
+        ("model_family", "'sana' is not available in st_ray yet", "sd1x"),
+    ),
+    (
+        "video family unsupported",
+        _set(model_family="wan"),
+        ("model_family", "'wan' is not supported by st_ray yet", "video"),
+    ),
+    (
+        "wrong type int",
+        _set(train_batch_size="two"),
+        ("train_batch_size", "expected an integer", "'two'"),
+    ),
+    (
+        "wrong type float",
+        _set(learning_rate="fast"),
+        ("learning_rate", "expected a number", "'fast'"),
+    ),
+    ("wrong type bool", _set(use_ema="maybe"), ("use_ema", "expected true or false", "'maybe'")),
+    ("below minimum", _set(lora_rank=0), ("lora_rank", "below the minimum")),
+    (
+        "probability above maximum",
+        _set(caption_dropout_probability=1.5),
+        ("caption_dropout_probability", "above the maximum 1"),
+    ),
+    (
+        "int choice",
+        _set(aspect_bucket_alignment=48),
+        ("aspect_bucket_alignment", "48 is not allowed", "64"),
+    ),
+    ("missing family", _drop("model_family"), ("model_family", "is required")),
+    (
+        "group offload with ramtorch",
+        _set(enable_group_offload=True, ramtorch=True),
+        ("enable_group_offload", "ramtorch", "mutually exclusive"),
+    ),
+    (
+        "adapter path and config",
+        _set(validation_adapter_path="a/b", validation_adapter_config="c.json"),
+        ("validation_adapter_path", "validation_adapter_config", "mutually exclusive"),
+    ),
+    (
+        "unsupported option set",
+        _set(push_to_hub=True),
+        ("push_to_hub", "is not supported by st_ray yet"),
+    ),
+    (
+        "unsupported value",
+        _set(report_to="wandb"),
+        ("report_to", "'wandb' is not supported by st_ray yet", "mlflow"),
+    ),
+    (
+        "unsupported optimizer-like value",
+        _set(attention_mechanism="xformers"),
+        ("attention_mechanism", "'xformers' is not supported by st_ray yet"),
+    ),
+    (
+        "prediction type wrong for family",
+        _set(model_family="flux", prediction_type="epsilon"),
+        ("prediction_type", "'epsilon' does not apply to flux", "flow_matching"),
+    ),
+    (
+        "unknown flavour",
+        _set(model_flavour="9000"),
+        ("model_flavour", "unknown flavour '9000' for sd1x", "1.5"),
+    ),
+    (
+        "no training length",
+        _set(max_train_steps=0, num_train_epochs=0),
+        ("max_train_steps", "num_train_epochs"),
+    ),
+    (
+        "guidance range inverted",
+        _set(flux_guidance_min=4.0, flux_guidance_max=1.0),
+        ("flux_guidance_min", "greater than flux_guidance_max"),
+    ),
+    (
+        "missing local model",
+        _set(pretrained_model_name_or_path="./no/such/model"),
+        ("pretrained_model_name_or_path", "'./no/such/model' does not exist"),
+    ),
+    (
+        "missing dataset config",
+        _set(data_backend_config="/nonexistent/multidatabackend.json"),
+        ("data_backend_config", "does not exist"),
+    ),
+    (
+        "missing resume checkpoint",
+        _set(resume_from_checkpoint="/nonexistent/checkpoint-5"),
+        ("resume_from_checkpoint", "does not exist", "'latest'"),
+    ),
+    (
+        "missing lycoris config file",
+        _set(lycoris_config="/nonexistent/lycoris.json"),
+        ("lycoris_config", "does not exist"),
+    ),
+    (
+        "bad inline json",
+        _set(peft_lora_target_modules='["to_q", '),
+        ("peft_lora_target_modules", "malformed inline JSON"),
+    ),
+    (
+        "duplicate dataset id",
+        _dataset(1, id="images"),
+        ("multidatabackend.json", "duplicate dataset id 'images'"),
+    ),
+    (
+        "missing instance_data_dir",
+        _drop_dataset_field(0, "instance_data_dir"),
+        ("multidatabackend.json", "instance_data_dir", "is required"),
+    ),
+    (
+        "instance_data_dir missing on disk",
+        _dataset(0, instance_data_dir="/nonexistent/images"),
+        ("instance_data_dir", "'/nonexistent/images' does not exist"),
+    ),
+    (
+        "unknown dataset field",
+        _dataset(0, caption_stratgy="textfile"),
+        ("caption_stratgy", "unknown dataset field", "did you mean 'caption_strategy'"),
+    ),
+    (
+        "bad dataset choice",
+        _dataset(0, crop_style="diagonal"),
+        ("crop_style", "'diagonal' is not allowed", "'center'"),
+    ),
+    ("bad dataset backend", _dataset(0, type="ftp"), ("type", "'ftp' is not allowed", "'local'")),
+    (
+        "area resolution in pixels",
+        _dataset(0, resolution=1024, resolution_type="area"),
+        ("resolution", "megapixels"),
+    ),
+    ("aws without bucket", _dataset(0, type="aws"), ("aws_bucket_name", "is required")),
+    (
+        "dangling text_embeds ref",
+        _dataset(0, text_embeds="missing-embeds"),
+        ("text_embeds", "'missing-embeds'", "text"),
+    ),
+    ("no image dataset", _dataset(0, disabled=True), ("no enabled image dataset",)),
+    (
+        "parquet without path",
+        _dataset(0, metadata_backend="parquet", parquet={}),
+        ("parquet.path",),
+    ),
+    (
+        "unknown parquet field",
+        _dataset(0, metadata_backend="parquet", parquet={"path": "x.parquet", "caption_col": "c"}),
+        ("parquet.caption_col", "did you mean 'caption_column'"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "change,fragments", [(c[1], c[2]) for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_input_is_named(tmp_path: Path, change: Case, fragments: tuple[str, ...]) -> None:
+    config, datasets = _base(tmp_path)
+    _run(tmp_path, config, datasets)  # the base itself is valid
+    change(config, datasets, tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        _run(tmp_path, config, datasets)
+    message = str(caught.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in:\n{message}"
+
+
+def test_malformed_json_names_line_and_column(tmp_path: Path) -> None:
+    config, datasets = _base(tmp_path)
+    _run(tmp_path, config, datasets)
+    (tmp_path / "config.json").write_text('{\n  "model_family": "sd1x",\n  "lora_rank": 8,,\n}')
+    with pytest.raises(ConfigError, match=r"config.json: malformed JSON at line 3, column 18"):
+        build_plan(tmp_path / "config.json", (), {})
+
+
+def test_malformed_dataset_json_names_file(tmp_path: Path) -> None:
+    config, datasets = _base(tmp_path)
+    _run(tmp_path, config, datasets)
+    (tmp_path / "multidatabackend.json").write_text('[{"id": "x"')
+    with pytest.raises(ConfigError, match=r"multidatabackend.json: malformed JSON at line 1"):
+        build_plan(tmp_path / "config.json", (), {})
+
+
+def test_config_must_be_an_object(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="expected an object of option names to values"):
+        build_plan(tmp_path / "config.json", (), {})
+
+
+def test_missing_env_placeholder(tmp_path: Path) -> None:
+    config, datasets = _base(tmp_path)
+    config["output_dir"] = "{env:ST_RAY_NOT_SET_ANYWHERE}/out"
+    with pytest.raises(ConfigError) as caught:
+        _run(tmp_path, config, datasets, environ={})
+    assert "output_dir" in str(caught.value)
+    assert "ST_RAY_NOT_SET_ANYWHERE is not set" in str(caught.value)
+
+
+def test_cli_override_errors(tmp_path: Path) -> None:
+    config, datasets = _base(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        _run(tmp_path, config, datasets, overrides=["--lora_rank", "abc", "--learnign_rate=1"])
+    message = str(caught.value)
+    assert "command line: lora_rank: expected an integer" in message
+    assert "did you mean 'learning_rate'" in message
+    assert "2 problems" in message  # every problem reported at once
+
+
+def test_option_needing_a_value_on_cli(tmp_path: Path) -> None:
+    config, datasets = _base(tmp_path)
+    with pytest.raises(ConfigError, match="lora_rank: needs a value"):
+        _run(tmp_path, config, datasets, overrides=["--lora_rank"])
+
+
+def test_unsupported_accelerate_flags(tmp_path: Path) -> None:
+    config, datasets = _base(tmp_path)
+    (tmp_path / "config.env").write_text('ACCELERATE_EXTRA_ARGS="--use_fsdp --multi_gpu"\n')
+    with pytest.raises(ConfigError) as caught:
+        _run(tmp_path, config, datasets)
+    assert "config.env: ACCELERATE_EXTRA_ARGS" in str(caught.value)
+    assert "--use_fsdp" in str(caught.value)
+
+
+def test_config_env_syntax_error(tmp_path: Path) -> None:
+    config, datasets = _base(tmp_path)
+    (tmp_path / "config.env").write_text("TRAINING_NUM_PROCESSES 2\n")
+    with pytest.raises(ConfigError, match=r"config.env: line 1 is not KEY=value"):
+        _run(tmp_path, config, datasets)
+
+
+def test_duplicate_key_through_alias(tmp_path: Path) -> None:
+    config, datasets = _base(tmp_path)
+    config["checkpointing_steps"] = 10
+    config["checkpoint_step_interval"] = 20
+    with pytest.raises(ConfigError, match="given twice"):
+        _run(tmp_path, config, datasets)
+
+
+def test_toml_syntax_error(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('model_family = "sd1x"\nlora_rank = = 4\n')
+    with pytest.raises(ConfigError, match=r"config.toml: malformed TOML"):
+        build_plan(tmp_path / "config.toml", (), {})
+
+
+def test_output_dir_is_a_file(tmp_path: Path) -> None:
+    config, datasets = _base(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    config["output_dir"] = str(tmp_path / "afile")
+    with pytest.raises(ConfigError, match="exists and is not a folder"):
+        _run(tmp_path, config, datasets)
