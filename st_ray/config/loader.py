@@ -20,7 +20,7 @@ from typing import Any
 
 from st_ray.config.errors import ConfigError, Problem, ProblemList, unknown_key_message
 from st_ray.config.options import CANONICAL, OPTIONS, lookup
-from st_ray.config.schema import Support
+from st_ray.config.schema import Option, Support
 from st_ray.config.sources import read_env_file, read_json, read_toml
 from st_ray.config.values import coerce, expand_placeholders
 
@@ -127,7 +127,7 @@ def load_config(
     layers.append((COMMAND_LINE, parse_overrides(overrides, problems)))
 
     placeholder_env = {**environ, **env_vars}
-    values: dict[str, Any] = {o.name: o.default for o in OPTIONS}
+    values: dict[str, Any] = {o.name: default_value(o) for o in OPTIONS}
     provenance = {o.name: "default" for o in OPTIONS}
     for source, raw_values in layers:
         seen: dict[str, str] = {}
@@ -150,7 +150,7 @@ def load_config(
             except ValueError as err:
                 problems.add(source, key, str(err))
                 continue
-            values[option.name] = option.default if value is None else value
+            values[option.name] = default_value(option) if value is None else value
             provenance[option.name] = source
     problems.raise_if_any()
 
@@ -161,6 +161,13 @@ def load_config(
         _check_required_and_supported(loaded, problems)
         problems.raise_if_any()
     return loaded
+
+
+def default_value(option: Option) -> Any:
+    """The default as the loader types values (multi-value options hold lists)."""
+    if option.multiple and option.default is not None:
+        return coerce(option, option.default)
+    return option.default
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -252,7 +259,7 @@ def _check_required_and_supported(loaded: LoadedConfig, problems: ProblemList) -
                 f"--{option.name} on the command line)",
             )
             continue
-        if value == option.default:
+        if value == default_value(option):
             continue
         if option.support is Support.NO:
             problems.add(

@@ -1,0 +1,122 @@
+"""jobs/train.py as users run it: --help, --dry-run (no Ray), bad configs, and the demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from st_ray.config.options import OPTIONS
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = REPO / "jobs" / "train.py"
+
+
+def _run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(TRAIN), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def _write_run(tmp: Path, example_dataset, **extra) -> Path:
+    config = {
+        "--model_family": "sdxl",
+        "--output_dir": str(tmp / "out"),
+        "--data_backend_config": str(tmp / "multidatabackend.json"),
+        "--max_train_steps": 100,
+        "--lora_rank": 8,
+        **extra,
+    }
+    datasets = [
+        {
+            "id": "s3-photos",
+            "type": "aws",
+            "aws_bucket_name": "photos",
+            "aws_endpoint_url": "http://127.0.0.1:9",
+            "aws_access_key_id": "AKIAEXAMPLEKEYID1234",
+            "aws_secret_access_key": "very-secret-key-value",
+        },
+        {"id": "local", "type": "local", "instance_data_dir": str(example_dataset.images_dir)},
+    ]
+    (tmp / "config.json").write_text(json.dumps(config))
+    (tmp / "multidatabackend.json").write_text(json.dumps(datasets))
+    return tmp / "config.json"
+
+
+def test_help_lists_every_option() -> None:
+    result = _run("--help")
+    assert result.returncode == 0
+    for option in OPTIONS:
+        assert f"--{option.name} " in result.stdout, option.name
+        assert option.help.split()[0] in result.stdout
+    assert "NOT SUPPORTED YET" in result.stdout
+    assert "--dry-run" in result.stdout
+
+
+def test_dry_run_prints_plan_without_ray(tmp_path: Path, example_dataset) -> None:
+    config = _write_run(
+        tmp_path,
+        example_dataset,
+        **{"--webhook_config": None, "--mlflow_tracking_uri": "http://user:hunter2@127.0.0.1:5000"},
+    )
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); from st_ray.jobs.train import main; "
+        f"rc = main(['--config', {str(config)!r}, '--dry-run']); "
+        "assert 'ray' not in sys.modules, 'dry run imported ray'; sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "st_ray run plan" in result.stdout
+    assert "stabilityai/stable-diffusion-xl-base-1.0" in result.stdout
+    assert "s3-photos: aws photos" in result.stdout
+    assert "dry run: the configuration is valid" in result.stdout
+    assert "hunter2" not in result.stdout  # credentials in a URL are redacted
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def test_bad_config_exits_2_with_message(tmp_path: Path, example_dataset) -> None:
+    config = _write_run(tmp_path, example_dataset, **{"--lora_rnak": 4, "--lr_scheduler": "warp"})
+    result = _run("--config", str(config), "--dry-run")
+    assert result.returncode == 2
+    assert "lora_rnak: unknown option 'lora_rnak'; did you mean 'lora_rank'?" in result.stderr
+    assert "lr_scheduler: 'warp' is not allowed; accepted values:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_flag(tmp_path: Path) -> None:
+    result = _run(cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--config is required" in result.stderr
+
+
+def test_run_saves_redacted_config(tmp_path: Path, example_dataset) -> None:
+    from st_ray.config.plan import build_plan
+    from st_ray.jobs.train import save_resolved_config
+
+    config = _write_run(tmp_path, example_dataset)
+    plan = build_plan(config, ["--hub_model_id", "me/model"], {})
+    saved = save_resolved_config(plan)
+    text = saved.read_text()
+    data = json.loads(text)
+    assert "very-secret-key-value" not in text
+    assert "AKIAEXAMPLEKEYID1234" not in text
+    assert data["datasets"][0]["aws_bucket_name"] == "photos"
+    assert data["options"]["lora_rank"] == 8
+    assert data["options"]["hub_model_id"] == "me/model"
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    """The README's demo command: builds model + data, validates, starts local Ray."""
+    result = _run("--demo", "--demo-dir", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "st_ray run plan" in result.stdout
+    assert "Ray cluster:" in result.stdout
+    config = json.loads((tmp_path / "demo" / "config" / "config.json").read_text())
+    model = Path(config["pretrained_model_name_or_path"])
+    assert (model / "model_index.json").is_file()
+    saved = tmp_path / "demo" / "output" / "st_ray_resolved_config.json"
+    assert json.loads(saved.read_text())["family"] == "sd1x"
+    # a second run reuses the built model and data
+    again = _run("--demo", "--demo-dir", str(tmp_path / "demo"), "--dry-run")
+    assert again.returncode == 0, again.stderr[-3000:]
