@@ -249,6 +249,43 @@ CASES: list[tuple[str, Case, tuple[str, ...]]] = [
         ("parquet.path",),
     ),
     (
+        "missing dataset config key",
+        _drop("data_backend_config"),
+        ("data_backend_config", "is required"),
+    ),
+    (
+        "unknown flavour without model path",
+        _set(pretrained_model_name_or_path=None, model_flavour="zzz"),
+        ("model_flavour", "unknown flavour 'zzz'"),
+    ),
+    ("choice typo suggests", _set(lr_scheduler="cosin"), ("lr_scheduler", "did you mean 'cosine'")),
+    ("non-finite number", _set(learning_rate="nan"), ("learning_rate", "expected a finite number")),
+    (
+        "output_dir on object storage",
+        _set(output_dir="s3://bucket/out"),
+        ("output_dir", "must be a local folder", "run_storage_path"),
+    ),
+    (
+        "validation resolution format",
+        _set(validation_resolution="big"),
+        ("validation_resolution", "'big' is not a resolution list", "1024x768"),
+    ),
+    (
+        "instanceprompt without prompt",
+        _dataset(0, caption_strategy="instanceprompt"),
+        ("instance_prompt", "needs an instance_prompt"),
+    ),
+    (
+        "parquet captions without parquet backend",
+        _dataset(0, caption_strategy="parquet"),
+        ("caption_strategy", "metadata_backend"),
+    ),
+    (
+        "csv file missing",
+        _dataset(0, type="csv", csv_file="/nonexistent/list.csv"),
+        ("csv_file", "'/nonexistent/list.csv' does not exist"),
+    ),
+    (
         "unknown parquet field",
         _dataset(0, metadata_backend="parquet", parquet={"path": "x.parquet", "caption_col": "c"}),
         ("parquet.caption_col", "did you mean 'caption_column'"),
@@ -353,3 +390,44 @@ def test_output_dir_is_a_file(tmp_path: Path) -> None:
     config["output_dir"] = str(tmp_path / "afile")
     with pytest.raises(ConfigError, match="exists and is not a folder"):
         _run(tmp_path, config, datasets)
+
+
+def test_secret_values_are_never_echoed(tmp_path: Path) -> None:
+    config, datasets = _base(tmp_path)
+    config["webhook_config"] = "https://discord.com/api/webhooks/123/SECRETTOKEN"
+    datasets[0]["aws_access_key_id"] = ["AKIAABCDEFGHIJKLMNOP"]
+    with pytest.raises(ConfigError) as caught:
+        _run(tmp_path, config, datasets)
+    message = str(caught.value)
+    assert "webhook_config" in message and "aws_access_key_id" in message
+    assert "SECRETTOKEN" not in message and "AKIAABCDEFGHIJKLMNOP" not in message
+
+
+def test_env_file_line_is_not_echoed(tmp_path: Path) -> None:
+    config, datasets = _base(tmp_path)
+    (tmp_path / "config.env").write_text("export HF_TOKEN = hf_abcdefghijklmnop\n")
+    with pytest.raises(ConfigError) as caught:
+        _run(tmp_path, config, datasets)
+    assert "line 1 is not KEY=value" in str(caught.value)
+    assert "hf_abcdefghijklmnop" not in str(caught.value)
+
+
+def test_env_variable_named_in_message(tmp_path: Path) -> None:
+    config, datasets = _base(tmp_path)
+    (tmp_path / "config.env").write_text(
+        "TRAINING_NUM_PROCESSES=$NUM_GPUS\nTRAINING_NUM_PROCESES=4\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        _run(tmp_path, config, datasets)
+    message = str(caught.value)
+    assert "config.env: TRAINING_NUM_PROCESSES: expected an integer" in message
+    assert "did you mean 'TRAINING_NUM_PROCESSES'" in message
+
+
+def test_duplicate_json_key(tmp_path: Path) -> None:
+    config, datasets = _base(tmp_path)
+    _run(tmp_path, config, datasets)
+    text = (tmp_path / "config.json").read_text()
+    (tmp_path / "config.json").write_text(text.replace("{", '{"lora_rank": 8, "lora_rank": 9, ', 1))
+    with pytest.raises(ConfigError, match="lora_rank: appears twice in one JSON object"):
+        build_plan(tmp_path / "config.json", (), {})

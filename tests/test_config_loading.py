@@ -201,3 +201,52 @@ def test_missing_text_embeds_dataset_is_noted(tmp_path: Path) -> None:
     plan = build_plan(tmp_path / "config.json", [], {})
     assert [d.id for d in plan.datasets] == ["only-images"]
     assert any("text_embeds" in note for note in plan.notes)
+
+
+def test_user_spellings_accepted(tmp_path: Path) -> None:
+    """Forms real SimpleTuner configs use: checkpoint names relative to output_dir, bool
+    tri-states, space-separated lists, on/off flags, the run-wide instance_prompt spelling."""
+    images = tmp_path / "images"
+    images.mkdir()
+    (tmp_path / "out" / "checkpoint-500").mkdir(parents=True)
+    (tmp_path / "multidatabackend.json").write_text(
+        json.dumps([{"id": "a", "type": "local", "instance_data_dir": str(images)}])
+    )
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_family": "sd1x",
+                "data_backend_config": "multidatabackend.json",
+                "output_dir": str(tmp_path / "out"),
+                "max_train_steps": 5,
+                "resume_from_checkpoint": "checkpoint-500",
+                "use_gpu": True,
+                "skip_file_discovery": "vae aspect",
+                "caption_strategy": "instance_prompt",
+                "instance_prompt": "a photo of sks",
+                "tokenizer_max_length": 77,
+            }
+        )
+    )
+    plan = build_plan(tmp_path / "config.json", ["--use_ema", "off"], {})
+    assert plan.options["use_gpu"] == "true"
+    assert plan.options["skip_file_discovery"] == ["vae", "aspect"]
+    assert plan.options["use_ema"] is False
+    assert plan.datasets[0]["caption_strategy"] == "instanceprompt"
+    assert plan.datasets[0]["instance_prompt"] == "a photo of sks"
+    assert plan.to_dict()["options"]["tokenizer_max_length"] == 77  # not taken for a secret
+
+
+def test_inline_dataset_list(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    inline = [{"id": "inline", "type": "local", "instance_data_dir": str(images)}]
+    config = {
+        "model_family": "sd1x",
+        "data_backend_config": inline,
+        "output_dir": str(tmp_path / "o"),
+        "max_train_steps": 1,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    plan = build_plan(tmp_path / "config.json", [], {})
+    assert [d.id for d in plan.datasets] == ["inline"]

@@ -59,6 +59,10 @@ def options_help() -> str:
             details.append(f"NOT SUPPORTED YET ({option.note})")
         for value, reason in option.unsupported_values:
             details.append(f"{value!r} not supported yet ({reason})")
+        if option.name == "model_family":
+            from st_ray.models import FAMILIES
+
+            details.append("available in st_ray now: " + ", ".join(FAMILIES))
         lines.append(flag)
         lines += [f"        {text}" for text in details]
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from st_ray.config.dataset_fields import FIELDS, HUGGINGFACE_FIELDS, PARQUET_FIE
 from st_ray.config.errors import ProblemList, unknown_key_message
 from st_ray.config.schema import Option, Support
 from st_ray.config.sources import read_json
-from st_ray.config.values import coerce, expand_placeholders
+from st_ray.config.values import coerce, expand_placeholders, safe_error
 
 FIELD_BY_NAME: dict[str, Option] = {}
 for _field in FIELDS:
@@ -40,7 +40,6 @@ INHERITED = (
     "instance_prompt",
     "prepend_instance_prompt",
     "only_instance_prompt",
-    "skip_file_discovery",
     "write_batch_size",
     "aws_max_pool_connections",
 )
@@ -65,15 +64,21 @@ class DatasetEntry:
 
 
 def load_datasets(
-    path: Path,
+    path_or_entries: Path | list[Any],
     run_options: Mapping[str, Any],
     env: Mapping[str, str],
     problems: ProblemList,
     base_dir: Path | None = None,
+    source_name: Path | None = None,
 ) -> list[DatasetEntry]:
-    """Every enabled dataset of ``path``; problems are added to ``problems``."""
-    source = str(path)
-    data = read_json(path, "dataset config")
+    """Every enabled dataset of a multidatabackend.json path (or of an inline list);
+    problems are added to ``problems``."""
+    if isinstance(path_or_entries, list):
+        data: Any = path_or_entries
+        source = str(source_name or "data_backend_config")
+    else:
+        source = str(path_or_entries)
+        data = read_json(path_or_entries, "dataset config")
     if not isinstance(data, list):
         problems.add(
             source, None, f"expected a JSON list of dataset objects, found a {type(data).__name__}"
@@ -81,6 +86,7 @@ def load_datasets(
         return []
     names = {"model_family": str(run_options.get("model_family"))}
     entries: list[DatasetEntry] = []
+    before = len(problems.items)
     for index, raw in enumerate(data):
         where = f"{source} [entry {index}]"
         if not isinstance(raw, dict):
@@ -90,7 +96,8 @@ def load_datasets(
         if entry is not None:
             entries.append(entry)
     enabled = [e for e in entries if not e.fields.get("disabled")]
-    _check_collection(enabled, entries, source, problems, base_dir)
+    all_loaded = len(problems.items) == before
+    _check_collection(enabled, entries, source, problems, base_dir, all_loaded)
     return enabled
 
 
@@ -108,6 +115,8 @@ def _load_entry(
     ok = True
     for key, value in raw.items():
         option = FIELD_BY_NAME.get(key)
+        if key == "caption_strategy" and value == "instance_prompt":
+            value = "instanceprompt"  # accept the run-wide option's spelling too
         if option is None:
             problems.add(where, key, unknown_key_message(key, FIELD_BY_NAME, "dataset field"))
             ok = False
@@ -115,7 +124,7 @@ def _load_entry(
         try:
             typed = coerce(option, expand_placeholders(value, env, names))
         except ValueError as err:
-            problems.add(where, key, str(err))
+            problems.add(where, key, safe_error(option, key, err))
             ok = False
             continue
         if option.name in NESTED_BLOCKS and typed is not None:
@@ -126,6 +135,8 @@ def _load_entry(
     for option in FIELDS:
         if fields.get(option.name) is None:
             inherited = run_options.get(option.name) if option.name in INHERITED else None
+            if option.name == "caption_strategy" and inherited == "instance_prompt":
+                inherited = "instanceprompt"  # the run-wide option spells it differently
             fields[option.name] = inherited if inherited is not None else option.default
     _default_caches(fields, run_options)
     if not fields.get("id"):
@@ -174,7 +185,7 @@ def _load_block(name: str, value: Any, where: str, problems: ProblemList) -> dic
         try:
             block[key] = coerce(option, raw)
         except ValueError as err:
-            problems.add(where, f"{name}.{key}", str(err))
+            problems.add(where, f"{name}.{key}", safe_error(option, key, err))
     return block
 
 
@@ -199,6 +210,7 @@ def _check_collection(
     source: str,
     problems: ProblemList,
     base_dir: Path | None,
+    all_loaded: bool,
 ) -> None:
     seen: dict[str, int] = {}
     for entry in every:
@@ -211,7 +223,7 @@ def _check_collection(
         seen.setdefault(entry.id, entry.index)
     images = [e for e in enabled if e.is_image]
     text_embeds = [e for e in enabled if e.dataset_type == "text_embeds"]
-    if not images:
+    if not images and all_loaded:  # entries dropped for errors are already reported
         problems.add(
             source,
             None,
@@ -227,6 +239,13 @@ def _check_collection(
             f'{len(defaults)} marked "default": true; mark exactly one as default',
         )
     text_ids = {e.id for e in text_embeds}
+    for entry in text_embeds:
+        if entry.backend == "aws" and not entry.fields.get("aws_bucket_name"):
+            problems.add(
+                f"{source} [entry {entry.index}] (id '{entry.id}')",
+                "aws_bucket_name",
+                "is required for an 'aws' (S3) text_embeds cache",
+            )
     for entry in images:
         where = f"{source} [entry {entry.index}] (id '{entry.id}')"
         wanted = entry.fields.get("text_embeds")
@@ -259,8 +278,11 @@ def _check_backend(
         if not f.get("aws_bucket_name"):
             problems.add(where, "aws_bucket_name", "is required for an 'aws' (S3) dataset")
     elif entry.backend == "csv":
-        if not f.get("csv_file"):
+        csv_file = f.get("csv_file")
+        if not csv_file:
             problems.add(where, "csv_file", "is required for a 'csv' dataset")
+        elif "://" not in str(csv_file) and not resolve_local(csv_file, base_dir).is_file():
+            problems.add(where, "csv_file", f"file '{csv_file}' does not exist")
     elif entry.backend == "huggingface":
         block = f.get("huggingface") or {}
         if not (f.get("dataset_name") or block.get("dataset_name")):
@@ -277,6 +299,21 @@ def _check_backend(
             and not (resolve_local(block["path"], base_dir).is_file())
         ):
             problems.add(where, "parquet.path", f"file '{block['path']}' does not exist")
+    strategy = f.get("caption_strategy")
+    if strategy == "instanceprompt" and not f.get("instance_prompt"):
+        problems.add(
+            where,
+            "instance_prompt",
+            "caption_strategy 'instanceprompt' needs an "
+            "instance_prompt (in the dataset entry or run-wide)",
+        )
+    if strategy == "parquet" and f.get("metadata_backend") != "parquet":
+        problems.add(
+            where,
+            "caption_strategy",
+            "'parquet' captions need \"metadata_backend\": "
+            '"parquet" and a "parquet" block naming the table',
+        )
 
 
 def _check_resolution(entry: DatasetEntry, where: str, problems: ProblemList) -> None:

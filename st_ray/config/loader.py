@@ -22,7 +22,13 @@ from st_ray.config.errors import ConfigError, Problem, ProblemList, unknown_key_
 from st_ray.config.options import CANONICAL, OPTIONS, lookup
 from st_ray.config.schema import Option, Support
 from st_ray.config.sources import read_env_file, read_json, read_toml
-from st_ray.config.values import coerce, expand_placeholders
+from st_ray.config.values import (
+    FALSE_WORDS,
+    TRUE_WORDS,
+    coerce,
+    expand_placeholders,
+    safe_error,
+)
 
 CONFIG_FILE_NAMES = ("config.json", "config.toml")
 
@@ -48,6 +54,7 @@ ENV_LAUNCHER_ONLY = (
 )
 # Accelerate flags that Ray makes redundant; anything else in ACCELERATE_EXTRA_ARGS is refused.
 _HARMLESS_ACCELERATE_FLAGS = {"--multi_gpu"}
+_SHARDING_WORDS = ("fsdp", "deepspeed", "megatron", "tp_", "zero")
 
 COMMAND_LINE = "command line"
 
@@ -133,22 +140,20 @@ def load_config(
         seen: dict[str, str] = {}
         for raw_key, raw in raw_values.items():
             key = raw_key.lstrip("-")
-            option = lookup(key)
+            option = lookup(ENV_TO_OPTION.get(key, key))
             if option is None:
                 problems.add(source, key, unknown_key_message(key, CANONICAL))
                 continue
             if option.name in seen:
-                problems.add(
-                    source, key, f"given twice in this file (also as '{seen[option.name]}')"
-                )
+                problems.add(source, raw_key, f"given twice (also as '{seen[option.name]}')")
                 continue
-            seen[option.name] = key
-            if key != option.name:
-                notes.append(f"{source}: '{key}' is a deprecated name for '{option.name}'")
+            seen[option.name] = raw_key
+            if key in option.aliases:
+                notes.append(f"{source}: '{key}' is an older name, read as '{option.name}'")
             try:
                 value = coerce(option, expand_placeholders(raw, placeholder_env, {}))
             except ValueError as err:
-                problems.add(source, key, str(err))
+                problems.add(source, key, safe_error(option, key, err))
                 continue
             values[option.name] = default_value(option) if value is None else value
             provenance[option.name] = source
@@ -189,23 +194,42 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 def _options_from_env(
     env_vars: Mapping[str, str], source: str, problems: ProblemList, notes: list[str]
 ) -> dict[str, Any]:
+    """The config.env variables that set options, keyed by variable name (for messages)."""
     options: dict[str, Any] = {}
     for var, value in env_vars.items():
         if var in ENV_TO_OPTION:
-            options[ENV_TO_OPTION[var]] = value
+            options[var] = value
         elif var == "ACCELERATE_EXTRA_ARGS":
-            extra = set(value.split()) - _HARMLESS_ACCELERATE_FLAGS
-            if extra:
-                problems.add(
-                    source,
-                    var,
-                    f"accelerate flags {sorted(extra)} have no Ray "
-                    "equivalent in st_ray; Ray Train places workers itself "
-                    "(accepted: empty or --multi_gpu)",
-                )
+            _check_accelerate_flags(value, source, problems, notes)
         elif var in ENV_LAUNCHER_ONLY:
             notes.append(f"{source}: {var} is a launcher setting with no effect under Ray")
+        elif var.startswith("TRAINING_"):
+            known = [*ENV_TO_OPTION, *ENV_LAUNCHER_ONLY]
+            problems.add(source, var, unknown_key_message(var, known, "config.env variable"))
     return options
+
+
+def _check_accelerate_flags(
+    value: str, source: str, problems: ProblemList, notes: list[str]
+) -> None:
+    """Ray Train places workers, so accelerate's launch flags mostly do not apply. Flags that
+    change how training is sharded would be silently lost: those are refused."""
+    flags = [f for f in value.split() if f.startswith("--")]
+    refused = [f for f in flags if any(w in f for w in _SHARDING_WORDS)]
+    if refused:
+        problems.add(
+            source,
+            "ACCELERATE_EXTRA_ARGS",
+            f"{refused} set up sharded training, "
+            "which st_ray does not do through accelerate; remove them (accepted: "
+            "empty, --multi_gpu, or launch-only flags)",
+        )
+    ignored = [f for f in flags if f not in refused and f not in _HARMLESS_ACCELERATE_FLAGS]
+    if ignored:
+        notes.append(
+            f"{source}: ACCELERATE_EXTRA_ARGS {ignored} only affect accelerate's "
+            "launcher and are ignored under Ray"
+        )
 
 
 def parse_overrides(argv: Sequence[str], problems: ProblemList | None = None) -> dict[str, Any]:
@@ -229,8 +253,8 @@ def parse_overrides(argv: Sequence[str], problems: ProblemList | None = None) ->
         option = lookup(name)
         if not has_value:
             next_is_value = i < len(tokens) and not tokens[i].startswith("--")
-            if option is not None and option.type is bool:
-                if next_is_value and tokens[i].lower() in ("true", "false", "1", "0", "yes", "no"):
+            if option is not None and (option.type is bool or _is_tri_state(option)):
+                if next_is_value and tokens[i].lower() in TRUE_WORDS | FALSE_WORDS:
                     value = tokens[i]
                     i += 1
                 else:
@@ -245,6 +269,10 @@ def parse_overrides(argv: Sequence[str], problems: ProblemList | None = None) ->
     if problems is None:
         own.raise_if_any()
     return result
+
+
+def _is_tri_state(option: Option) -> bool:
+    return bool(option.choices) and "true" in option.choices
 
 
 def _check_required_and_supported(loaded: LoadedConfig, problems: ProblemList) -> None:

@@ -58,7 +58,7 @@ class Plan:
         dataset_secrets = [f.name for f in FIELDS if f.secret]
         return {
             "family": self.family.name,
-            "model": self.model,
+            "model": redact(self.model),
             "dataset_config": str(self.dataset_config),
             "output_dir": str(self.output_dir),
             "run_storage": redact(self.run_storage),
@@ -89,25 +89,20 @@ def build_plan(
     _check_paths(loaded, problems, base_dir)
     model = values.get("pretrained_model_name_or_path")
     if model is None and family is not None:
-        model = family.flavours[values.get("model_flavour") or family.default_flavour]
+        model = family.flavours.get(values.get("model_flavour") or family.default_flavour)
     model_is_local = bool(model) and looks_local(str(model))
 
-    dataset_config = resolve_local(values["data_backend_config"], base_dir)
-    datasets: list[DatasetEntry] = []
-    if not dataset_config.is_file():
-        problems.add(
-            loaded.provenance["data_backend_config"],
-            "data_backend_config",
-            f"dataset config '{values['data_backend_config']}' does not exist",
-        )
-    else:
-        try:
-            datasets = load_datasets(dataset_config, values, loaded.env, problems, base_dir)
-        except ConfigError as err:  # unreadable or malformed file
-            problems.items.extend(err.problems)
+    dataset_config, datasets = _load_dataset_config(loaded, problems, base_dir)
 
-    output_dir = Path(values["output_dir"]).expanduser()
-    if output_dir.exists() and not output_dir.is_dir():
+    output_dir = Path(str(values["output_dir"])).expanduser()
+    if "://" in str(values["output_dir"]):
+        problems.add(
+            loaded.provenance["output_dir"],
+            "output_dir",
+            "must be a local folder (final weights, model card, images); put "
+            "checkpoints on object storage with run_storage_path: s3://...",
+        )
+    elif output_dir.exists() and not output_dir.is_dir():
         problems.add(
             loaded.provenance["output_dir"],
             "output_dir",
@@ -136,6 +131,39 @@ def build_plan(
         tracking_uri,
         notes,
     )
+
+
+def _load_dataset_config(
+    loaded: LoadedConfig, problems: ProblemList, base_dir: Path | None
+) -> tuple[Path, list[DatasetEntry]]:
+    """multidatabackend.json by path, or given inline as a JSON list."""
+    raw = loaded.values.get("data_backend_config")
+    source = loaded.provenance["data_backend_config"]
+    if raw is None:
+        return Path(), []  # already reported as required
+    if isinstance(raw, list):
+        path = Path(f"{source} (inline data_backend_config)")
+        try:
+            return path, load_datasets(raw, loaded.values, loaded.env, problems, base_dir, path)
+        except ConfigError as err:
+            problems.items.extend(err.problems)
+            return path, []
+    if not isinstance(raw, str):
+        problems.add(
+            source,
+            "data_backend_config",
+            "expected a path to a multidatabackend JSON file or an inline JSON list",
+        )
+        return Path(), []
+    path = resolve_local(raw, base_dir)
+    if not path.is_file():
+        problems.add(source, "data_backend_config", f"dataset config '{raw}' does not exist")
+        return path, []
+    try:
+        return path, load_datasets(path, loaded.values, loaded.env, problems, base_dir)
+    except ConfigError as err:  # unreadable or malformed file
+        problems.items.extend(err.problems)
+        return path, []
 
 
 def _check_paths(loaded: LoadedConfig, problems: ProblemList, base_dir: Path | None) -> None:
@@ -168,13 +196,15 @@ def _check_paths(loaded: LoadedConfig, problems: ProblemList, base_dir: Path | N
             problems.add(loaded.provenance[name], name, f"file '{value}' does not exist")
     for option in OPTIONS:
         value = values.get(option.name)
+        if option.name == "data_backend_config" or option.name in PATH_OPTIONS:
+            continue
         if option.type is Json and isinstance(value, str) and value:
             path = resolve_local(value, base_dir)
             if not path.is_file():
                 problems.add(
                     loaded.provenance[option.name],
                     option.name,
-                    f"'{value}' is neither inline JSON nor an existing JSON file",
+                    f"{_shown(option, value)} is neither inline JSON nor an existing JSON file",
                 )
             else:
                 try:
@@ -183,18 +213,25 @@ def _check_paths(loaded: LoadedConfig, problems: ProblemList, base_dir: Path | N
                     problems.items.extend(err.problems)
 
 
+def _shown(option, value: str) -> str:
+    return "the value (not shown: it may be secret)" if option.secret else f"'{value}'"
+
+
 def format_plan(plan: Plan) -> str:
-    """A short human summary of what the run will do."""
+    """A short human summary of what the run will do (secrets redacted)."""
     values = plan.options
-    steps = values.get("max_train_steps") or f"{values.get('num_train_epochs')} epoch(s)"
+    steps = values.get("max_train_steps")
+    length = f"{steps} steps" if steps else f"{values.get('num_train_epochs')} epoch(s)"
+    adapter = f", {values['lora_type']}" if values.get("model_type") == "lora" else ""
+    source = "local folder" if plan.model_is_local else "Hub id"
     lines = [
         "st_ray run plan",
         f"  family        {plan.family.name} ({plan.family.denoiser}, "
-        f"{values.get('model_type')}{', ' + values['lora_type'] if values.get('model_type') == 'lora' else ''})",
-        f"  base model    {plan.model} ({'local folder' if plan.model_is_local else 'Hub id'})",
+        f"{values.get('model_type')}{adapter})",
+        f"  base model    {redact(plan.model)} ({source})",
         f"  workers       {values['num_processes']} Ray Train worker(s), gpu: {values['use_gpu']}",
-        f"  training      {steps} steps, batch {values.get('train_batch_size')}, "
-        f"lr {values.get('learning_rate')}, optimizer {values.get('optimizer')}",
+        f"  training      {length}, batch {values.get('train_batch_size')}, "
+        f"lr {values.get('learning_rate'):g}, optimizer {values.get('optimizer')}",
         f"  output_dir    {plan.output_dir}",
         f"  run storage   {redact(plan.run_storage)}",
         f"  MLflow        {redact(plan.tracking_uri)}",
@@ -204,13 +241,12 @@ def format_plan(plan: Plan) -> str:
         where = entry.fields.get("instance_data_dir") or entry.fields.get("aws_bucket_name") or ""
         if entry.is_image:
             lines.append(
-                f"    - {entry.id}: {entry.backend} {where} resolution {entry['resolution']} "
+                f"    - {entry.id}: {entry.backend} {where} resolution {entry['resolution']:g} "
                 f"({entry['resolution_type']}), captions: {entry['caption_strategy']}, "
                 f"repeats {entry['repeats']}"
             )
         else:
             lines.append(f"    - {entry.id}: {entry.dataset_type} cache {entry['cache_dir'] or ''}")
-    explicit = redact(plan.config.explicit(), SECRET_OPTIONS)
-    lines.append(f"  options set   {len(explicit)} (the rest use defaults)")
+    lines.append(f"  options set   {len(plan.config.explicit())} (the rest use defaults)")
     lines += [f"  note: {note}" for note in plan.notes]
     return "\n".join(lines)

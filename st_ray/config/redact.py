@@ -13,8 +13,10 @@ from typing import Any
 
 REDACTED = "***REDACTED***"
 
+# Whole words of a key name (split on "_"), so "tokenizer_max_length" is not a secret.
 _SECRET_KEY = re.compile(
-    r"(token|secret|password|passwd|access_key|api_key|apikey|credential|webhook|private_key)",
+    r"(^|_)(tokens?|secrets?|password|passwd|access_key|api_key|apikey|credentials?|webhook"
+    r"|private_key)($|_)",
     re.IGNORECASE,
 )
 _URL_CREDENTIALS = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
@@ -47,6 +49,6 @@ def _redact(value: Any, declared: set[str]) -> Any:
 
 
 def _hides(key: Any, value: Any, declared: set[str]) -> bool:
-    if value in (None, "", False):
-        return False
+    if not isinstance(value, str | dict | list) or not value:
+        return False  # numbers, flags and unset values cannot hold a secret
     return isinstance(key, str) and (key.lstrip("-") in declared or is_secret_key(key))

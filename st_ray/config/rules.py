@@ -6,6 +6,7 @@ runs them all so a user sees every conflict at once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ def check_exclusive(loaded: LoadedConfig, problems: ProblemList) -> None:
 def check_family(loaded: LoadedConfig, problems: ProblemList) -> None:
     values = loaded.values
     family_name = values["model_family"]
+    if family_name is None:
+        return  # reported as required
     if family_name not in FAMILIES:
         problems.add(
             loaded.provenance["model_family"],
@@ -124,14 +127,35 @@ def check_ranges(loaded: LoadedConfig, problems: ProblemList) -> None:
 
 def check_resume(loaded: LoadedConfig, problems: ProblemList) -> None:
     value = loaded.values.get("resume_from_checkpoint")
-    if value in (None, "latest") or str(value).startswith(("s3://", "gs://")):
+    if value is None or str(value).strip().lower() in ("", "latest", "none", "null"):
+        return  # start fresh, or resume the newest checkpoint of this run if there is one
+    if str(value).startswith(("s3://", "gs://")):
         return
-    if not Path(str(value)).expanduser().exists():
+    output_dir = Path(str(loaded.values.get("output_dir") or ".")).expanduser()
+    candidates = (Path(str(value)).expanduser(), output_dir / str(value))
+    if not any(path.exists() for path in candidates):
         problems.add(
             loaded.provenance["resume_from_checkpoint"],
             "resume_from_checkpoint",
-            f"checkpoint '{value}' does not exist; accepted: 'latest', a checkpoint "
-            "directory, or an s3:// URI",
+            f"checkpoint '{value}' does not exist (looked in the working directory and "
+            "output_dir); accepted: 'latest', a checkpoint directory, or an s3:// URI",
+        )
+
+
+_RESOLUTION_ITEM = re.compile(r"^\d+(\.\d+)?(x\d+)?$")
+
+
+def check_validation_resolution(loaded: LoadedConfig, problems: ProblemList) -> None:
+    value = loaded.values.get("validation_resolution")
+    if value is None:
+        return
+    items = [item.strip() for item in str(value).split(",")]
+    if not all(_RESOLUTION_ITEM.match(item) for item in items):
+        problems.add(
+            loaded.provenance["validation_resolution"],
+            "validation_resolution",
+            f"'{value}' is not a resolution list; accepted: 1024, 1024x768, or several "
+            "separated by commas (1024x1024,1216x832)",
         )
 
 
@@ -141,6 +165,7 @@ RULES: tuple[Callable[[LoadedConfig, ProblemList], None], ...] = (
     check_training_length,
     check_ranges,
     check_resume,
+    check_validation_resolution,
 )
 
 

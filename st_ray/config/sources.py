@@ -19,7 +19,7 @@ from st_ray.config.errors import ConfigError, Problem
 def read_json(path: Path, what: str = "JSON file") -> Any:
     text = _read_text(path, what)
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as err:
         raise ConfigError(
             [
@@ -30,6 +30,23 @@ def read_json(path: Path, what: str = "JSON file") -> Any:
                 )
             ]
         ) from None
+    except _DuplicateKey as dup:
+        raise ConfigError(
+            [Problem(str(path), str(dup), "appears twice in one JSON object; keep one")]
+        ) from None
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -52,8 +69,9 @@ def read_env_file(path: Path) -> dict[str, str]:
             continue
         match = _ENV_LINE.match(line)
         if not match:
+            # The line is not echoed: it may hold a secret.
             raise ConfigError(
-                [Problem(str(path), None, f"line {lineno} is not KEY=value: {raw.strip()!r}")]
+                [Problem(str(path), None, f"line {lineno} is not KEY=value (no spaces around '=')")]
             )
         key, rest = match.groups()
         try:

@@ -6,16 +6,18 @@ caller adds the file and key.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from st_ray.config.errors import format_choices
+from st_ray.config.errors import closest, format_choices
 from st_ray.config.schema import Json, Option
 
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
+TRUE_WORDS = {"true", "yes", "on", "1"}
+FALSE_WORDS = {"false", "no", "off", "0"}
 _NULL = {"none", "null", ""}
 
 
@@ -31,11 +33,22 @@ def coerce(option: Option, raw: Any) -> Any:
     return _check(option, _scalar(option, raw))
 
 
+def safe_error(option: Option, key: str, err: ValueError) -> str:
+    """The coercion error to show, unless the value may be a secret: then it is not echoed."""
+    from st_ray.config.redact import is_secret_key
+
+    if option.secret or is_secret_key(key) or is_secret_key(option.name):
+        kind = option.type.__name__
+        return f"invalid value for a {kind} field (value not shown: it may be secret)"
+    return str(err)
+
+
 def _as_list(raw: Any) -> list[Any]:
     if isinstance(raw, list | tuple):
         return list(raw)
     if isinstance(raw, str):
-        return [part.strip() for part in raw.split(",") if part.strip()]
+        # SimpleTuner writes lists comma- or space-separated ("vae aspect", "mlflow,none").
+        return [part for part in re.split(r"[,\s]+", raw) if part]
     return [raw]
 
 
@@ -49,6 +62,8 @@ def _scalar(option: Option, raw: Any) -> Any:
         return _to_float(raw)
     if kind is Json:
         return _to_json(raw)
+    if isinstance(raw, bool) and option.choices and "true" in option.choices:
+        return str(raw).lower()  # tri-state options such as use_gpu: auto / true / false
     if isinstance(raw, bool) or not isinstance(raw, str | int | float):
         raise ValueError(f"expected a string, got {type(raw).__name__} {raw!r}")
     return str(raw)
@@ -61,9 +76,9 @@ def to_bool(raw: Any) -> bool:
         return bool(raw)
     if isinstance(raw, str):
         word = raw.strip().lower()
-        if word in _TRUE:
+        if word in TRUE_WORDS:
             return True
-        if word in _FALSE:
+        if word in FALSE_WORDS:
             return False
     raise ValueError(f"expected true or false, got {raw!r}")
 
@@ -94,14 +109,17 @@ def _to_int(raw: Any, option: Option) -> int:
 def _to_float(raw: Any) -> float:
     if isinstance(raw, bool):
         raise ValueError(f"expected a number, got {raw!r}")
+    number = None
     if isinstance(raw, int | float):
-        return float(raw)
-    if isinstance(raw, str):
-        try:
-            return float(raw.strip())
-        except ValueError:
-            pass
-    raise ValueError(f"expected a number, got {raw!r}")
+        number = float(raw)
+    elif isinstance(raw, str):
+        with contextlib.suppress(ValueError):
+            number = float(raw.strip())
+    if number is None:
+        raise ValueError(f"expected a number, got {raw!r}")
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {raw!r}")
+    return number
 
 
 def _to_json(raw: Any) -> Any:
@@ -124,8 +142,10 @@ def _to_json(raw: Any) -> Any:
 
 def _check(option: Option, value: Any) -> Any:
     if option.choices is not None and value not in option.choices:
+        guess = closest(str(value), [str(c) for c in option.choices if c is not None])
+        hint = f" (did you mean {guess!r}?)" if guess else ""
         raise ValueError(
-            f"{value!r} is not allowed; accepted values: {format_choices(option.choices)}"
+            f"{value!r} is not allowed{hint}; accepted values: {format_choices(option.choices)}"
         )
     if isinstance(value, int | float) and not isinstance(value, bool):
         if option.minimum is not None and value < option.minimum:
