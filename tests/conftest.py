@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.s3_server"]
+
 # Nothing in the tests may reach a model hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -38,3 +40,13 @@ def example_dataset(tmp_path_factory: pytest.TempPathFactory):
     from st_ray import example_data
 
     return example_data.generate(tmp_path_factory.mktemp("example-data"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance shared by every test that needs Ray (start-up costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

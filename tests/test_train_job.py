@@ -107,16 +107,18 @@ def test_run_saves_redacted_config(tmp_path: Path, example_dataset) -> None:
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    """The README's demo command: builds model + data, validates, starts local Ray."""
+    """The README's demo command: builds model + data, validates, caches with local Ray."""
     result = _run("--demo", "--demo-dir", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "st_ray run plan" in result.stdout
-    assert "Ray cluster:" in result.stdout
+    assert "cache summary" in result.stdout
+    assert "The training stage (Ray Train) is not built yet" in result.stdout
     config = json.loads((tmp_path / "demo" / "config" / "config.json").read_text())
     model = Path(config["pretrained_model_name_or_path"])
     assert (model / "model_index.json").is_file()
     saved = tmp_path / "demo" / "output" / "st_ray_resolved_config.json"
     assert json.loads(saved.read_text())["family"] == "sd1x"
+    assert (tmp_path / "demo" / "cache" / "text" / "sd1x" / "manifest.json").is_file()
     # a second run reuses the built model and data
     again = _run("--demo", "--demo-dir", str(tmp_path / "demo"), "--dry-run")
     assert again.returncode == 0, again.stderr[-3000:]

@@ -358,6 +358,46 @@ _METADATA = _group(
             "position_start, include_original}; extra caption variants are made with the "
             "shuffled tags and embedded up front.",
         ),
+        opt(
+            "captioning_model",
+            str,
+            None,
+            "Transformers image-to-text model (Hub id or local folder, e.g. "
+            "Salesforce/blip-image-captioning-base) that captions the images caption_strategy "
+            "leaves without a caption; generated captions are saved (caption_output) and reused "
+            "by later runs. Unset: images without a caption are skipped.",
+        ),
+        opt(
+            "captioning_prompt",
+            str,
+            None,
+            "Text the captioning model continues (e.g. 'a photograph of'); it is "
+            "removed from the generated caption. Unset: unconditional captioning.",
+        ),
+        opt(
+            "captioning_max_new_tokens",
+            int,
+            32,
+            "Most tokens generated per caption (greedy decoding, so reruns agree).",
+            minimum=1,
+        ),
+        opt(
+            "captioning_batch_size",
+            int,
+            8,
+            "Images per captioning model call.",
+            minimum=1,
+        ),
+        opt(
+            "caption_output",
+            str,
+            "sidecar",
+            "Where generated captions are saved: 'sidecar' writes <image>.txt next to "
+            "each local image (what caption_strategy 'textfile' reads), 'parquet' a table of "
+            "image_id -> generated_caption (for remote or read-only datasets and metadata "
+            "strategies). Existing captions are never overwritten.",
+            choices=("sidecar", "parquet"),
+        ),
     ],
 )
 

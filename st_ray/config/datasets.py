@@ -296,7 +296,8 @@ def _check_backend(
         elif (
             entry.backend == "local"
             and not str(block["path"]).startswith("s3://")
-            and not (resolve_local(block["path"], base_dir).is_file())
+            and not resolve_local(block["path"], base_dir).is_file()
+            and not (Path(str(f.get("instance_data_dir") or "")) / block["path"]).is_file()
         ):
             problems.add(where, "parquet.path", f"file '{block['path']}' does not exist")
     strategy = f.get("caption_strategy")

@@ -83,6 +83,14 @@ def check_family(loaded: LoadedConfig, problems: ProblemList) -> None:
             f"'{prediction}' does not apply to {family_name}; accepted: "
             + ", ".join(family.prediction_types),
         )
+    alignment = values.get("aspect_bucket_alignment")
+    if alignment and alignment % family.pixel_granularity:
+        problems.add(
+            loaded.provenance["aspect_bucket_alignment"],
+            "aspect_bucket_alignment",
+            f"{alignment} is not a multiple of {family.pixel_granularity}, the pixel "
+            f"size of one {family_name} latent token; use a multiple of it",
+        )
     if values.get("flux_lora_target") not in (None, "all") and family_name != "flux":
         problems.add(
             loaded.provenance["flux_lora_target"],

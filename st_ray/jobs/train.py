@@ -63,22 +63,16 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run(plan: Plan, demo: bool = False) -> int:
-    """Run every stage st_ray has so far: record the resolved config, start Ray."""
+    """Run every stage st_ray has so far: record the resolved config, bring the latent and
+    text-embedding caches up to date (on demand: only what is missing is encoded)."""
+    from st_ray.jobs.cache import run_cache
+
     saved = save_resolved_config(plan)
     print(f"\nresolved config (secrets redacted): {saved}")
-
-    import ray
-
-    ray.init(address=plan.options.get("ray_address"), include_dashboard=False, log_to_driver=False)
-    try:
-        resources = ray.cluster_resources()
-        print(f"Ray cluster: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
-    finally:
-        ray.shutdown()
-    print(
-        "\nThe caching (Ray Data) and training (Ray Train) stages are not built yet; "
-        "st_ray stops after validating the run."
-    )
+    status = run_cache(plan)
+    if status != 0:
+        return status
+    print("\nThe training stage (Ray Train) is not built yet; st_ray stops after caching.")
     return 0 if demo else EXIT_STAGE_MISSING
 
 

@@ -1,6 +1,16 @@
 """PixArt-Sigma: DiT transformer conditioned on T5, epsilon prediction."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from st_ray.models import text_encoders as te
 from st_ray.models.family import FamilySpec
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 SPEC = FamilySpec(
     name="pixart_sigma",
@@ -15,3 +25,31 @@ SPEC = FamilySpec(
     text_encoders=1,
     pipeline_class="PixArtSigmaPipeline",
 )
+
+SLOTS = (te.Slot("text_encoder", "tokenizer", "T5EncoderModel"),)
+T5_LENGTH = 300  # the pipeline's and SimpleTuner's PixArt-Sigma length
+
+
+def load_text_encoders(
+    model_path: str, *, device: torch.device, dtype: torch.dtype, options: Mapping[str, Any]
+) -> te.TextEncoders:
+    return te.load(model_path, SLOTS, device=device, dtype=dtype, options=options)
+
+
+def encode_prompts(
+    encoders: te.TextEncoders, prompts: list[str], *, options: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """prompt_embeds (B, L, D) from T5 run with its attention mask, and prompt_attention_mask
+    (B, L). Captions are lower-cased and stripped, the pipeline's clean_caption=False path."""
+    with te.inference_mode():
+        embeds, mask = te.t5_encode(
+            encoders,
+            "text_encoder",
+            [p.lower().strip() for p in prompts],
+            max_length=te.t5_max_length(options, T5_LENGTH),
+            masked=True,
+        )
+        return {
+            "prompt_embeds": te.to_numpy(te.apply_t5_padding(embeds, mask, options)),
+            "prompt_attention_mask": te.to_numpy(mask),
+        }

@@ -1,6 +1,16 @@
 """Stable Diffusion 1.x: UNet, one CLIP text encoder, epsilon prediction."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from st_ray.models import text_encoders as te
 from st_ray.models.family import FamilySpec
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 SPEC = FamilySpec(
     name="sd1x",
@@ -11,3 +21,23 @@ SPEC = FamilySpec(
     text_encoders=1,
     pipeline_class="StableDiffusionPipeline",
 )
+
+SLOTS = (te.Slot("text_encoder", "tokenizer", "CLIPTextModel"),)
+
+
+def load_text_encoders(
+    model_path: str, *, device: torch.device, dtype: torch.dtype, options: Mapping[str, Any]
+) -> te.TextEncoders:
+    return te.load(model_path, SLOTS, device=device, dtype=dtype, options=options)
+
+
+def encode_prompts(
+    encoders: te.TextEncoders, prompts: list[str], *, options: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """prompt_embeds (B, 77, D): the CLIP last hidden state (the pipeline with clip_skip None).
+
+    SD 1.x and 2.x condition the UNet the same way; only the checkpoints' encoders differ.
+    """
+    with te.inference_mode():
+        out = te.clip_encode(encoders, "text_encoder", prompts)
+        return {"prompt_embeds": te.to_numpy(out.last_hidden_state)}

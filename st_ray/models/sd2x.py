@@ -2,6 +2,10 @@
 
 from st_ray.models.family import FamilySpec
 
+# Same single-CLIP conditioning as SD 1.x (OpenCLIP ViT-H instead of CLIP ViT-L, same layout).
+from st_ray.models.sd1x import encode_prompts as encode_prompts
+from st_ray.models.sd1x import load_text_encoders as load_text_encoders
+
 SPEC = FamilySpec(
     name="sd2x",
     denoiser="unet",

@@ -1,6 +1,16 @@
 """Stable Diffusion 3.x: flow-matching MMDiT, two CLIP encoders plus T5."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from st_ray.models import text_encoders as te
 from st_ray.models.family import FamilySpec
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 SPEC = FamilySpec(
     name="sd3",
@@ -14,3 +24,43 @@ SPEC = FamilySpec(
     text_encoders=3,
     pipeline_class="StableDiffusion3Pipeline",
 )
+
+SLOTS = (
+    te.Slot("text_encoder", "tokenizer", "CLIPTextModelWithProjection"),  # CLIP-L
+    te.Slot("text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection"),  # OpenCLIP bigG
+    te.Slot("text_encoder_3", "tokenizer_3", "T5EncoderModel"),
+)
+# SimpleTuner's T5 length for SD3 (the diffusers pipeline defaults to 256 at inference).
+T5_LENGTH = 154
+
+
+def load_text_encoders(
+    model_path: str, *, device: torch.device, dtype: torch.dtype, options: Mapping[str, Any]
+) -> te.TextEncoders:
+    return te.load(model_path, SLOTS, device=device, dtype=dtype, options=options)
+
+
+def encode_prompts(
+    encoders: te.TextEncoders, prompts: list[str], *, options: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """prompt_embeds (B, 77+L, D_t5): both CLIPs' penultimate states side by side, zero-padded
+    to T5's width, followed by the T5 states; pooled_prompt_embeds (B, P1+P2): both CLIPs'
+    projected pooled outputs."""
+    import torch
+
+    with te.inference_mode():
+        clip = [te.clip_encode(encoders, n, prompts) for n in ("text_encoder", "text_encoder_2")]
+        t5, mask = te.t5_encode(
+            encoders,
+            "text_encoder_3",
+            prompts,
+            max_length=te.t5_max_length(options, T5_LENGTH),
+            masked=False,
+        )
+        t5 = te.apply_t5_padding(t5, mask, options)
+        states = torch.cat([out.hidden_states[-2] for out in clip], dim=-1)
+        states = torch.nn.functional.pad(states, (0, t5.shape[-1] - states.shape[-1]))
+        return {
+            "prompt_embeds": te.to_numpy(torch.cat([states, t5], dim=-2)),
+            "pooled_prompt_embeds": te.to_numpy(torch.cat([o.text_embeds for o in clip], dim=-1)),
+        }

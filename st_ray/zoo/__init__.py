@@ -16,13 +16,19 @@ from pathlib import Path
 
 # Family name -> module in this package exposing ``build(out_dir: Path, seed: int) -> None``.
 FAMILIES: tuple[str, ...] = ("sd1x", "sd2x", "sdxl", "flux", "sd3", "pixart_sigma")
+# Helper models that are not diffusion pipelines (a transformers folder with config.json),
+# built and cached the same way: "captioner" is a tiny BLIP image-to-text model.
+EXTRAS: tuple[str, ...] = ("captioner",)
 
-__all__ = ["FAMILIES", "build", "ensure"]
+__all__ = ["EXTRAS", "FAMILIES", "build", "ensure"]
 
 
 def _module(family: str):
-    if family not in FAMILIES:
-        raise ValueError(f"unknown zoo family {family!r}; accepted families: {', '.join(FAMILIES)}")
+    if family not in FAMILIES and family not in EXTRAS:
+        raise ValueError(
+            f"unknown zoo family {family!r}; accepted families: {', '.join(FAMILIES)}; "
+            f"extra models: {', '.join(EXTRAS)}"
+        )
     # Imported lazily: family modules pull in diffusers/transformers.
     return importlib.import_module(f"{__name__}.{family}")
 
@@ -40,6 +46,11 @@ def build(family: str, out_dir: str | Path, seed: int = 0) -> Path:
 RECIPE_VERSION = 1
 
 
+def _marker(family: str) -> str:
+    """The file whose presence marks a finished build."""
+    return "model_index.json" if family in FAMILIES else "config.json"
+
+
 def ensure(family: str, cache_root: str | Path, seed: int = 0) -> Path:
     """Return ``cache_root/<family>-seed<seed>-v<RECIPE_VERSION>``, building it if missing.
 
@@ -50,7 +61,7 @@ def ensure(family: str, cache_root: str | Path, seed: int = 0) -> Path:
     _module(family)  # validate the name before touching the filesystem
     root = Path(cache_root)
     final = root / f"{family}-seed{seed}-v{RECIPE_VERSION}"
-    if (final / "model_index.json").is_file():
+    if (final / _marker(family)).is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
@@ -60,7 +71,7 @@ def ensure(family: str, cache_root: str | Path, seed: int = 0) -> Path:
         try:
             os.rename(tmp, final)
         except OSError:
-            if not (final / "model_index.json").is_file():
+            if not (final / _marker(family)).is_file():
                 raise
     finally:
         if tmp.exists():

@@ -7,15 +7,16 @@ import sys
 import time
 from pathlib import Path
 
-from . import FAMILIES, build
+from . import EXTRAS, FAMILIES, build
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m st_ray.zoo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="print the available families")
+    sub.add_parser("list", help="print the available diffusion families")
     b = sub.add_parser("build", help="write a tiny pipeline folder")
-    b.add_argument("--family", required=True, choices=(*FAMILIES, "all"))
+    # "all" means every diffusion family; extras (the captioner) are built by name.
+    b.add_argument("--family", required=True, choices=(*FAMILIES, *EXTRAS, "all"))
     b.add_argument("--out", required=True, type=Path, help="pipeline folder (DIR/<family> for all)")
     b.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -1,0 +1,1 @@
+"""Dataset discovery, decoding, aspect bucketing and the latent/text-embed caches."""

@@ -1,0 +1,190 @@
+"""The on-disk (or s3://) cache: Parquet shards plus a manifest that says which shards are real.
+
+Layout of one cache folder::
+
+    manifest.json          kind, settings fingerprint, committed shards, last summary
+    shards/<run>/*.parquet written by Ray Data; only shards listed in the manifest count
+    index.parquet          (latent caches) the dataset as of the last run: image -> hash, captions
+
+A run writes its shards first and commits them by rewriting the manifest last (an atomic
+replace locally, a single PUT on S3). A run killed midway leaves shards that no manifest
+lists; the next run ignores them and removes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from st_ray import storage
+from st_ray.storage import S3Settings
+
+MANIFEST = "manifest.json"
+INDEX = "index.parquet"
+FORMAT_VERSION = 1
+
+
+class CacheMismatch(Exception):
+    """A cache built with different settings than the current run asks for."""
+
+
+def fingerprint_hash(settings: Mapping[str, Any]) -> str:
+    canonical = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def describe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    keys = sorted(set(old) | set(new))
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return "; ".join(changed)
+
+
+@dataclass
+class Manifest:
+    kind: str  # "latents" or "text_embeds"
+    settings: dict[str, Any]
+    shards: list[str] = field(default_factory=list)  # paths relative to the cache root
+    rows: int = 0
+    summary: dict[str, Any] = field(default_factory=dict)
+    version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": self.version,
+                "kind": self.kind,
+                "settings": self.settings,
+                "fingerprint": fingerprint_hash(self.settings),
+                "shards": self.shards,
+                "rows": self.rows,
+                "summary": self.summary,
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            indent=2,
+            default=str,
+        )
+
+
+class CacheStore:
+    """One cache folder: read its manifest, check settings, commit new shards."""
+
+    def __init__(self, root: str, kind: str, s3: S3Settings | None = None) -> None:
+        self.root = root.rstrip("/")
+        self.kind = kind
+        self.s3 = s3
+        self.fs, self.path = storage.filesystem(self.root, s3)
+
+    def _p(self, *parts: str) -> str:
+        return "/".join([self.path, *parts])
+
+    def read_manifest(self) -> Manifest | None:
+        if not self.fs.exists(self._p(MANIFEST)):
+            return None
+        data = json.loads(self.fs.cat_file(self._p(MANIFEST)))
+        if data.get("kind") != self.kind:
+            raise CacheMismatch(
+                f"{self.root} holds a '{data.get('kind')}' cache, not '{self.kind}'; give each "
+                "cache its own folder"
+            )
+        return Manifest(
+            kind=data["kind"],
+            settings=data["settings"],
+            shards=list(data.get("shards", [])),
+            rows=int(data.get("rows", 0)),
+            summary=data.get("summary", {}),
+            version=int(data.get("version", FORMAT_VERSION)),
+        )
+
+    def open(self, settings: Mapping[str, Any], override: bool) -> Manifest:
+        """The manifest to extend for ``settings``.
+
+        A cache built with other settings is an error naming the difference, unless
+        ``override`` (override_dataset_config) is set: then the old cache is discarded and
+        rebuilt, so stale entries are never reused.
+        """
+        settings = json.loads(json.dumps(dict(settings), default=str))
+        current = self.read_manifest()
+        if current is not None and current.settings != settings:
+            if not override:
+                raise CacheMismatch(
+                    f"cache {self.root} was built with different settings ("
+                    f"{describe_difference(current.settings, settings)}); set "
+                    "override_dataset_config to rebuild it, or use another cache folder"
+                )
+            self.clear()
+            current = None
+        self.remove_uncommitted(current)
+        return current or Manifest(kind=self.kind, settings=settings)
+
+    def pyarrow_filesystem(self):
+        """The same storage as a pyarrow filesystem, for Ray Data's writers."""
+        return storage.pyarrow_filesystem(self.root, self.s3)[0]
+
+    def new_run_dir(self) -> tuple[str, str]:
+        """A fresh shard folder for this run: (its path inside ``pyarrow_filesystem()``, its
+        path relative to the cache root)."""
+        relative = f"shards/{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        return self._p(relative), relative
+
+    def shard_files(self, relative_dir: str) -> list[str]:
+        base = self._p(relative_dir)
+        if not self.fs.exists(base):
+            return []
+        files = [f for f in self.fs.find(base) if f.endswith(".parquet")]
+        return sorted(f[len(self.path) + 1 :] for f in files)
+
+    def commit(self, manifest: Manifest, new_shards: Iterable[str], new_rows: int) -> None:
+        manifest.shards = [*manifest.shards, *new_shards]
+        manifest.rows += new_rows
+        storage.atomic_write_bytes(
+            storage.join(self.root, MANIFEST), manifest.to_json().encode(), self.s3
+        )
+
+    def remove_uncommitted(self, manifest: Manifest | None) -> None:
+        """Delete shard files no manifest lists: leftovers of an interrupted run."""
+        committed = set(manifest.shards if manifest else [])
+        base = self._p("shards")
+        if not self.fs.exists(base):
+            return
+        for path in self.fs.find(base):
+            if path[len(self.path) + 1 :] not in committed:
+                self.fs.rm(path)
+
+    def clear(self) -> None:
+        for name in ("shards", MANIFEST, INDEX):
+            if self.fs.exists(self._p(name)):
+                self.fs.rm(self._p(name), recursive=True)
+
+    def read_columns(self, manifest: Manifest, columns: list[str]) -> pa.Table:
+        """Selected columns of every committed shard (cheap: Parquet reads only those)."""
+        return self.read_shards(manifest.shards, columns)
+
+    def read_shards(self, shards: list[str], columns: list[str]) -> pa.Table:
+        tables = []
+        for shard in shards:
+            with self.fs.open(self._p(shard), "rb") as handle:
+                tables.append(pq.read_table(handle, columns=columns))
+        if not tables:
+            return pa.table({c: pa.array([], type=pa.string()) for c in columns})
+        return pa.concat_tables(tables, promote_options="default")
+
+    def write_index(self, table: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        storage.atomic_write_bytes(
+            storage.join(self.root, INDEX), sink.getvalue().to_pybytes(), self.s3
+        )
+
+    def read_index(self) -> pa.Table | None:
+        if not self.fs.exists(self._p(INDEX)):
+            return None
+        with self.fs.open(self._p(INDEX), "rb") as handle:
+            return pq.read_table(handle)

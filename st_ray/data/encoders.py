@@ -1,0 +1,165 @@
+"""Ray Data actor classes that encode images to latents and captions to text embeddings.
+
+Each actor loads its model once (on a GPU when the actor was given one) and then encodes
+the batches Ray Data streams to it. Batches are dicts of numpy arrays ("numpy" format).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from st_ray.device import pick_device, torch_dtype
+
+# Rows that are not freshly decoded images pass through the VAE stage untouched.
+ENCODE_STATUS = "ok"
+# Columns a latent shard carries besides the latent, with fixed Arrow types so every shard
+# (and every Ray block) has the same schema.
+PASS_THROUGH = {
+    "dataset_id": pa.string(),
+    "image_id": pa.string(),
+    "uri": pa.string(),
+    "status": pa.string(),
+    "content_hash": pa.string(),
+    "original_width": pa.int32(),
+    "original_height": pa.int32(),
+    "bucket_width": pa.int32(),
+    "bucket_height": pa.int32(),
+    "crop_left": pa.int32(),
+    "crop_top": pa.int32(),
+}
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python values for pa.array. Ray hands integer columns with missing
+    values over as floats with NaN: those become None and whole numbers ints again."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return None if math.isnan(value) else int(value) if value.is_integer() else value
+    return value
+
+
+def latent_storage_dtype(vae_dtype: str) -> np.dtype:
+    """Latents are stored in fp16 (half the disk), or fp32 when the VAE runs in fp32."""
+    return np.dtype(np.float32) if vae_dtype == "fp32" else np.dtype(np.float16)
+
+
+class VaeEncoder:
+    """Encodes uint8 HxWx3 ``pixels`` to scaled latents; groups a batch by bucket shape."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        vae_path: str | None = None,
+        vae_dtype: str = "default",
+        revision: str | None = None,
+        enable_slicing: bool = False,
+        enable_tiling: bool = False,
+        seed: int = 0,
+    ) -> None:
+        from diffusers import AutoencoderKL
+
+        self.device = pick_device()
+        dtype = torch_dtype(vae_dtype, self.device)
+        if vae_path:
+            self.vae = AutoencoderKL.from_pretrained(vae_path, revision=revision, torch_dtype=dtype)
+        else:
+            self.vae = AutoencoderKL.from_pretrained(
+                model_path, subfolder="vae", revision=revision, torch_dtype=dtype
+            )
+        self.vae.to(self.device).eval().requires_grad_(False)
+        if enable_slicing:
+            self.vae.enable_slicing()
+        if enable_tiling:
+            self.vae.enable_tiling()
+        self.dtype = dtype
+        self.store_dtype = latent_storage_dtype(vae_dtype)
+        config = self.vae.config
+        self.scaling = float(config.scaling_factor)
+        self.shift = float(getattr(config, "shift_factor", None) or 0.0)
+        self.seed = seed
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        count = len(batch["status"])
+        latents: list[bytes | None] = [None] * count
+        shapes: list[list[int] | None] = [None] * count
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i in range(count):
+            if batch["status"][i] == ENCODE_STATUS:
+                groups[batch["pixels"][i].shape].append(i)
+        for rows in groups.values():
+            pixels = np.stack([batch["pixels"][i] for i in rows])
+            encoded = self.encode(pixels, [str(batch["content_hash"][i]) for i in rows])
+            for i, latent in zip(rows, encoded, strict=True):
+                latents[i] = latent.tobytes()
+                shapes[i] = list(latent.shape)
+        columns = {
+            name: pa.array([_plain(v) for v in batch[name]], type=kind)
+            for name, kind in PASS_THROUGH.items()
+        }
+        columns["captions"] = pa.array(
+            [json.loads(c) for c in batch["captions_json"]], type=pa.list_(pa.string())
+        )
+        columns["latent"] = pa.array(latents, type=pa.binary())
+        columns["latent_shape"] = pa.array(shapes, type=pa.list_(pa.int32()))
+        columns["latent_dtype"] = pa.array(
+            [self.store_dtype.name if s else None for s in shapes], type=pa.string()
+        )
+        return pa.table(columns)
+
+    def encode(self, pixels: np.ndarray, keys: list[str]) -> np.ndarray:
+        """(B, H, W, 3) uint8 -> (B, C, H/8, W/8) latents, shifted and scaled for training."""
+        x = torch.from_numpy(pixels).to(self.device).permute(0, 3, 1, 2)
+        x = (x.to(self.dtype) / 127.5) - 1.0
+        dist = self.vae.encode(x).latent_dist
+        # Sample noise per image from its content hash: the same image always caches the same
+        # latent, whatever batch it landed in.
+        noise = torch.stack([_noise_for(key, self.seed, dist.mean.shape[1:]) for key in keys])
+        sample = dist.mean + dist.std * noise.to(dist.mean.device, dist.mean.dtype)
+        latents = (sample - self.shift) * self.scaling
+        return latents.float().cpu().numpy().astype(self.store_dtype)
+
+
+def _noise_for(key: str, seed: int, shape: torch.Size) -> torch.Tensor:
+    generator = torch.Generator().manual_seed((int(key[:15], 16) + seed) % (2**63))
+    return torch.randn(shape, generator=generator)
+
+
+class TextEncoder:
+    """Encodes distinct captions with the family's text encoders (``encode_prompts``)."""
+
+    def __init__(self, family: str, model_path: str, options: Mapping[str, Any]) -> None:
+        from st_ray.models.family import get_family_module
+
+        self.module = get_family_module(family)
+        self.options = dict(options)
+        self.device = pick_device()
+        dtype = torch_dtype("default", self.device)
+        self.encoders = self.module.load_text_encoders(
+            model_path, device=self.device, dtype=dtype, options=self.options
+        )
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        captions = [str(c) for c in batch["caption"]]
+        encoded = self.module.encode_prompts(self.encoders, captions, options=self.options)
+        out: dict[str, np.ndarray] = {
+            "caption": np.array(captions, dtype=object),
+            "caption_hash": batch["caption_hash"],
+        }
+        for key, array in encoded.items():
+            array = np.asarray(array)
+            out[key] = np.array([row.tobytes() for row in array], dtype=object)
+            out[f"{key}_shape"] = np.array([list(row.shape) for row in array], dtype=object)
+            out[f"{key}_dtype"] = np.array([array.dtype.name] * len(captions), dtype=object)
+        return out

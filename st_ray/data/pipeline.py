@@ -1,0 +1,417 @@
+"""Building the latent and text-embedding caches of a run with Ray Data.
+
+Per image dataset::
+
+    discover (driver: one listing) -> prepare_batch (CPU tasks: hash, decode, bucket, crop,
+    captions) -> VaeEncoder (actor pool, GPU when present) -> Parquet shards -> manifest
+
+then, for all datasets together, every distinct caption not cached yet is encoded once by a
+TextEncoder actor pool into the text-embedding cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from st_ray.config.datasets import DatasetEntry
+from st_ray.config.plan import Plan
+from st_ray.data import captioning, discovery
+from st_ray.data.bucketing import BucketSettings
+from st_ray.data.cache_store import CacheStore, Manifest
+from st_ray.data.captions import resolve_captions
+from st_ray.data.encoders import TextEncoder, VaeEncoder
+from st_ray.data.prepare import CACHED, OK, PrepareSettings, prepare_batch
+from st_ray.storage import S3Settings
+
+LATENTS = "latents"
+TEXT = "text_embeds"
+# Columns of a latent shard that are cheap to read back (no latents).
+LIGHT_COLUMNS = [
+    "image_id",
+    "content_hash",
+    "status",
+    "captions",
+    "bucket_width",
+    "bucket_height",
+    "original_width",
+    "original_height",
+    "crop_left",
+    "crop_top",
+]
+# Options that change what the text encoders produce.
+TEXT_SETTING_OPTIONS = (
+    "tokenizer_max_length",
+    "t5_padding",
+    "revision",
+    "variant",
+    "pretrained_t5_model_name_or_path",
+    "pretrained_gemma_model_name_or_path",
+    "sana_complex_human_instruction",
+    "sd3_clip_uncond_behaviour",
+    "sd3_t5_uncond_behaviour",
+    "model_flavour",
+)
+
+
+@dataclass
+class DatasetReport:
+    dataset_id: str
+    cache: str
+    seen: int = 0
+    reused: int = 0
+    encoded: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def usable(self) -> int:
+        return self.reused + self.encoded
+
+
+@dataclass
+class CacheReport:
+    datasets: list[DatasetReport]
+    text_cache: str
+    captions: int = 0
+    captions_reused: int = 0
+    captions_encoded: int = 0
+
+    def table(self) -> str:
+        reasons = sorted({r for d in self.datasets for r in d.skipped})
+        header = ["dataset", "seen", "reused", "encoded", *[f"skip:{r}" for r in reasons]]
+        rows = [
+            [d.dataset_id, d.seen, d.reused, d.encoded, *[d.skipped.get(r, 0) for r in reasons]]
+            for d in self.datasets
+        ]
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+        lines = [
+            "  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True))
+            for line in [header, *rows]
+        ]
+        lines.append(
+            f"text embeddings: {self.captions} distinct captions, {self.captions_reused} "
+            f"reused, {self.captions_encoded} encoded -> {self.text_cache}"
+        )
+        return "\n".join(lines)
+
+
+def latent_settings(plan: Plan, entry: DatasetEntry) -> dict[str, Any]:
+    """Everything that changes a dataset's latents: a different value means a stale cache."""
+    options = plan.options
+    keys = (
+        "resolution",
+        "resolution_type",
+        "crop",
+        "crop_style",
+        "crop_aspect",
+        "crop_aspect_buckets",
+        "minimum_image_size",
+        "maximum_image_size",
+        "target_downsample_size",
+        "max_upscale_threshold",
+    )
+    return {
+        "family": plan.family.name,
+        "vae": options.get("pretrained_vae_model_name_or_path") or plan.model,
+        "revision": options.get("revision"),
+        "vae_dtype": options.get("vae_dtype"),
+        "aspect_bucket_alignment": options.get("aspect_bucket_alignment"),
+        "aspect_bucket_rounding": options.get("aspect_bucket_rounding"),
+        "seed": options.get("seed") or 0,
+        **{k: entry.fields.get(k) for k in keys},
+    }
+
+
+def text_settings(plan: Plan) -> dict[str, Any]:
+    return {
+        "family": plan.family.name,
+        "model": plan.model,
+        **{k: plan.options.get(k) for k in TEXT_SETTING_OPTIONS},
+    }
+
+
+def text_cache_root(plan: Plan, entry: DatasetEntry | None = None) -> str:
+    """The text_embeds dataset an image dataset names, else the default one, else
+    cache_dir_text."""
+    text_sets = {d.id: d for d in plan.datasets if d.dataset_type == "text_embeds"}
+    wanted = entry.fields.get("text_embeds") if entry else None
+    if wanted and wanted in text_sets:
+        return str(text_sets[wanted]["cache_dir"])
+    defaults = [d for d in text_sets.values() if d.fields.get("default")] or list(
+        text_sets.values()
+    )
+    if defaults:
+        return str(defaults[0]["cache_dir"])
+    return str(plan.options.get("cache_dir_text") or plan.output_dir / "cache" / "text")
+
+
+def build_caches(plan: Plan) -> CacheReport:
+    """Bring every dataset's latent cache and the text cache up to date. Needs Ray running."""
+    s3 = S3Settings.from_options(plan.options)
+    reports = []
+    captions: set[str] = set()
+    for entry in [d for d in plan.datasets if d.is_image]:
+        report, dataset_captions = cache_dataset(plan, entry)
+        reports.append(report)
+        captions |= dataset_captions
+    text_root = text_cache_root(plan)
+    report = CacheReport(reports, text_root, captions=len(captions))
+    report.captions_reused, report.captions_encoded = cache_text(plan, captions, text_root, s3)
+    return report
+
+
+def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[str]]:
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    options = plan.options
+    s3_data = S3Settings.from_entry(entry) if entry.backend == "aws" else None
+    store = CacheStore(str(entry["cache_dir_vae"]), LATENTS, S3Settings.from_options(options))
+    manifest = store.open(
+        latent_settings(plan, entry), bool(options.get("override_dataset_config"))
+    )
+    cached = _cached_rows(store, manifest, options.get("vae_cache_scan_behaviour"))
+    rows = discovery.discover(entry, s3_data)
+    if entry.fields.get("captioning_model"):
+        rows = caption_missing(entry, rows, s3_data)
+    report = DatasetReport(entry.id, store.root, seen=len(rows))
+    if not rows:
+        store.commit(manifest, [], 0)
+        return report, set()
+
+    settings = PrepareSettings(
+        buckets=BucketSettings.from_entry(
+            entry,
+            plan.family.pixel_granularity,
+            alignment=int(options["aspect_bucket_alignment"]),
+            rounding=int(options["aspect_bucket_rounding"]),
+            family=plan.family.name,
+        ),
+        caption_strategy=str(entry["caption_strategy"]),
+        entry_fields=dict(entry.fields),
+        seed=int(options.get("seed") or 0),
+        s3=s3_data,
+        cached_hashes=frozenset(cached),
+        delete_problematic=bool(options.get("delete_problematic_images")),
+        delete_unwanted=bool(options.get("delete_unwanted_images")),
+    )
+    gpus = _gpus()
+    run_uri, run_dir = store.new_run_dir()
+    (
+        ray.data.from_items(rows)
+        .map_batches(
+            prepare_batch,
+            fn_kwargs={"settings": settings},
+            batch_size=int(options.get("image_processing_batch_size") or 32),
+            batch_format="numpy",
+        )
+        .map_batches(
+            VaeEncoder,
+            fn_constructor_kwargs={
+                "model_path": plan.model,
+                "vae_path": options.get("pretrained_vae_model_name_or_path"),
+                "vae_dtype": str(options.get("vae_dtype") or "default"),
+                "revision": options.get("revision"),
+                "enable_slicing": bool(options.get("vae_enable_slicing")),
+                "enable_tiling": bool(options.get("vae_enable_tiling")),
+                "seed": settings.seed,
+            },
+            compute=ActorPoolStrategy(min_size=1, max_size=max(gpus, 1)),
+            num_gpus=1 if gpus else 0,
+            batch_size=int(options.get("vae_batch_size") or 4),
+            batch_format="numpy",
+        )
+        .write_parquet(
+            run_uri,
+            filesystem=store.pyarrow_filesystem(),
+            compression="zstd" if options.get("compress_disk_cache") else "none",
+        )
+    )
+    shards = store.shard_files(run_dir)
+    run_table = store.read_shards(shards, LIGHT_COLUMNS)
+    statuses = Counter(run_table.column("status").to_pylist())
+    report.reused = statuses.pop(CACHED, 0)
+    report.encoded = statuses.pop(OK, 0)
+    report.skipped = dict(sorted(statuses.items()))
+    manifest.summary = {
+        "seen": report.seen,
+        "reused": report.reused,
+        "encoded": report.encoded,
+        "skipped": report.skipped,
+    }
+    store.commit(manifest, shards, report.encoded)
+    index = _index(run_table, store, manifest)
+    store.write_index(index)
+    captions = {c for row in index.column("captions").to_pylist() for c in row}
+    return report, captions
+
+
+def caption_missing(
+    entry: DatasetEntry, rows: list[dict[str, Any]], s3: S3Settings | None
+) -> list[dict[str, Any]]:
+    """Caption, with the dataset's captioning_model, the images its caption_strategy leaves
+    without a caption; save the captions beside the data so people can review them and later
+    runs reuse them. Returns the rows with their new captions attached."""
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    fields = entry.fields
+    output = str(fields.get("caption_output") or "sidecar")
+    table = None
+    if output == "parquet":
+        table = str(Path(str(fields["instance_data_dir"])) / captioning.GENERATED_CAPTIONS_FILE)
+    saved = captioning.read_generated_captions(table)
+    for row in rows:
+        row["generated_caption"] = saved.get(row["image_id"])
+    todo = [row for row in rows if _lacks_caption(entry, row)]
+    if todo:
+        gpus = _gpus()
+        captioned = (
+            ray.data.from_items(todo)
+            .map_batches(_with_image_bytes, fn_kwargs={"s3": s3}, batch_format="numpy")
+            .map_batches(
+                captioning.ModelCaptioner,
+                fn_constructor_kwargs={
+                    "model_path": str(fields["captioning_model"]),
+                    "prompt": fields.get("captioning_prompt"),
+                    "max_new_tokens": int(fields.get("captioning_max_new_tokens") or 32),
+                    "device": "auto",
+                },
+                compute=ActorPoolStrategy(min_size=1, max_size=max(gpus, 1)),
+                num_gpus=1 if gpus else 0,
+                batch_size=int(fields.get("captioning_batch_size") or 8),
+                batch_format="numpy",
+            )
+            .select_columns(["image_id", "uri", captioning.CAPTION_COLUMN])
+            .take_all()
+        )
+        captioning.write_generated_captions(captioned, output, table)
+        saved = captioning.read_generated_captions(table)
+        for row in captioned:
+            saved.setdefault(row["image_id"], row[captioning.CAPTION_COLUMN])
+    for row in rows:
+        row["generated_caption"] = saved.get(row["image_id"])
+        if output == "sidecar" and row["generated_caption"] and not row.get("caption_uri"):
+            sidecar = captioning.sidecar_path(row["uri"])
+            row["caption_uri"] = str(sidecar) if sidecar.is_file() else None
+    return rows
+
+
+def _lacks_caption(entry: DatasetEntry, row: dict[str, Any]) -> bool:
+    """Decided from the listing alone: a sidecar that exists counts as a caption."""
+    if row.get("generated_caption"):
+        return False
+    return not resolve_captions(
+        str(entry["caption_strategy"]),
+        image_id=row["image_id"],
+        sidecar_text="present" if row.get("caption_uri") else None,
+        meta_caption=row.get("meta_caption"),
+        meta_fallback=row.get("meta_fallback_caption"),
+        entry_fields=entry.fields,
+    )
+
+
+def _with_image_bytes(batch: dict[str, Any], s3: S3Settings | None) -> dict[str, Any]:
+    rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["image_id"]))]
+    return {
+        "image_id": batch["image_id"],
+        "uri": batch["uri"],
+        "image_bytes": np.array([discovery.read_image_bytes(r, s3) for r in rows], dtype=object),
+    }
+
+
+def _cached_rows(store: CacheStore, manifest: Manifest, scan: str | None) -> set[str]:
+    """Content hashes with a committed latent. ``recreate`` drops entries whose latent shape
+    does not match their bucket (e.g. written by a broken run) so they are encoded again."""
+    if not manifest.shards:
+        return set()
+    table = store.read_columns(
+        manifest, ["content_hash", "status", "latent_shape", "bucket_width", "bucket_height"]
+    )
+    hashes = set()
+    for row in table.to_pylist():
+        if row["status"] != OK:
+            continue
+        shape = row["latent_shape"] or []
+        consistent = (
+            len(shape) == 3
+            and shape[1] * 8 == row["bucket_height"]
+            and (shape[2] * 8 == row["bucket_width"])
+        )
+        if consistent or scan == "sync":
+            hashes.add(row["content_hash"])
+    return hashes
+
+
+def _index(run_table: pa.Table, store: CacheStore, manifest: Manifest) -> pa.Table:
+    """The dataset as of this run: usable images with their hash, captions and bucket."""
+    usable = run_table.filter(pc.is_in(run_table.column("status"), pa.array([OK, CACHED])))
+    committed = store.read_columns(manifest, LIGHT_COLUMNS)
+    committed = committed.filter(pc.equal(committed.column("status"), OK))
+    by_hash = {row["content_hash"]: row for row in committed.to_pylist()}
+    rows = []
+    for row in usable.select(["image_id", "content_hash", "captions"]).to_pylist():
+        latent = by_hash.get(row["content_hash"])
+        if latent is None:
+            continue
+        rows.append({**row, **{k: latent[k] for k in LIGHT_COLUMNS[4:]}})
+    return pa.Table.from_pylist(rows) if rows else pa.table({"image_id": pa.array([], pa.string())})
+
+
+def caption_hash(caption: str) -> str:
+    return hashlib.sha256(caption.encode("utf-8")).hexdigest()
+
+
+def cache_text(plan: Plan, captions: set[str], root: str, s3: S3Settings | None) -> tuple[int, int]:
+    """Encode each caption not yet in the text cache exactly once. Returns (reused, encoded)."""
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    store = CacheStore(root, TEXT, s3)
+    manifest = store.open(text_settings(plan), bool(plan.options.get("override_dataset_config")))
+    known = set()
+    if manifest.shards:
+        known = set(store.read_columns(manifest, ["caption_hash"]).column(0).to_pylist())
+    todo = sorted(c for c in captions if caption_hash(c) not in known)
+    if not todo:
+        store.commit(manifest, [], 0)
+        return len(captions), 0
+    gpus = _gpus()
+    run_uri, run_dir = store.new_run_dir()
+    (
+        ray.data.from_items([{"caption": c, "caption_hash": caption_hash(c)} for c in todo])
+        .map_batches(
+            TextEncoder,
+            fn_constructor_kwargs={
+                "family": plan.family.name,
+                "model_path": plan.model,
+                "options": _plain(plan.options),
+            },
+            compute=ActorPoolStrategy(min_size=1, max_size=max(gpus, 1)),
+            num_gpus=1 if gpus else 0,
+            batch_size=int(plan.options.get("write_batch_size") or 64),
+            batch_format="numpy",
+        )
+        .write_parquet(run_uri, filesystem=store.pyarrow_filesystem())
+    )
+    shards = store.shard_files(run_dir)
+    store.commit(manifest, shards, len(todo))
+    return len(captions) - len(todo), len(todo)
+
+
+def _plain(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if isinstance(v, str | int | float | bool | None)}
+
+
+def _gpus() -> int:
+    from st_ray.device import gpus_available
+
+    return gpus_available()

@@ -1,0 +1,219 @@
+"""Text encoding of the family protocol: each family's encode_prompts matches its diffusers
+pipeline's encode_prompt on the tiny zoo models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+
+from st_ray import zoo
+from st_ray.models.family import FAMILIES, get_family, get_family_module
+
+CPU = torch.device("cpu")
+PROMPTS = [
+    "A photo of a CAT sitting on a wooden table, soft light",
+    "  dog  ",  # short: most positions are padding; case and spaces matter to PixArt
+]
+# Every run option encode_prompts reads, at its default.
+OPTIONS = {
+    "model_flavour": None,
+    "tokenizer_max_length": None,
+    "t5_padding": "unmodified",
+    "pretrained_t5_model_name_or_path": None,
+    "revision": None,
+    "variant": None,
+}
+D = 32  # zoo hidden size (parts.HIDDEN); SD3's T5 is 2 * 32 wide
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory):
+    """Per family (built and loaded once): zoo path, loaded encoders, default encodings."""
+    root = tmp_path_factory.mktemp("te-zoo")
+    cache: dict[str, tuple[Path, object, dict[str, np.ndarray]]] = {}
+
+    def get(family: str):
+        if family not in cache:
+            path = zoo.ensure(family, root)
+            module = get_family_module(family)
+            encoders = module.load_text_encoders(
+                str(path), device=CPU, dtype=torch.float32, options=OPTIONS
+            )
+            cache[family] = (
+                path,
+                encoders,
+                module.encode_prompts(encoders, PROMPTS, options=OPTIONS),
+            )
+        return cache[family]
+
+    get.root = root
+    return get
+
+
+def reference(family: str, path: Path) -> dict[str, torch.Tensor]:
+    """What the family's own diffusers pipeline encodes for PROMPTS, without CFG."""
+    pipe = getattr(diffusers, get_family(family).pipeline_class).from_pretrained(path)
+    if family in ("sd1x", "sd2x"):
+        embeds, _ = pipe.encode_prompt(PROMPTS, CPU, 1, False)
+        return {"prompt_embeds": embeds}
+    if family == "sdxl":
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            PROMPTS, device=CPU, do_classifier_free_guidance=False
+        )
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    if family == "flux":
+        embeds, pooled, _ = pipe.encode_prompt(PROMPTS, device=CPU, max_sequence_length=512)
+        mask = pipe.tokenizer_2(
+            PROMPTS, padding="max_length", max_length=512, truncation=True, return_tensors="pt"
+        ).attention_mask
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "attention_mask": mask}
+    if family == "sd3":
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            PROMPTS,
+            None,
+            None,
+            device=CPU,
+            do_classifier_free_guidance=False,
+            max_sequence_length=154,
+        )
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    embeds, mask, _, _ = pipe.encode_prompt(
+        PROMPTS, do_classifier_free_guidance=False, device=CPU, clean_caption=False
+    )
+    return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+
+
+SHAPES = {
+    "sd1x": {"prompt_embeds": (2, 77, D)},
+    "sd2x": {"prompt_embeds": (2, 77, D)},
+    "sdxl": {"prompt_embeds": (2, 77, 2 * D), "pooled_prompt_embeds": (2, D)},
+    "flux": {
+        "prompt_embeds": (2, 512, D),
+        "pooled_prompt_embeds": (2, D),
+        "attention_mask": (2, 512),
+    },
+    "sd3": {"prompt_embeds": (2, 77 + 154, 2 * D), "pooled_prompt_embeds": (2, 2 * D)},
+    "pixart_sigma": {"prompt_embeds": (2, 300, D), "prompt_attention_mask": (2, 300)},
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_matches_pipeline(models, family: str) -> None:
+    path, encoders, got = models(family)
+    assert {k: v.shape for k, v in got.items()} == SHAPES[family]
+    for key, value in got.items():
+        if key.endswith("mask"):
+            assert value.dtype == np.int64
+        else:
+            assert value.dtype == np.float32
+    # Frozen, eval-mode encoders.
+    for model in encoders.models.values():
+        assert not model.training
+        assert not any(p.requires_grad for p in model.parameters())
+    with torch.no_grad():
+        expected = reference(family, path)
+    assert set(expected) == set(got)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value.detach().numpy(), atol=1e-5, rtol=0, err_msg=key)
+    # Deterministic: encoding again (and one prompt alone) gives the same arrays.
+    again = get_family_module(family).encode_prompts(encoders, PROMPTS, options=OPTIONS)
+    single = get_family_module(family).encode_prompts(encoders, PROMPTS[:1], options=OPTIONS)
+    for key in got:
+        np.testing.assert_array_equal(again[key], got[key])
+        np.testing.assert_allclose(single[key][0], got[key][0], atol=1e-5, rtol=0)
+
+
+def test_t5_padding_and_length(models) -> None:
+    _, encoders, default = models("flux")
+    flux = get_family_module("flux")
+    zero = flux.encode_prompts(encoders, PROMPTS, options={**OPTIONS, "t5_padding": "zero"})
+    mask = default["attention_mask"].astype(bool)
+    assert not mask.all() and mask.any(axis=1).all()
+    assert np.abs(default["prompt_embeds"][~mask]).max() > 0  # 'unmodified' keeps padding
+    assert not zero["prompt_embeds"][~mask].any()
+    np.testing.assert_array_equal(zero["prompt_embeds"][mask], default["prompt_embeds"][mask])
+    np.testing.assert_array_equal(zero["pooled_prompt_embeds"], default["pooled_prompt_embeds"])
+
+    schnell = flux.encode_prompts(
+        encoders, PROMPTS, options={**OPTIONS, "model_flavour": "schnell"}
+    )
+    assert schnell["prompt_embeds"].shape == (2, 256, D)
+    short = flux.encode_prompts(encoders, PROMPTS, options={**OPTIONS, "tokenizer_max_length": 64})
+    assert short["prompt_embeds"].shape == (2, 64, D) and short["attention_mask"].shape == (2, 64)
+
+    _, sd3_encoders, _ = models("sd3")
+    sd3 = get_family_module("sd3").encode_prompts(
+        sd3_encoders, PROMPTS, options={**OPTIONS, "tokenizer_max_length": 20, "t5_padding": "zero"}
+    )
+    assert sd3["prompt_embeds"].shape == (2, 77 + 20, 2 * D)
+    assert not sd3["prompt_embeds"][1, 77 + 5 :].any()  # "dog</s>" then zeroed padding
+
+
+def test_half_precision_outputs(models) -> None:
+    path, _, default = models("pixart_sigma")
+    module = get_family_module("pixart_sigma")
+    encoders = module.load_text_encoders(
+        str(path), device=CPU, dtype=torch.bfloat16, options=OPTIONS
+    )
+    assert all(m.dtype == torch.bfloat16 for m in encoders.models.values())
+    got = module.encode_prompts(encoders, PROMPTS, options=OPTIONS)
+    assert got["prompt_embeds"].dtype == np.float32  # numpy has no bfloat16
+    np.testing.assert_array_equal(got["prompt_attention_mask"], default["prompt_attention_mask"])
+
+
+def test_separate_t5_source(models, tmp_path: Path) -> None:
+    """pretrained_t5_model_name_or_path: a pipeline folder (same subfolders) or a plain T5."""
+    path, _, default = models("flux")
+    other = zoo.ensure("flux", models.root, seed=1)
+    plain = tmp_path / "t5"
+    shutil.copytree(other / "text_encoder_2", plain)
+    shutil.copytree(other / "tokenizer_2", plain, dirs_exist_ok=True)
+    flux = get_family_module("flux")
+    seed1 = None
+    for source in (other, plain):
+        options = {**OPTIONS, "pretrained_t5_model_name_or_path": str(source)}
+        encoders = flux.load_text_encoders(
+            str(path), device=CPU, dtype=torch.float32, options=options
+        )
+        got = flux.encode_prompts(encoders, PROMPTS, options=options)
+        np.testing.assert_array_equal(got["pooled_prompt_embeds"], default["pooled_prompt_embeds"])
+        assert not np.allclose(got["prompt_embeds"], default["prompt_embeds"])
+        if seed1 is not None:
+            np.testing.assert_array_equal(got["prompt_embeds"], seed1)
+        seed1 = got["prompt_embeds"]
+
+
+def test_sdxl_without_clip_l(models, tmp_path: Path) -> None:
+    """The refiner layout has no text_encoder/tokenizer: condition on text_encoder_2 alone."""
+    path, full_encoders, full = models("sdxl")
+    refiner = tmp_path / "refiner"
+    shutil.copytree(path, refiner)
+    for sub in ("text_encoder", "tokenizer"):
+        shutil.rmtree(refiner / sub)
+    index = json.loads((refiner / "model_index.json").read_text())
+    index["text_encoder"] = index["tokenizer"] = [None, None]
+    (refiner / "model_index.json").write_text(json.dumps(index))
+    sdxl = get_family_module("sdxl")
+    encoders = sdxl.load_text_encoders(
+        str(refiner), device=CPU, dtype=torch.float32, options=OPTIONS
+    )
+    assert set(encoders.models) == {"text_encoder_2"}
+    got = sdxl.encode_prompts(encoders, PROMPTS, options=OPTIONS)
+    assert got["prompt_embeds"].shape == (2, 77, D)
+    np.testing.assert_array_equal(got["prompt_embeds"], full["prompt_embeds"][..., D:])
+    np.testing.assert_array_equal(got["pooled_prompt_embeds"], full["pooled_prompt_embeds"])
+
+
+def test_get_family_module() -> None:
+    for name, spec in FAMILIES.items():
+        module = get_family_module(name)
+        assert module.SPEC is spec
+        assert callable(module.load_text_encoders) and callable(module.encode_prompts)
+    with pytest.raises(KeyError, match="not available"):
+        get_family_module("sd9")
