@@ -4,7 +4,8 @@ Layout of one cache folder::
 
     manifest.json          kind, settings fingerprint, committed shards, last summary
     shards/<run>/*.parquet written by Ray Data; only shards listed in the manifest count
-    index.parquet          (latent caches) the dataset as of the last run: image -> hash, captions
+    index-<id>.parquet     (latent caches) the dataset as of the last run: image -> hash,
+                           bucket, captions; the manifest names the current one
 
 A run writes its shards first and commits them by rewriting the manifest last (an atomic
 replace locally, a single PUT on S3). A run killed midway leaves shards that no manifest
@@ -28,7 +29,7 @@ from st_ray import storage
 from st_ray.storage import S3Settings
 
 MANIFEST = "manifest.json"
-INDEX = "index.parquet"
+INDEX_PREFIX = "index-"
 FORMAT_VERSION = 1
 
 
@@ -54,6 +55,7 @@ class Manifest:
     shards: list[str] = field(default_factory=list)  # paths relative to the cache root
     rows: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
+    index: str | None = None  # file name of the current index (latent caches)
     version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -66,6 +68,7 @@ class Manifest:
                 "shards": self.shards,
                 "rows": self.rows,
                 "summary": self.summary,
+                "index": self.index,
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
             indent=2,
@@ -100,6 +103,7 @@ class CacheStore:
             shards=list(data.get("shards", [])),
             rows=int(data.get("rows", 0)),
             summary=data.get("summary", {}),
+            index=data.get("index"),
             version=int(data.get("version", FORMAT_VERSION)),
         )
 
@@ -149,19 +153,24 @@ class CacheStore:
         )
 
     def remove_uncommitted(self, manifest: Manifest | None) -> None:
-        """Delete shard files no manifest lists: leftovers of an interrupted run."""
+        """Delete shards and index files no manifest names: leftovers of an interrupted run."""
         committed = set(manifest.shards if manifest else [])
         base = self._p("shards")
-        if not self.fs.exists(base):
-            return
-        for path in self.fs.find(base):
-            if path[len(self.path) + 1 :] not in committed:
+        if self.fs.exists(base):
+            for path in self.fs.find(base):
+                if path[len(self.path) + 1 :] not in committed:
+                    self.fs.rm(path)
+        current = manifest.index if manifest else None
+        for path in self.fs.glob(self._p(f"{INDEX_PREFIX}*.parquet")):
+            if path.rsplit("/", 1)[-1] != current:
                 self.fs.rm(path)
 
     def clear(self) -> None:
-        for name in ("shards", MANIFEST, INDEX):
+        for name in ("shards", MANIFEST):
             if self.fs.exists(self._p(name)):
                 self.fs.rm(self._p(name), recursive=True)
+        for path in self.fs.glob(self._p(f"{INDEX_PREFIX}*.parquet")):
+            self.fs.rm(path)
 
     def read_columns(self, manifest: Manifest, columns: list[str]) -> pa.Table:
         """Selected columns of every committed shard (cheap: Parquet reads only those)."""
@@ -176,15 +185,18 @@ class CacheStore:
             return pa.table({c: pa.array([], type=pa.string()) for c in columns})
         return pa.concat_tables(tables, promote_options="default")
 
-    def write_index(self, table: pa.Table) -> None:
+    def write_index(self, table: pa.Table) -> str:
+        """Write a new index file; it becomes current when the manifest naming it is committed."""
+        name = f"{INDEX_PREFIX}{uuid.uuid4().hex[:12]}.parquet"
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         storage.atomic_write_bytes(
-            storage.join(self.root, INDEX), sink.getvalue().to_pybytes(), self.s3
+            storage.join(self.root, name), sink.getvalue().to_pybytes(), self.s3
         )
+        return name
 
-    def read_index(self) -> pa.Table | None:
-        if not self.fs.exists(self._p(INDEX)):
+    def read_index(self, manifest: Manifest) -> pa.Table | None:
+        if not manifest.index:
             return None
-        with self.fs.open(self._p(INDEX), "rb") as handle:
+        with self.fs.open(self._p(manifest.index), "rb") as handle:
             return pq.read_table(handle)

@@ -247,9 +247,10 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
         "encoded": report.encoded,
         "skipped": report.skipped,
     }
+    index = _index(run_table, store, [*manifest.shards, *shards])
+    # The index is committed with the shards: one manifest write makes both visible.
+    manifest.index = store.write_index(index)
     store.commit(manifest, shards, report.encoded)
-    index = _index(run_table, store, manifest)
-    store.write_index(index)
     captions = {c for row in index.column("captions").to_pylist() for c in row}
     return report, captions
 
@@ -351,10 +352,10 @@ def _cached_rows(store: CacheStore, manifest: Manifest, scan: str | None) -> set
     return hashes
 
 
-def _index(run_table: pa.Table, store: CacheStore, manifest: Manifest) -> pa.Table:
+def _index(run_table: pa.Table, store: CacheStore, shards: list[str]) -> pa.Table:
     """The dataset as of this run: usable images with their hash, captions and bucket."""
     usable = run_table.filter(pc.is_in(run_table.column("status"), pa.array([OK, CACHED])))
-    committed = store.read_columns(manifest, LIGHT_COLUMNS)
+    committed = store.read_shards(shards, LIGHT_COLUMNS)
     committed = committed.filter(pc.equal(committed.column("status"), OK))
     by_hash = {row["content_hash"]: row for row in committed.to_pylist()}
     rows = []
