@@ -221,7 +221,7 @@ def test_user_spellings_accepted(tmp_path: Path) -> None:
                 "max_train_steps": 5,
                 "resume_from_checkpoint": "checkpoint-500",
                 "use_gpu": True,
-                "skip_file_discovery": "vae aspect",
+                "report_to": "mlflow none",
                 "caption_strategy": "instance_prompt",
                 "instance_prompt": "a photo of sks",
                 "tokenizer_max_length": 77,
@@ -230,7 +230,7 @@ def test_user_spellings_accepted(tmp_path: Path) -> None:
     )
     plan = build_plan(tmp_path / "config.json", ["--use_ema", "off"], {})
     assert plan.options["use_gpu"] == "true"
-    assert plan.options["skip_file_discovery"] == ["vae", "aspect"]
+    assert plan.options["report_to"] == ["mlflow", "none"]
     assert plan.options["use_ema"] is False
     assert plan.datasets[0]["caption_strategy"] == "instanceprompt"
     assert plan.datasets[0]["instance_prompt"] == "a photo of sks"

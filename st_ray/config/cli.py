@@ -55,6 +55,8 @@ def options_help() -> str:
             details.append(f"default: {option.default!r}")
         if option.aliases:
             details.append("also read as: " + ", ".join(option.aliases))
+        if option.no_effect:
+            details.append(f"no effect in st_ray ({option.no_effect})")
         if option.support is Support.NO:
             details.append(f"NOT SUPPORTED YET ({option.note})")
         for value, reason in option.unsupported_values:

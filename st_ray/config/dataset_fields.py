@@ -124,6 +124,7 @@ _IDENTITY = _group(
             "Never take validation inputs (reference images) from this dataset. Only models "
             "that validate from dataset images use it; for text-to-image training it has no "
             "effect.",
+            no_effect="validation renders from prompts, not from dataset images",
         ),
     ],
 )
@@ -206,6 +207,7 @@ _CSV = _group(
             str,
             None,
             "Folder where downloaded images are kept (required for 'csv'). It only grows.",
+            no_effect="st_ray reads csv image paths in place and never downloads URLs",
         ),
         opt(
             "csv_caption_column",
@@ -251,6 +253,7 @@ _HUB = _group(
             None,
             "Processes used to filter the dataset on load (SimpleTuner default 16).",
             minimum=1,
+            no_effect="Ray Data parallelises the work instead of datasets' worker processes",
         ),
         opt(
             "streaming",
@@ -357,6 +360,7 @@ _METADATA = _group(
             "Tag-order augmentation: {enable, count, seed, split_on: comma|space|period, "
             "position_start, include_original}; extra caption variants are made with the "
             "shuffled tags and embedded up front.",
+            unsupported="caption tag shuffling is not implemented yet",
         ),
         opt(
             "captioning_model",
@@ -609,6 +613,7 @@ _CACHES = _group(
             None,
             "Suffix of the bucket/metadata cache files kept next to the data. Unset: the "
             "dataset id. Lets two configs share a folder without clobbering each other.",
+            no_effect="latents live in Parquet shards, not one cache file per image",
         ),
         opt(
             "vae_cache_clear_each_epoch",
@@ -623,6 +628,7 @@ _CACHES = _group(
             "",
             "Space- or comma-separated stages not to rescan at start-up once cached: 'vae', "
             "'aspect', 'metadata', 'text'. For very large datasets only.",
+            unsupported="st_ray lists every dataset on each run; reusing a stale listing is not implemented yet",
         ),
         opt(
             "preserve_data_backend_cache",
@@ -630,6 +636,7 @@ _CACHES = _group(
             False,
             "Keep the cached file listing instead of relisting the storage at start-up (slow "
             "or billed listings, e.g. S3). New files then go unseen.",
+            unsupported="st_ray lists every dataset on each run; reusing a stale listing is not implemented yet",
         ),
         opt(
             "hash_filenames",

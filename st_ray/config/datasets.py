@@ -192,6 +192,9 @@ def _load_block(name: str, value: Any, where: str, problems: ProblemList) -> dic
 def _check_support(option: Option, value: Any, where: str, problems: ProblemList) -> bool:
     if value is None or value == option.default:
         return True
+    if option.no_effect:
+        problems.note(f"{where}: {option.name} has no effect in st_ray: {option.no_effect}")
+        return True
     if option.support is Support.NO:
         problems.add(where, option.name, f"is not supported by st_ray yet ({option.note})")
         return False

@@ -53,13 +53,18 @@ def format_choices(choices: Iterable[object]) -> str:
 
 
 class ProblemList:
-    """Collects problems while validating; raises them together."""
+    """Collects problems while validating, and raises them together; also collects notes
+    (things accepted that a user should know about)."""
 
     def __init__(self) -> None:
         self.items: list[Problem] = []
+        self.notes: list[str] = []
 
     def add(self, source: str, key: str | None, message: str) -> None:
         self.items.append(Problem(source, key, message))
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
 
     def raise_if_any(self) -> None:
         if self.items:

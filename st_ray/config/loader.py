@@ -289,6 +289,9 @@ def _check_required_and_supported(loaded: LoadedConfig, problems: ProblemList) -
             continue
         if value == default_value(option):
             continue
+        if option.no_effect:
+            loaded.notes.append(f"{option.name} has no effect in st_ray: {option.no_effect}")
+            continue
         if option.support is Support.NO:
             problems.add(
                 source,

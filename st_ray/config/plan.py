@@ -113,7 +113,7 @@ def build_plan(
 
     run_storage = values.get("run_storage_path") or str((output_dir / "ray_runs").resolve())
     tracking_uri = values.get("mlflow_tracking_uri") or (output_dir / "mlruns").resolve().as_uri()
-    notes = list(loaded.notes)
+    notes = [*loaded.notes, *problems.notes]
     if not any(d.dataset_type == "text_embeds" for d in datasets):
         notes.append(
             "no text_embeds dataset given: text embeddings are cached under "

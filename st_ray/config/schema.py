@@ -53,6 +53,9 @@ class Option:
     multiple: bool = False
     # Individual choices st_ray does not implement yet, with the reason (e.g. one optimizer).
     unsupported_values: tuple[tuple[Any, str], ...] = ()
+    # Why a SimpleTuner knob does nothing under Ray (e.g. worker counts Ray manages itself);
+    # setting it is accepted and reported in the plan's notes, never silently dropped.
+    no_effect: str = ""
 
 
 def opt(
@@ -70,6 +73,7 @@ def opt(
     unsupported: str | None = None,
     multiple: bool = False,
     unsupported_values: dict[Any, str] | None = None,
+    no_effect: str = "",
 ) -> Option:
     """Declare an option. ``unsupported`` holds the reason st_ray does not implement it yet.
 
@@ -91,4 +95,5 @@ def opt(
         note=unsupported or "",
         multiple=multiple,
         unsupported_values=tuple((unsupported_values or {}).items()),
+        no_effect=no_effect,
     )

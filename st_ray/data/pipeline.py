@@ -27,7 +27,7 @@ from st_ray.config.plan import Plan
 from st_ray.data import captioning, discovery
 from st_ray.data.bucketing import BucketSettings
 from st_ray.data.cache_store import CacheStore, Manifest
-from st_ray.data.captions import resolve_captions
+from st_ray.data.captions import load_caption_filters, resolve_captions
 from st_ray.data.encoders import TextEncoder, VaeEncoder
 from st_ray.data.prepare import CACHED, OK, PrepareSettings, prepare_batch
 from st_ray.storage import S3Settings
@@ -202,6 +202,7 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
         cached_hashes=frozenset(cached),
         delete_problematic=bool(options.get("delete_problematic_images")),
         delete_unwanted=bool(options.get("delete_unwanted_images")),
+        caption_filters=tuple(load_caption_filters(entry.fields.get("caption_filter_list"))),
     )
     gpus = _gpus()
     run_uri, run_dir = store.new_run_dir()
@@ -398,7 +399,7 @@ def cache_text(plan: Plan, captions: set[str], root: str, s3: S3Settings | None)
             },
             compute=ActorPoolStrategy(min_size=1, max_size=max(gpus, 1)),
             num_gpus=1 if gpus else 0,
-            batch_size=int(plan.options.get("write_batch_size") or 64),
+            batch_size=text_batch_size(plan),
             batch_format="numpy",
         )
         .write_parquet(run_uri, filesystem=store.pyarrow_filesystem())
@@ -406,6 +407,19 @@ def cache_text(plan: Plan, captions: set[str], root: str, s3: S3Settings | None)
     shards = store.shard_files(run_dir)
     store.commit(manifest, shards, len(todo))
     return len(captions) - len(todo), len(todo)
+
+
+def text_batch_size(plan: Plan) -> int:
+    """text_encoder_batch_size (or write_batch_size) of the text_embeds dataset, else the
+    run-wide write_batch_size, else 64."""
+    for entry in plan.datasets:
+        if entry.dataset_type == "text_embeds" and entry.fields.get("default", True):
+            size = entry.fields.get("text_encoder_batch_size") or entry.fields.get(
+                "write_batch_size"
+            )
+            if size:
+                return int(size)
+    return int(plan.options.get("write_batch_size") or 64)
 
 
 def _plain(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class PrepareSettings:
     cached_hashes: frozenset[str] = field(default_factory=frozenset)
     delete_problematic: bool = False
     delete_unwanted: bool = False
+    caption_filters: tuple[str, ...] = ()
 
 
 # Rows without pixels carry an empty image, so the column is always a uint8 HxWx3 tensor.
@@ -94,6 +95,7 @@ def prepare_row(row: dict[str, Any], settings: PrepareSettings) -> dict[str, Any
         meta_fallback=row.get("meta_fallback_caption"),
         entry_fields=settings.entry_fields,
         generated_caption=row.get("generated_caption"),
+        caption_filters=settings.caption_filters,
     )
     if not captions:
         return {**result, "status": "missing_caption"}

@@ -46,6 +46,7 @@ OPTIONS = [
         False,
         "Keep going when files listed in a dataset's cache are gone from storage instead of "
         "stopping with an error.",
+        no_effect="missing or unreadable files are always skipped and counted in the cache summary",
     ),
     opt(
         "skip_file_discovery",
@@ -55,6 +56,7 @@ OPTIONS = [
         "metadata). Faster resumes, but missing or mis-bucketed files may go unnoticed.",
         choices=("aspect", "vae", "text", "metadata"),
         multiple=True,
+        unsupported="st_ray lists every dataset on each run (one listing request per 1000 objects); reusing a stale listing is not implemented yet",
     ),
     opt(
         "preserve_data_backend_cache",
@@ -62,6 +64,7 @@ OPTIONS = [
         False,
         "Reuse the stored file listings of a dataset instead of rescanning it at startup. "
         "Meant for huge buckets that never change; stale listings are not detected.",
+        unsupported="st_ray lists every dataset on each run (one listing request per 1000 objects); reusing a stale listing is not implemented yet",
     ),
     opt(
         "data_aesthetic_score",
@@ -142,6 +145,7 @@ OPTIONS = [
         "Workers used to sort images into aspect buckets. CPU-bound; slow storage can benefit "
         "from more workers than cores.",
         minimum=1,
+        no_effect="Ray schedules the caching work itself (CPU tasks and actor pools sized from the cluster)",
     ),
     opt(
         "aspect_bucket_disable_rebuild",
@@ -163,6 +167,7 @@ OPTIONS = [
         3600,
         "Seconds between saves of the aspect bucket metadata while it is being built.",
         minimum=1,
+        no_effect="st_ray commits cache metadata once per run, atomically",
     ),
     # Captions
     opt(
@@ -286,6 +291,7 @@ OPTIONS = [
         False,
         "Keep the VAE resident on the GPU after caching instead of unloading it. Less reloading, "
         "more VRAM in use during training.",
+        no_effect="the VAE lives in Ray Data actors for the caching stage only",
     ),
     opt(
         "delete_model_after_load",
@@ -322,6 +328,7 @@ OPTIONS = [
         25,
         "Images read ahead while the VAE cache is being built.",
         minimum=1,
+        no_effect="Ray schedules the caching work itself (CPU tasks and actor pools sized from the cluster)",
     ),
     opt(
         "write_batch_size",
@@ -337,12 +344,14 @@ OPTIONS = [
         32,
         "Threads or processes used during VAE caching.",
         minimum=1,
+        no_effect="Ray schedules the caching work itself (CPU tasks and actor pools sized from the cluster)",
     ),
     opt(
         "enable_multiprocessing",
         bool,
         False,
         "Use processes instead of threads for metadata caching.",
+        no_effect="Ray schedules the caching work itself (CPU tasks and actor pools sized from the cluster)",
     ),
     opt(
         "aws_max_pool_connections",
@@ -357,6 +366,7 @@ OPTIONS = [
         8,
         "Threads PyTorch may use for CPU work in each process (not data loader workers).",
         minimum=1,
+        no_effect="Ray schedules the caching work itself (CPU tasks and actor pools sized from the cluster)",
     ),
     opt(
         "dataloader_prefetch",
@@ -378,18 +388,21 @@ OPTIONS = [
         bool,
         False,
         "Log detailed information about aspect bucket construction.",
+        no_effect="the cache summary and the cache index report per-image outcomes instead",
     ),
     opt(
         "debug_dataset_loader",
         bool,
         False,
         "Log detailed information about dataset loading.",
+        no_effect="the cache summary and the cache index report per-image outcomes instead",
     ),
     opt(
         "print_filenames",
         bool,
         False,
         "Log each file name as it is processed, to find the image that breaks a run.",
+        no_effect="the cache summary and the cache index report per-image outcomes instead",
     ),
     opt(
         "print_sampler_statistics",
