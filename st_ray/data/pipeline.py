@@ -178,7 +178,7 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
     manifest = store.open(
         latent_settings(plan, entry), bool(options.get("override_dataset_config"))
     )
-    cached = _cached_rows(store, manifest, options.get("vae_cache_scan_behaviour"))
+    cached = cached_hashes(store, manifest, options.get("vae_cache_scan_behaviour"))
     rows = discovery.discover(entry, s3_data)
     if entry.fields.get("captioning_model"):
         rows = caption_missing(entry, rows, s3_data)
@@ -330,7 +330,7 @@ def _with_image_bytes(batch: dict[str, Any], s3: S3Settings | None) -> dict[str,
     }
 
 
-def _cached_rows(store: CacheStore, manifest: Manifest, scan: str | None) -> set[str]:
+def cached_hashes(store: CacheStore, manifest: Manifest, scan: str | None) -> set[str]:
     """Content hashes with a committed latent. ``recreate`` drops entries whose latent shape
     does not match their bucket (e.g. written by a broken run) so they are encoded again."""
     if not manifest.shards:
