@@ -66,27 +66,37 @@ class VaeEncoder:
         enable_tiling: bool = False,
         seed: int = 0,
     ) -> None:
-        from diffusers import AutoencoderKL
-
+        self.model_path, self.vae_path, self.revision = model_path, vae_path, revision
+        self.slicing, self.tiling = enable_slicing, enable_tiling
         self.device = pick_device()
-        dtype = torch_dtype(vae_dtype, self.device)
-        if vae_path:
-            self.vae = AutoencoderKL.from_pretrained(vae_path, revision=revision, torch_dtype=dtype)
-        else:
-            self.vae = AutoencoderKL.from_pretrained(
-                model_path, subfolder="vae", revision=revision, torch_dtype=dtype
-            )
-        self.vae.to(self.device).eval().requires_grad_(False)
-        if enable_slicing:
-            self.vae.enable_slicing()
-        if enable_tiling:
-            self.vae.enable_tiling()
-        self.dtype = dtype
+        self.dtype = torch_dtype(vae_dtype, self.device)
         self.store_dtype = latent_storage_dtype(vae_dtype)
-        config = self.vae.config
-        self.scaling = float(config.scaling_factor)
-        self.shift = float(getattr(config, "shift_factor", None) or 0.0)
         self.seed = seed
+        self._vae = None  # loaded on the first batch with an image to encode
+
+    @property
+    def vae(self):
+        """The VAE, loaded lazily: a re-run whose images are all cached never loads it."""
+        if self._vae is None:
+            from diffusers import AutoencoderKL
+
+            source = (
+                {"pretrained_model_name_or_path": self.vae_path}
+                if self.vae_path
+                else {"pretrained_model_name_or_path": self.model_path, "subfolder": "vae"}
+            )
+            vae = AutoencoderKL.from_pretrained(
+                **source, revision=self.revision, torch_dtype=self.dtype
+            )
+            vae.to(self.device).eval().requires_grad_(False)
+            if self.slicing:
+                vae.enable_slicing()
+            if self.tiling:
+                vae.enable_tiling()
+            self.scaling = float(vae.config.scaling_factor)
+            self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+            self._vae = vae
+        return self._vae
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -121,7 +131,7 @@ class VaeEncoder:
         """(B, H, W, 3) uint8 -> (B, C, H/8, W/8) latents, shifted and scaled for training."""
         x = torch.from_numpy(pixels).to(self.device).permute(0, 3, 1, 2)
         x = (x.to(self.dtype) / 127.5) - 1.0
-        dist = self.vae.encode(x).latent_dist
+        dist = self.vae.encode(x).latent_dist  # first: loads the VAE and its scaling
         # Sample noise per image from its content hash: the same image always caches the same
         # latent, whatever batch it landed in.
         noise = torch.stack([_noise_for(key, self.seed, dist.mean.shape[1:]) for key in keys])

@@ -32,6 +32,7 @@ from st_ray.data.encoders import TextEncoder, VaeEncoder
 from st_ray.data.prepare import CACHED, OK, PrepareSettings, prepare_batch
 from st_ray.storage import S3Settings
 
+EMPTY_CAPTION = ""
 LATENTS = "latents"
 TEXT = "text_embeds"
 # Columns of a latent shard that are cheap to read back (no latents).
@@ -373,7 +374,9 @@ def caption_hash(caption: str) -> str:
 
 
 def cache_text(plan: Plan, captions: set[str], root: str, s3: S3Settings | None) -> tuple[int, int]:
-    """Encode each caption not yet in the text cache exactly once. Returns (reused, encoded)."""
+    """Encode each caption not yet in the text cache exactly once. Returns (reused, encoded)
+    counted over ``captions``; the empty caption (what caption dropout trains with) is always
+    cached too."""
     import ray.data
     from ray.data import ActorPoolStrategy
 
@@ -382,7 +385,8 @@ def cache_text(plan: Plan, captions: set[str], root: str, s3: S3Settings | None)
     known = set()
     if manifest.shards:
         known = set(store.read_columns(manifest, ["caption_hash"]).column(0).to_pylist())
-    todo = sorted(c for c in captions if caption_hash(c) not in known)
+    todo = sorted(c for c in captions | {EMPTY_CAPTION} if caption_hash(c) not in known)
+    encoded = len([c for c in todo if c in captions])
     if not todo:
         store.commit(manifest, [], 0)
         return len(captions), 0
@@ -406,7 +410,7 @@ def cache_text(plan: Plan, captions: set[str], root: str, s3: S3Settings | None)
     )
     shards = store.shard_files(run_dir)
     store.commit(manifest, shards, len(todo))
-    return len(captions) - len(todo), len(todo)
+    return len(captions) - encoded, encoded
 
 
 def text_batch_size(plan: Plan) -> int:

@@ -1,0 +1,44 @@
+"""CLI: ``python -m st_ray.bench cache [--images N] [--family F] [--resolution PX] ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from st_ray.zoo import FAMILIES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m st_ray.bench", description=__doc__)
+    # One subcommand per benchmarked stage; "train" is meant to join "cache" here.
+    sub = parser.add_subparsers(dest="command", required=True)
+    cache = sub.add_parser(
+        "cache",
+        help="latent/text caching: Ray Data pipeline vs a sequential loop, warm vs cold, memory",
+    )
+    cache.add_argument("--images", type=int, default=64, help="N; memory is also measured at 4N")
+    cache.add_argument("--family", default="sd1x", choices=FAMILIES, help="tiny zoo model family")
+    cache.add_argument("--resolution", type=int, default=128, help="pixel_area edge in pixels")
+    cache.add_argument("--cpus", type=int, default=None, help="num_cpus for the local Ray instance")
+    cache.add_argument(
+        "--warmup", type=int, default=4, help="images of the untimed warm-up run (0: none)"
+    )
+    cache.add_argument(
+        "--sequential-threads", type=int, default=1, help="torch threads of the sequential loop"
+    )
+    cache.add_argument("--workdir", type=Path, default=None, help="default: a fresh temp folder")
+    cache.add_argument("--keep", action="store_true", help="keep the temp folder")
+    cache.add_argument("--json", type=Path, default=None, help="also save the figures here")
+    args = parser.parse_args(argv)
+
+    if args.command == "cache":
+        from st_ray.bench import cache as bench_cache
+
+        return bench_cache.main(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
