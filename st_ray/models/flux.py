@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec
+from st_ray.models.family import FamilySpec, conditioning, load_pretrained_denoiser, unwrap
+from st_ray.models.family import noise_scheduler_config as noise_scheduler_config
 
 if TYPE_CHECKING:
     import numpy as np
@@ -60,3 +61,97 @@ def encode_prompts(
             "pooled_prompt_embeds": te.to_numpy(pooled),
             "attention_mask": te.to_numpy(mask),
         }
+
+
+# The one attention_mechanism the config accepts whose diffusers backend refuses a mask (the
+# flash-attn and sage kernels, which refuse one too, are not integrated by st_ray).
+_MASKLESS_KERNELS = frozenset({"native-flash"})
+
+
+def load_denoiser(
+    model_path: str, *, dtype: torch.dtype, device: torch.device, options: Mapping[str, Any]
+) -> torch.nn.Module:
+    """The transformer. diffusers' Flux attention hands a mask given in joint_attention_kwargs
+    on to the kernel, so flux_attention_masked_training only needs a kernel that takes one:
+    refused here rather than at the first step."""
+    kernel = options.get("attention_mechanism")
+    if options.get("flux_attention_masked_training") and kernel in _MASKLESS_KERNELS:
+        raise ValueError(
+            f"flux_attention_masked_training needs an attention kernel that takes a mask, and "
+            f"attention_mechanism '{kernel}' does not: use 'diffusers' (PyTorch SDPA), "
+            "native-efficient, native-math or cudnn"
+        )
+    return load_pretrained_denoiser(
+        "transformer",
+        "FluxTransformer2DModel",
+        model_path,
+        dtype=dtype,
+        device=device,
+        options=options,
+    )
+
+
+def guidance(
+    options: Mapping[str, Any], batch_size: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """(B,) values for the guidance embedding of guidance-distilled checkpoints: the pipeline
+    feeds its guidance_scale; training feeds flux_guidance_value ('constant') or one uniform
+    draw per sample from [flux_guidance_min, flux_guidance_max] ('random-range')."""
+    import torch
+
+    mode = options.get("flux_guidance_mode", "constant")
+    if mode == "constant":
+        return torch.full((batch_size,), float(options.get("flux_guidance_value", 1.0)))
+    if mode != "random-range":
+        raise ValueError(f"unknown flux_guidance_mode {mode!r}")
+    if generator is None:
+        raise ValueError("flux_guidance_mode 'random-range' needs a torch.Generator")
+    low, high = float(options["flux_guidance_min"]), float(options["flux_guidance_max"])
+    if high < low:
+        raise ValueError(f"flux_guidance_max {high} is below flux_guidance_min {low}")
+    draws = torch.rand(batch_size, generator=generator, device=generator.device).cpu()
+    return low + (high - low) * draws
+
+
+def predict(
+    denoiser: torch.nn.Module,
+    noisy_latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    batch: Mapping[str, torch.Tensor],
+    options: Mapping[str, Any],
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The FluxPipeline's transformer call: latents packed 2x2 into tokens with their (0, row,
+    col) position ids, text position ids all zero, sigma (timesteps / 1000) as the timestep;
+    with flux_attention_masked_training the T5 padding tokens are masked out as keys."""
+    import torch
+    from diffusers import FluxPipeline
+
+    transformer = unwrap(denoiser)
+    dtype, device = transformer.dtype, noisy_latents.device
+    b, c, h, w = noisy_latents.shape
+    embeds = conditioning(batch, "prompt_embeds", noisy_latents, dtype)
+    tokens = FluxPipeline._pack_latents(noisy_latents.to(dtype), b, c, h, w)
+    kwargs: dict[str, Any] = {}
+    if options.get("flux_attention_masked_training"):
+        # Keys are [text, image] in the joint attention; image tokens are never padding.
+        text = batch["attention_mask"].to(device=device, dtype=torch.bool)
+        keys = torch.cat([text, text.new_ones(b, tokens.shape[1])], dim=1)
+        kwargs["joint_attention_kwargs"] = {"attention_mask": keys[:, None, None, :]}
+    if transformer.config.guidance_embeds:
+        gen = generator if generator is not None else batch.get("generator")
+        kwargs["guidance"] = guidance(options, b, gen).to(device)
+    pred = denoiser(
+        hidden_states=tokens,
+        # The transformer multiplies timestep and guidance by 1000 itself.
+        timestep=timesteps.to(device=device, dtype=torch.float32) / 1000,
+        pooled_projections=conditioning(batch, "pooled_prompt_embeds", noisy_latents, dtype),
+        encoder_hidden_states=embeds,
+        txt_ids=torch.zeros(embeds.shape[1], 3, device=device),
+        img_ids=FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, device, torch.float32),
+        return_dict=False,
+        **kwargs,
+    )[0]
+    # _unpack_latents takes pixel sizes and the VAE factor; latent sizes with factor 1 agree.
+    return FluxPipeline._unpack_latents(pred, h, w, 1).to(noisy_latents.dtype)

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec
+from st_ray.models.family import FamilySpec, conditioning, load_pretrained_denoiser, unwrap
+from st_ray.models.family import noise_scheduler_config as noise_scheduler_config
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,3 +54,43 @@ def encode_prompts(
             "prompt_embeds": te.to_numpy(te.apply_t5_padding(embeds, mask, options)),
             "prompt_attention_mask": te.to_numpy(mask),
         }
+
+
+def load_denoiser(
+    model_path: str, *, dtype: torch.dtype, device: torch.device, options: Mapping[str, Any]
+) -> torch.nn.Module:
+    return load_pretrained_denoiser(
+        "transformer",
+        "PixArtTransformer2DModel",
+        model_path,
+        dtype=dtype,
+        device=device,
+        options=options,
+    )
+
+
+def predict(
+    denoiser: torch.nn.Module,
+    noisy_latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    batch: Mapping[str, torch.Tensor],
+    options: Mapping[str, Any],
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The PixArtSigmaPipeline's transformer call: T5 states with their mask, no resolution /
+    aspect-ratio conditioning (Sigma has none). A learned-sigma transformer predicts epsilon
+    and variance channels; like the pipeline, only the epsilon half is returned."""
+    transformer = unwrap(denoiser)
+    dtype, channels = transformer.dtype, noisy_latents.shape[1]
+    pred = denoiser(
+        noisy_latents.to(dtype),
+        encoder_hidden_states=conditioning(batch, "prompt_embeds", noisy_latents, dtype),
+        encoder_attention_mask=batch["prompt_attention_mask"].to(noisy_latents.device),
+        timestep=timesteps.to(noisy_latents.device),
+        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+        return_dict=False,
+    )[0]
+    if transformer.config.out_channels == 2 * channels:
+        pred = pred[:, :channels]
+    return pred.to(noisy_latents.dtype)

@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
 from st_ray.models.family import FamilySpec
+from st_ray.models.family import noise_scheduler_config as noise_scheduler_config
+from st_ray.models.unet_common import load_denoiser as load_denoiser
+from st_ray.models.unet_common import predict as predict
 
 if TYPE_CHECKING:
     import numpy as np

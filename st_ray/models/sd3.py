@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec
+from st_ray.models.family import FamilySpec, conditioning, load_pretrained_denoiser, unwrap
+from st_ray.models.family import noise_scheduler_config as noise_scheduler_config
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,3 +65,37 @@ def encode_prompts(
             "prompt_embeds": te.to_numpy(torch.cat([states, t5], dim=-2)),
             "pooled_prompt_embeds": te.to_numpy(torch.cat([o.text_embeds for o in clip], dim=-1)),
         }
+
+
+def load_denoiser(
+    model_path: str, *, dtype: torch.dtype, device: torch.device, options: Mapping[str, Any]
+) -> torch.nn.Module:
+    return load_pretrained_denoiser(
+        "transformer",
+        "SD3Transformer2DModel",
+        model_path,
+        dtype=dtype,
+        device=device,
+        options=options,
+    )
+
+
+def predict(
+    denoiser: torch.nn.Module,
+    noisy_latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    batch: Mapping[str, torch.Tensor],
+    options: Mapping[str, Any],
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The StableDiffusion3Pipeline's transformer call; the timestep is sigma * 1000 as given."""
+    dtype = unwrap(denoiser).dtype
+    pred = denoiser(
+        hidden_states=noisy_latents.to(dtype),
+        timestep=timesteps.to(noisy_latents.device),
+        encoder_hidden_states=conditioning(batch, "prompt_embeds", noisy_latents, dtype),
+        pooled_projections=conditioning(batch, "pooled_prompt_embeds", noisy_latents, dtype),
+        return_dict=False,
+    )[0]
+    return pred.to(noisy_latents.dtype)

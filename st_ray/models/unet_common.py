@@ -1,0 +1,55 @@
+"""The UNet families' denoiser (SD 1.x, 2.x, SDXL): loading and the UNet call.
+
+SD 1.x and 2.x condition the UNet on the prompt states alone; SDXL adds its pooled embedding
+and size/crop time ids through ``added_cond_kwargs`` (built in ``sdxl.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from st_ray.models.family import conditioning, load_pretrained_denoiser, unwrap
+
+if TYPE_CHECKING:
+    import torch
+
+
+def load_denoiser(
+    model_path: str, *, dtype: torch.dtype, device: torch.device, options: Mapping[str, Any]
+) -> torch.nn.Module:
+    return load_pretrained_denoiser(
+        "unet", "UNet2DConditionModel", model_path, dtype=dtype, device=device, options=options
+    )
+
+
+def call_unet(
+    denoiser: torch.nn.Module,
+    noisy_latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    batch: Mapping[str, torch.Tensor],
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """One UNet forward pass as the SD/SDXL pipelines make it (no CFG batch doubling)."""
+    dtype = unwrap(denoiser).dtype
+    pred = denoiser(
+        noisy_latents.to(dtype),
+        timesteps.to(noisy_latents.device),
+        encoder_hidden_states=conditioning(batch, "prompt_embeds", noisy_latents, dtype),
+        added_cond_kwargs=added_cond_kwargs,
+        return_dict=False,
+    )[0]
+    return pred.to(noisy_latents.dtype)
+
+
+def predict(
+    denoiser: torch.nn.Module,
+    noisy_latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    batch: Mapping[str, torch.Tensor],
+    options: Mapping[str, Any],
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """SD 1.x/2.x: cross-attention on ``prompt_embeds`` only."""
+    return call_unet(denoiser, noisy_latents, timesteps, batch)

@@ -1,0 +1,1 @@
+"""The per-worker training loop and its pure pieces: noise, timesteps, losses, optimizers."""
