@@ -1,0 +1,73 @@
+"""MLflow tracking from rank 0: params (secrets redacted), per-step metrics, artifacts.
+
+``report_to: none`` gives a tracker that records nothing. The default store is a local
+folder (``<output_dir>/mlruns``); ``mlflow_tracking_uri`` points at a tracking server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from st_ray.config.plan import Plan
+
+# MLflow caps a param value at 6000 characters; long values (prompt libraries...) are cut.
+_MAX_PARAM = 500
+
+
+class Tracker:
+    """Records nothing: for ranks other than 0 and ``report_to: none``."""
+
+    run_id: str | None = None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_artifacts(self, directory: Path, artifact_path: str) -> None:
+        pass
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass
+
+
+class MlflowTracker(Tracker):
+    def __init__(self, plan: Plan, run_id: str | None = None) -> None:
+        import mlflow
+
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(plan.tracking_uri)
+        options = plan.options
+        experiment = options.get("mlflow_experiment_name") or options.get("tracker_project_name")
+        mlflow.set_experiment(str(experiment or "st_ray"))
+        active = mlflow.start_run(run_id=run_id, run_name=options.get("tracker_run_name"))
+        self.run_id = active.info.run_id
+        if run_id is None:  # a resumed run already has its params
+            mlflow.log_params(flat_params(plan.to_dict()))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        self.mlflow.log_metrics(numbers, step=step)
+
+    def log_artifacts(self, directory: Path, artifact_path: str) -> None:
+        self.mlflow.log_artifacts(str(directory), artifact_path=artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.mlflow.end_run(status=status)
+
+
+def tracker_for(plan: Plan, rank: int, run_id: str | None = None) -> Tracker:
+    if rank != 0 or "none" in (plan.options.get("report_to") or []):
+        return Tracker()
+    return MlflowTracker(plan, run_id)
+
+
+def flat_params(plan_dict: Mapping[str, Any]) -> dict[str, str]:
+    """The redacted plan as MLflow params: options by name, datasets as dataset.<id>.<field>."""
+    params = {"family": plan_dict["family"], "model": plan_dict["model"]}
+    params.update({k: v for k, v in plan_dict["options"].items()})
+    for dataset in plan_dict["datasets"]:
+        for key, value in dataset.items():
+            if value not in (None, "", [], {}):
+                params[f"dataset.{dataset['id']}.{key}"] = value
+    return {k: str(v)[:_MAX_PARAM] for k, v in params.items()}

@@ -1,0 +1,103 @@
+"""Driver side of training: a Ray Train ``TorchTrainer`` over ``train_worker``, or the same
+function in-process (world size 1) for tests and debugging."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from st_ray.config.plan import Plan
+from st_ray.device import pick_device
+from st_ray.train.checkpoints import Progress
+from st_ray.train.worker import WorkerContext, train, train_worker
+
+
+@dataclass
+class TrainingResult:
+    metrics: dict[str, Any]
+    checkpoint: str | None  # URI/path of the latest checkpoint in run storage
+    output_dir: Path
+
+
+def run_name(plan: Plan) -> str:
+    """The Ray Train run name: the same name and storage resume the same run."""
+    return str(plan.options.get("tracker_run_name") or f"st_ray-{plan.family.name}")
+
+
+def fit(plan: Plan) -> TrainingResult:
+    """Train on the Ray cluster this process is connected to."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    options = plan.options
+    use_gpu = _use_gpu(options["use_gpu"])
+    storage_path, storage_fs = run_storage(plan)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"plan": plan},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=int(options["num_processes"]),
+            use_gpu=use_gpu,
+            resources_per_worker={
+                "CPU": int(options["cpus_per_worker"]),
+                **({"GPU": 1} if use_gpu else {}),
+            },
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name(plan),
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=options.get("checkpoints_total_limit") or None,
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=int(options["max_failures"])),
+        ),
+    )
+    result = trainer.fit()
+    checkpoint = result.checkpoint.path if result.checkpoint is not None else None
+    return TrainingResult(dict(result.metrics or {}), checkpoint, Path(options["output_dir"]))
+
+
+def fit_in_process(
+    plan: Plan, checkpoint_root: Path, resume_from: Path | None = None
+) -> tuple[Progress, list[dict[str, Any]]]:
+    """Run the worker function here, without Ray: checkpoints go to ``checkpoint_root``
+    (``checkpoint-<step>`` folders), metrics are returned."""
+    reported: list[dict[str, Any]] = []
+
+    def report(metrics: dict[str, Any], directory: Path | None) -> None:
+        reported.append(dict(metrics))
+        if directory is not None:
+            target = checkpoint_root / f"checkpoint-{metrics['step']}"
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(directory, target)
+
+    checkpoint_root.mkdir(parents=True, exist_ok=True)
+    ctx = WorkerContext(
+        rank=0, world_size=1, device=pick_device(), report=report, resume_dir=resume_from
+    )
+    return train(plan, ctx), reported
+
+
+def _use_gpu(value: str) -> bool:
+    if value == "auto":
+        import ray
+
+        return bool(ray.cluster_resources().get("GPU", 0))
+    return value == "true"
+
+
+def run_storage(plan: Plan) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for RunConfig: s3:// storage gets an explicit
+    pyarrow filesystem so custom endpoints (MinIO, R2, a test server) work."""
+    if not plan.run_storage.startswith("s3://"):
+        return plan.run_storage, None
+    from st_ray import storage
+
+    filesystem, path = storage.pyarrow_filesystem(
+        plan.run_storage, storage.S3Settings.from_options(plan.options)
+    )
+    return path, filesystem
