@@ -112,7 +112,11 @@ def build_plan(
     assert family is not None and model is not None
 
     run_storage = values.get("run_storage_path") or str((output_dir / "ray_runs").resolve())
-    tracking_uri = values.get("mlflow_tracking_uri") or (output_dir / "mlruns").resolve().as_uri()
+    # MLflow's default local store: a SQLite file beside the outputs (its file store is
+    # deprecated), with artifacts in <output_dir>/mlartifacts.
+    tracking_uri = values.get("mlflow_tracking_uri") or (
+        f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
+    )
     notes = [*loaded.notes, *problems.notes]
     if not any(d.dataset_type == "text_embeds" for d in datasets):
         notes.append(

@@ -10,6 +10,7 @@ from pathlib import Path
 from st_ray.config.cli import job_parser, print_help, split_args
 from st_ray.config.errors import ConfigError
 from st_ray.config.plan import Plan, build_plan, format_plan
+from st_ray.config.redact import redact
 
 DESCRIPTION = """Train a LoRA or full fine-tune of a diffusion model on Ray.
 
@@ -18,7 +19,6 @@ multidatabackend.json it names. Any option below can be overridden on the comman
 Precedence: defaults < config file < config.env < command line."""
 
 EXIT_INVALID_CONFIG = 2
-EXIT_STAGE_MISSING = 3
 
 
 def main(argv: Sequence[str]) -> int:
@@ -59,21 +59,31 @@ def main(argv: Sequence[str]) -> int:
     if args.dry_run:
         print("\ndry run: the configuration is valid; nothing was started.")
         return 0
-    return run(plan, demo=args.demo)
+    return run(plan)
 
 
-def run(plan: Plan, demo: bool = False) -> int:
-    """Run every stage st_ray has so far: record the resolved config, bring the latent and
-    text-embedding caches up to date (on demand: only what is missing is encoded)."""
+def run(plan: Plan) -> int:
+    """Record the resolved config, bring the caches up to date (only what is missing is
+    encoded), then train on Ray Train workers and say where everything went."""
     from st_ray.jobs.cache import run_cache
+    from st_ray.train.trainer import fit
 
     saved = save_resolved_config(plan)
     print(f"\nresolved config (secrets redacted): {saved}")
     status = run_cache(plan)
     if status != 0:
         return status
-    print("\nThe training stage (Ray Train) is not built yet; st_ray stops after caching.")
-    return 0 if demo else EXIT_STAGE_MISSING
+    result = fit(plan)
+    print("\ntraining finished")
+    print(f"  final weights   {result.output_dir}")
+    print(f"  checkpoints     {redact(result.checkpoint or 'none')}")
+    print(f"  MLflow          {redact(plan.tracking_uri)}")
+    if result.metrics:
+        print(
+            f"  last loss       {result.metrics.get('loss', float('nan')):.4f} at step "
+            f"{result.metrics.get('step')}"
+        )
+    return 0
 
 
 def save_resolved_config(plan: Plan) -> Path:

@@ -30,6 +30,7 @@ class Progress:
     epoch: int = 0  # the epoch in progress
     batches_in_epoch: int = 0  # this rank's batches consumed in that epoch
     seed: int = 0  # the run's seed (drawn once when the config gives none)
+    tracking_run_id: str | None = None  # the MLflow run a resumed run keeps logging to
 
 
 class IncompleteCheckpoint(Exception):

@@ -1,7 +1,7 @@
 """MLflow tracking from rank 0: params (secrets redacted), per-step metrics, artifacts.
 
 ``report_to: none`` gives a tracker that records nothing. The default store is a local
-folder (``<output_dir>/mlruns``); ``mlflow_tracking_uri`` points at a tracking server.
+SQLite store (``<output_dir>/mlflow.db``); ``mlflow_tracking_uri`` points at a tracking server.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class Tracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
-    def log_artifacts(self, directory: Path, artifact_path: str) -> None:
+    def log_artifact(self, path: Path, artifact_path: str) -> None:
         pass
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -38,8 +38,17 @@ class MlflowTracker(Tracker):
         self.mlflow = mlflow
         mlflow.set_tracking_uri(plan.tracking_uri)
         options = plan.options
-        experiment = options.get("mlflow_experiment_name") or options.get("tracker_project_name")
-        mlflow.set_experiment(str(experiment or "st_ray"))
+        name = str(
+            options.get("mlflow_experiment_name") or options.get("tracker_project_name") or "st_ray"
+        )
+        if mlflow.get_experiment_by_name(name) is None:
+            # A local store keeps artifacts beside the outputs; a server decides for itself.
+            local = plan.tracking_uri.startswith("sqlite:")
+            location = (plan.output_dir / "mlartifacts").resolve().as_uri() if local else None
+            mlflow.create_experiment(name, artifact_location=location)
+        mlflow.set_experiment(name)
+        if run_id is not None and not _run_exists(mlflow, run_id):
+            run_id = None  # resumed against another tracking store: start a fresh run there
         active = mlflow.start_run(run_id=run_id, run_name=options.get("tracker_run_name"))
         self.run_id = active.info.run_id
         if run_id is None:  # a resumed run already has its params
@@ -49,11 +58,23 @@ class MlflowTracker(Tracker):
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         self.mlflow.log_metrics(numbers, step=step)
 
-    def log_artifacts(self, directory: Path, artifact_path: str) -> None:
-        self.mlflow.log_artifacts(str(directory), artifact_path=artifact_path)
+    def log_artifact(self, path: Path, artifact_path: str) -> None:
+        """A file, or a folder (e.g. a full fine-tune's unet/) as a folder of artifacts."""
+        if path.is_dir():
+            self.mlflow.log_artifacts(str(path), artifact_path=f"{artifact_path}/{path.name}")
+        else:
+            self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.mlflow.end_run(status=status)
+
+
+def _run_exists(mlflow: Any, run_id: str) -> bool:
+    try:
+        mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
 
 
 def tracker_for(plan: Plan, rank: int, run_id: str | None = None) -> Tracker:

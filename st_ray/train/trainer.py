@@ -3,6 +3,7 @@ function in-process (world size 1) for tests and debugging."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,11 @@ def fit(plan: Plan) -> TrainingResult:
     options = plan.options
     use_gpu = _use_gpu(options["use_gpu"])
     storage_path, storage_fs = run_storage(plan)
+    # Workers need the resolved plan, not the driver's environment (it may hold secrets).
+    shipped = dataclasses.replace(plan, config=dataclasses.replace(plan.config, env={}))
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"plan": plan},
+        train_loop_config={"plan": shipped},
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(options["num_processes"]),
             use_gpu=use_gpu,

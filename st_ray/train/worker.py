@@ -32,6 +32,7 @@ from st_ray.train.ema import EMAModel
 from st_ray.train.losses import LossConfig, compute_loss
 from st_ray.train.lr_schedules import build_scheduler, scaled_learning_rate
 from st_ray.train.optimizers import SPECS, build_optimizer, set_train_mode
+from st_ray.train.tracking import tracker_for
 
 Report = Callable[[dict[str, Any], Path | None], None]
 
@@ -87,41 +88,49 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
     generator = torch.Generator(device="cpu").manual_seed(progress.seed + 7919 * ctx.rank)
     if ctx.resume_dir is not None:
         progress = restore(run, ctx.resume_dir, generator)
+    tracker = tracker_for(plan, ctx.rank, progress.tracking_run_id)
+    progress.tracking_run_id = tracker.run_id
     grad_accum = int(options["gradient_accumulation_steps"] or 1)
     checkpoint_every = int(options.get("checkpoint_step_interval") or 0)
-
-    while progress.global_step < run.total_steps and progress.epoch < run.num_epochs:
-        epoch_plan = plan_for(run, progress, ctx)
-        batches = epoch_plan.batches(ctx.rank)[progress.batches_in_epoch :]
-        for start in range(0, len(batches), grad_accum):
-            group = batches[start : start + grad_accum]
-            started = time.perf_counter()
-            loss = train_step(run, group, generator, progress.global_step)
-            progress.global_step += 1
-            progress.batches_in_epoch += len(group)
-            metrics = {
-                "loss": loss,
-                "lr": float(run.scheduler.get_last_lr()[0]),
-                "step": progress.global_step,
-                "epoch": progress.epoch,
-                "step_time_s": time.perf_counter() - started,
-                **run.metrics,
-            }
-            done = progress.global_step >= run.total_steps
-            due = checkpoint_every and progress.global_step % checkpoint_every == 0
-            if due or done:
-                report_checkpoint(run, ctx, progress, metrics, generator)
-            else:
-                ctx.report(metrics, None)
-            if done:
-                break
-        else:
-            progress.epoch += 1
-            progress.batches_in_epoch = 0
-            continue
-        break
-    if ctx.rank == 0:
-        export_final(run, Path(options["output_dir"]))
+    try:
+        while progress.global_step < run.total_steps and progress.epoch < run.num_epochs:
+            batches = plan_for(run, progress, ctx).batches(ctx.rank)[progress.batches_in_epoch :]
+            for start in range(0, len(batches), grad_accum):
+                group = batches[start : start + grad_accum]
+                started = time.perf_counter()
+                loss = train_step(run, group, generator, progress.global_step)
+                progress.global_step += 1
+                progress.batches_in_epoch += len(group)
+                metrics = {
+                    "loss": loss,
+                    "lr": float(run.scheduler.get_last_lr()[0]),
+                    "epoch": progress.epoch,
+                    "step_time_s": time.perf_counter() - started,
+                    "samples_per_s": sum(map(len, group))
+                    * ctx.world_size
+                    / max(time.perf_counter() - started, 1e-9),
+                    **run.metrics,
+                }
+                tracker.log_metrics(metrics, progress.global_step)
+                metrics["step"] = progress.global_step
+                done = progress.global_step >= run.total_steps
+                if done or (checkpoint_every and progress.global_step % checkpoint_every == 0):
+                    report_checkpoint(run, ctx, progress, metrics, generator)
+                else:
+                    ctx.report(metrics, None)
+                if done:
+                    break
+            else:  # the epoch ran out before the step budget
+                progress.epoch += 1
+                progress.batches_in_epoch = 0
+        if ctx.rank == 0:
+            output_dir = Path(options["output_dir"])
+            for name in export_final(run, output_dir):
+                tracker.log_artifact(output_dir / name, "final")
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish()
     return progress
 
 
@@ -389,12 +398,12 @@ def config_fingerprint(plan: Plan) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def export_final(run: Run, output_dir: Path) -> None:
+def export_final(run: Run, output_dir: Path) -> list[str]:
     """The final weights in output_dir, loadable by diffusers (EMA weights when use_ema)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     swap = run.ema.swapped_in() if run.ema is not None else contextlib.nullcontext()
     with evaluation_mode(run), swap:
-        save_weights(run, output_dir)
+        return save_weights(run, output_dir)
 
 
 @contextlib.contextmanager

@@ -70,7 +70,7 @@ OPTIONS = [
         "mlflow_tracking_uri",
         str,
         None,
-        "MLflow tracking server URI. Unset: a local store under <output_dir>/mlruns.",
+        "MLflow tracking server URI. Unset: a local store, <output_dir>/mlflow.db.",
     ),
     opt(
         "mlflow_experiment_name",
