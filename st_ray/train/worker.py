@@ -74,8 +74,38 @@ class Run:
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point (``train_loop_per_worker``); ``config["plan"]`` is the run plan."""
-    train(config["plan"], ray_context())
+    """Ray Train entry point (``train_loop_per_worker``); ``config["plan"]`` is the run plan.
+
+    Ray Train hands back the run's latest checkpoint after a failure, or when the same run
+    name and storage are trained again (``resume_from_checkpoint: latest``); otherwise an
+    explicit ``resume_from_checkpoint`` path or s3:// URI is where training starts from.
+    """
+    plan = config["plan"]
+    ctx = ray_context()
+    if ctx.resume_dir is None:
+        ctx.resume_dir = explicit_checkpoint(plan)
+    train(plan, ctx)
+
+
+def explicit_checkpoint(plan: Plan) -> Path | None:
+    """``resume_from_checkpoint`` when it names a checkpoint (a folder, a name inside
+    output_dir, or an s3:// URI), copied to a local folder."""
+    value = str(plan.options.get("resume_from_checkpoint") or "").strip()
+    if value.lower() in ("", "latest", "none", "null"):
+        return None
+    if value.startswith("s3://"):
+        import ray.train
+
+        from st_ray import storage
+
+        filesystem, path = storage.pyarrow_filesystem(value, S3Settings.from_options(plan.options))
+        local = Path(tempfile.mkdtemp(prefix="st_ray-resume-"))
+        ray.train.Checkpoint(path=path, filesystem=filesystem).to_directory(str(local))
+        return local
+    for candidate in (Path(value).expanduser(), Path(plan.options["output_dir"]) / value):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint at '{value}'")
 
 
 def train(plan: Plan, ctx: WorkerContext) -> Progress:
