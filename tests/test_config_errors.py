@@ -249,6 +249,21 @@ CASES: list[tuple[str, Case, tuple[str, ...]]] = [
         ("parquet.path",),
     ),
     (
+        "optimizer_config key the optimizer lacks",
+        _set(optimizer_config="warp_factor=9"),
+        ("optimizer", "warp_factor"),
+    ),
+    (
+        "polynomial schedule ending above the start",
+        _set(lr_scheduler="polynomial", learning_rate=1e-5, lr_end=1e-4),
+        ("lr_scheduler", "lr_end"),
+    ),
+    (
+        "lycoris not implemented",
+        _set(lora_type="lycoris"),
+        ("lora_type", "'lycoris' is not supported by st_ray yet"),
+    ),
+    (
         "missing dataset config key",
         _drop("data_backend_config"),
         ("data_backend_config", "is required"),

@@ -167,6 +167,32 @@ def check_validation_resolution(loaded: LoadedConfig, problems: ProblemList) -> 
         )
 
 
+def check_training_setup(loaded: LoadedConfig, problems: ProblemList) -> None:
+    """What the optimizer, LR schedule and adapter builders would refuse at the first step,
+    asked now so a bad combination fails before any Ray work."""
+    from st_ray.train.adapters import check_lora_options
+    from st_ray.train.lr_schedules import check_schedule_options
+    from st_ray.train.optimizers import OptimizerUnavailable, check_available
+
+    values = loaded.values
+    checks = (
+        ("optimizer", lambda: check_available(values)),
+        (
+            "lr_scheduler",
+            lambda: check_schedule_options(
+                values, world_size=int(values.get("num_processes") or 1)
+            ),
+        ),
+    )
+    if values.get("model_type") == "lora":
+        checks += (("lora_type", lambda: check_lora_options(values)),)
+    for key, check in checks:
+        try:
+            check()
+        except (ValueError, OptimizerUnavailable) as err:
+            problems.add(loaded.provenance.get(key, "configuration"), key, str(err))
+
+
 RULES: tuple[Callable[[LoadedConfig, ProblemList], None], ...] = (
     check_exclusive,
     check_family,
@@ -174,6 +200,7 @@ RULES: tuple[Callable[[LoadedConfig, ProblemList], None], ...] = (
     check_ranges,
     check_resume,
     check_validation_resolution,
+    check_training_setup,
 )
 
 

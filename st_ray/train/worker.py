@@ -115,13 +115,15 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
     run = build_run(plan, ctx, progress.seed)
     # Noise, timesteps and caption dropout draw from this generator; it is checkpointed so a
     # resumed run draws exactly what the uninterrupted run would have.
-    generator = torch.Generator(device="cpu").manual_seed(progress.seed + 7919 * ctx.rank)
+    generator = torch.Generator(device="cpu").manual_seed(rank_seed(options, progress.seed, ctx))
     if ctx.resume_dir is not None:
         progress = restore(run, ctx.resume_dir, generator)
     tracker = tracker_for(plan, ctx.rank, progress.tracking_run_id)
     progress.tracking_run_id = tracker.run_id
     grad_accum = int(options["gradient_accumulation_steps"] or 1)
     checkpoint_every = int(options.get("checkpoint_step_interval") or 0)
+    checkpoint_epochs = int(options.get("checkpoint_epoch_interval") or 0)
+    clear_cache_every = int(options.get("accelerator_cache_clear_interval") or 0)
     try:
         while progress.global_step < run.total_steps and progress.epoch < run.num_epochs:
             batches = plan_for(run, progress, ctx).batches(ctx.rank)[progress.batches_in_epoch :]
@@ -148,13 +150,17 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
                     report_checkpoint(run, ctx, progress, metrics, generator)
                 else:
                     ctx.report(metrics, None)
+                if clear_cache_every and progress.global_step % clear_cache_every == 0:
+                    empty_device_cache(ctx.device)
                 if done:
                     break
             else:  # the epoch ran out before the step budget
                 progress.epoch += 1
                 progress.batches_in_epoch = 0
+                if checkpoint_epochs and progress.epoch % checkpoint_epochs == 0 and batches:
+                    report_checkpoint(run, ctx, progress, metrics, generator)
         if ctx.rank == 0:
-            output_dir = Path(options["output_dir"])
+            output_dir = final_output_dir(options)
             for name in export_final(run, output_dir):
                 tracker.log_artifact(output_dir / name, "final")
     except BaseException:
@@ -169,7 +175,10 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
 
 def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
     options = plan.options
-    torch.manual_seed(seed + ctx.rank)
+    torch.manual_seed(rank_seed(options, seed, ctx))
+    if ctx.device.type == "cuda" and options.get("disable_tf32"):
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     family = get_family_module(plan.family.name)
     dtype = _weight_dtype(options, ctx.device)
     core = family.load_denoiser(plan.model, dtype=dtype, device=ctx.device, options=options)
@@ -394,6 +403,7 @@ def save_weights(run: Run, directory: Path) -> list[str]:
             run.plan.family.name,
             directory,
             lora_format=str(run.plan.options.get("lora_format") or "diffusers"),
+            metadata=_modelspec(run.plan.options),
         )
         return [adapters.WEIGHT_NAME]
     run.core.save_pretrained(directory / run.plan.family.denoiser, safe_serialization=True)
@@ -415,6 +425,19 @@ def restore(run: Run, directory: Path, generator: torch.Generator) -> Progress:
     checkpoints.restore_rng(state["rng"])
     generator.set_state(state["generator"])
     return checkpoints.progress_from(manifest)
+
+
+def _modelspec(options: dict[str, Any]) -> dict[str, str] | None:
+    """modelspec_comment travels in the safetensors header, where model viewers show it."""
+    comment = options.get("modelspec_comment")
+    return {"modelspec.comment": str(comment)} if comment else None
+
+
+def final_output_dir(options: dict[str, Any]) -> Path:
+    """output_dir, or output_dir/<hub_model_id> when a model id is given (SimpleTuner)."""
+    output_dir = Path(options["output_dir"])
+    model_id = options.get("hub_model_id")
+    return output_dir / str(model_id).split("/")[-1] if model_id else output_dir
 
 
 def _adapter_state(run: Run) -> dict[str, torch.Tensor] | None:
@@ -471,6 +494,17 @@ def ray_context() -> WorkerContext:
         report=report,
         resume_dir=resume_dir,
     )
+
+
+def empty_device_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def rank_seed(options: dict[str, Any], seed: int, ctx: WorkerContext) -> int:
+    """seed_for_each_device gives every rank its own noise stream (the usual choice: ranks
+    would otherwise draw identical noise for different images); off, all ranks share one."""
+    return seed + 7919 * ctx.rank if options.get("seed_for_each_device", True) else seed
 
 
 def _run_seed(options: dict[str, Any]) -> int:

@@ -15,6 +15,7 @@ OPTIONS = [
         "'standard' trains a PEFT LoRA, which most tools can load; 'lycoris' trains the LyCORIS "
         "algorithm described by lycoris_config (LoKr, LoHa, ...).",
         choices=("standard", "lycoris"),
+        unsupported_values={"lycoris": "LyCORIS adapters are not implemented yet"},
     ),
     opt(
         "lora_format",
@@ -130,5 +131,6 @@ OPTIONS = [
         "LyCORIS LoKr: initialise the second factor with small random values of this scale "
         "instead of zeros (e.g. 1e-3), which can speed up early learning.",
         minimum=0,
+        unsupported="LyCORIS adapters are not implemented yet",
     ),
 ]

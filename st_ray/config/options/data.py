@@ -153,6 +153,7 @@ OPTIONS = [
         False,
         "Do not rebuild the aspect bucket lists every epoch for datasets with randomised "
         "buckets; only the VAE cache is refreshed.",
+        no_effect="buckets are fixed when the cache is built",
     ),
     opt(
         "disable_bucket_pruning",
@@ -374,6 +375,7 @@ OPTIONS = [
         False,
         "Fetch upcoming batches (latents, text embeddings, metadata) in the background so the "
         "GPU does not wait on storage. Mostly matters for fast GPUs at low resolution.",
+        no_effect="the data feed reads cached latents directly; there is no loader queue",
     ),
     opt(
         "dataloader_prefetch_qlen",
@@ -381,6 +383,7 @@ OPTIONS = [
         10,
         "Batches each worker keeps ready when dataloader_prefetch is on.",
         minimum=1,
+        no_effect="the data feed reads cached latents directly; there is no loader queue",
     ),
     # Debugging output
     opt(
@@ -409,5 +412,6 @@ OPTIONS = [
         bool,
         False,
         "Log statistics about the dataset sampler.",
+        no_effect="the cache summary reports the dataset statistics",
     ),
 ]

@@ -24,6 +24,7 @@ OPTIONS = [
         False,
         "Allow combinations and values that are normally refused as unsafe or unsupported. "
         "Use only when you understand the consequences.",
+        no_effect="st_ray has no safety limits that this unlocks",
     ),
     # ControlNet and control training
     opt(

@@ -182,6 +182,7 @@ OPTIONS = [
         "Quantise the denoiser's frozen weights to save memory (mainly for LoRA runs). "
         "'no_change' keeps them in the training dtype; int8-quanto is the safest choice.",
         choices=_PRECISIONS,
+        unsupported="quantised base models are not implemented yet",
     ),
     opt(
         "text_encoder_1_precision",
@@ -189,6 +190,7 @@ OPTIONS = [
         "no_change",
         "Quantise the first text encoder; only affects memory while text embeddings are cached.",
         choices=_PRECISIONS,
+        unsupported="quantised base models are not implemented yet",
     ),
     opt(
         "text_encoder_2_precision",
@@ -196,6 +198,7 @@ OPTIONS = [
         "no_change",
         "Quantise the second text encoder (if the family has one), e.g. T5 for Flux or SD3.",
         choices=_PRECISIONS,
+        unsupported="quantised base models are not implemented yet",
     ),
     opt(
         "text_encoder_3_precision",
@@ -203,6 +206,7 @@ OPTIONS = [
         "no_change",
         "Quantise the third text encoder (if the family has one), e.g. T5 for SD3.",
         choices=_PRECISIONS,
+        unsupported="quantised base models are not implemented yet",
     ),
     opt(
         "text_encoder_4_precision",
@@ -210,6 +214,7 @@ OPTIONS = [
         "no_change",
         "Quantise the fourth text encoder (if the family has one), e.g. Llama for HiDream.",
         choices=_PRECISIONS,
+        unsupported="quantised base models are not implemented yet",
     ),
     opt(
         "quantize_via",
@@ -218,6 +223,7 @@ OPTIONS = [
         "Where quantisation happens: 'accelerator' is fastest but may run out of GPU memory on "
         "large models, 'cpu' is slower and safer, 'pipeline' lets Diffusers quantise on load.",
         choices=("cpu", "accelerator", "pipeline"),
+        unsupported="quantised base models are not implemented yet",
     ),
     opt(
         "quantization_config",
@@ -225,6 +231,7 @@ OPTIONS = [
         None,
         "Diffusers quantization_config overrides used with quantize_via=pipeline, keyed by "
         "component ('unet', 'transformer', 'text_encoder' or 'default').",
+        unsupported="quantised base models are not implemented yet",
     ),
     opt(
         "base_model_default_dtype",
@@ -233,6 +240,7 @@ OPTIONS = [
         "Dtype of the base model weights that are not quantised when a quantised precision is "
         "used; fp32 costs memory but can help numerically fragile models.",
         choices=("bf16", "fp32"),
+        unsupported="quantised base models are not implemented yet",
     ),
     opt(
         "vae_dtype",
@@ -371,6 +379,7 @@ OPTIONS = [
         False,
         "Keep the text encoders on the CPU while latents are cached, so large models (e.g. "
         "HiDream) do not run out of GPU memory at startup. Slows startup down.",
+        no_effect="text encoders and the VAE live only in the caching stage's actors",
     ),
     opt(
         "offload_during_save",
@@ -387,6 +396,7 @@ OPTIONS = [
         False,
         "Free the text encoders completely once text embeddings are cached instead of parking "
         "them on the CPU.",
+        no_effect="text encoders live only in the caching stage's actors",
     ),
     # --- text encoder training ---
     opt(

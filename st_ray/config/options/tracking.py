@@ -44,6 +44,7 @@ OPTIONS = [
         False,
         "Write each checkpoint to a temporary directory and move it into place when complete, "
         "so an interrupted save never leaves a half-written checkpoint behind.",
+        no_effect="checkpoints are always written to a temporary folder and handed to Ray Train whole",
     ),
     opt(
         "checkpointing_rolling_steps",
@@ -106,12 +107,14 @@ OPTIONS = [
         unsupported_values={
             "table": "MLflow stores validation images as run artifacts; only 'gallery' applies",
         },
+        no_effect="MLflow stores validation images as artifacts",
     ),
     opt(
         "logging_dir",
         str,
         "logs",
         "Directory for local log files; a relative path is placed under output_dir.",
+        no_effect="st_ray logs to MLflow, not TensorBoard",
     ),
     opt(
         "local_rank",
@@ -120,5 +123,6 @@ OPTIONS = [
         "Accepted for compatibility with torchrun-style launchers and otherwise ignored: Ray "
         "Train assigns every worker its rank.",
         minimum=-1,
+        no_effect="Ray Train assigns ranks",
     ),
 ]

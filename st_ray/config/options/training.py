@@ -48,6 +48,7 @@ OPTIONS = [
         False,
         "Keep training until max_train_steps even if the epoch count runs out first, e.g. after "
         "the dataset shrank between resumes.",
+        no_effect="max_train_steps, when set, always decides the length of the run",
     ),
     # --- precision ---
     opt(
@@ -69,6 +70,7 @@ OPTIONS = [
         "Keep gradients in fp32 ('fp32') or in the parameter dtype ('unmodified'). Unset lets "
         "the chosen optimizer decide.",
         choices=(None, "unmodified", "fp32"),
+        no_effect="trainable weights and their gradients are always fp32 in st_ray",
     ),
     # --- optimizer ---
     opt(
@@ -177,6 +179,7 @@ OPTIONS = [
         False,
         "Use fused (single-kernel) optimizer updates where available, to cut memory traffic; "
         "SimpleTuner applies it to its CPU-offloading optimizer wrapper.",
+        no_effect="it only applies to SimpleTuner's CPU-offloading optimizer wrapper, which st_ray does not have",
     ),
     opt(
         "set_grads_to_none",
@@ -256,6 +259,7 @@ OPTIONS = [
         1,
         "Number of cosine cycles for the generic Diffusers schedules that take one.",
         minimum=1,
+        no_effect="cosine_with_restarts restarts every lr_warmup_steps, as in SimpleTuner; no selectable schedule uses a cycle count",
     ),
     opt(
         "lr_power",
@@ -357,8 +361,9 @@ OPTIONS = [
         "timestep_bias_strategy",
         str,
         "none",
-        "Sample some timesteps more often: 'earlier' favours high-noise steps (composition), "
-        "'later' low-noise steps (detail), 'range' the window timestep_bias_begin..end.",
+        "Sample some timesteps more often: 'earlier' favours the low timestep numbers "
+        "(little noise: fine detail), 'later' the high ones (much noise: composition), 'range' "
+        "the window timestep_bias_begin..end.",
         choices=("earlier", "later", "range", "none"),
     ),
     opt(
@@ -399,6 +404,7 @@ OPTIONS = [
         "How the training noise scheduler spaces its timesteps; 'trailing' reaches the "
         "terminal (pure-noise) step, which zero-terminal-SNR training needs.",
         choices=("leading", "linspace", "trailing"),
+        no_effect="training samples integer timesteps directly; spacing only shapes inference",
     ),
     opt(
         "inference_scheduler_timestep_spacing",
@@ -569,6 +575,7 @@ OPTIONS = [
         "masked regions; plain mask datasets always apply their mask.",
         minimum=0,
         maximum=1,
+        no_effect="masked loss needs conditioning (mask) datasets, which are not supported yet",
     ),
     # --- noise perturbation ---
     opt(
