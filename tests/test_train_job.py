@@ -107,12 +107,15 @@ def test_run_saves_redacted_config(tmp_path: Path, example_dataset) -> None:
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    """The README's demo command: builds model + data, validates, caches with local Ray."""
+    """The README's demo command: builds model + data, validates, caches and trains a LoRA
+    with local Ray, and says where the outputs are."""
     result = _run("--demo", "--demo-dir", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "st_ray run plan" in result.stdout
     assert "cache summary" in result.stdout
-    assert "The training stage (Ray Train) is not built yet" in result.stdout
+    assert "training finished" in result.stdout
+    assert (tmp_path / "demo" / "output" / "pytorch_lora_weights.safetensors").is_file()
+    assert (tmp_path / "demo" / "output" / "mlflow.db").is_file()
     config = json.loads((tmp_path / "demo" / "config" / "config.json").read_text())
     model = Path(config["pretrained_model_name_or_path"])
     assert (model / "model_index.json").is_file()
