@@ -77,6 +77,8 @@ def run(plan: Plan) -> int:
     print("\ntraining finished")
     print(f"  final weights   {result.output_dir}")
     print(f"  checkpoints     {redact(result.checkpoint or 'none')}")
+    print(f"  images          {result.output_dir / 'validation'}")
+    print(f"  model card      {result.output_dir / 'README.md'}")
     print(f"  MLflow          {redact(plan.tracking_uri)}")
     if result.metrics:
         print(

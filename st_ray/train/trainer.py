@@ -12,7 +12,7 @@ from typing import Any
 from st_ray.config.plan import Plan
 from st_ray.device import pick_device
 from st_ray.train.checkpoints import Progress
-from st_ray.train.worker import WorkerContext, train, train_worker
+from st_ray.train.worker import WorkerContext, final_output_dir, train, train_worker
 
 
 @dataclass
@@ -60,7 +60,7 @@ def fit(plan: Plan) -> TrainingResult:
     )
     result = trainer.fit()
     checkpoint = result.checkpoint.path if result.checkpoint is not None else None
-    return TrainingResult(dict(result.metrics or {}), checkpoint, Path(options["output_dir"]))
+    return TrainingResult(dict(result.metrics or {}), checkpoint, final_output_dir(options))
 
 
 def fit_in_process(

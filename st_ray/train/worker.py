@@ -31,8 +31,10 @@ from st_ray.train.checkpoints import Progress
 from st_ray.train.ema import EMAModel
 from st_ray.train.losses import LossConfig, compute_loss
 from st_ray.train.lr_schedules import build_scheduler, scaled_learning_rate
+from st_ray.train.model_card import write_model_card
 from st_ray.train.optimizers import SPECS, build_optimizer, set_train_mode
 from st_ray.train.tracking import tracker_for
+from st_ray.train.validation import Validator
 
 Report = Callable[[dict[str, Any], Path | None], None]
 
@@ -118,13 +120,10 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
     generator = torch.Generator(device="cpu").manual_seed(rank_seed(options, progress.seed, ctx))
     if ctx.resume_dir is not None:
         progress = restore(run, ctx.resume_dir, generator)
-    tracker = tracker_for(plan, ctx.rank, progress.tracking_run_id)
-    progress.tracking_run_id = tracker.run_id
+    events = Events.start(run, ctx, progress)
     grad_accum = int(options["gradient_accumulation_steps"] or 1)
-    checkpoint_every = int(options.get("checkpoint_step_interval") or 0)
-    checkpoint_epochs = int(options.get("checkpoint_epoch_interval") or 0)
-    clear_cache_every = int(options.get("accelerator_cache_clear_interval") or 0)
     try:
+        events.before_training(progress)
         while progress.global_step < run.total_steps and progress.epoch < run.num_epochs:
             batches = plan_for(run, progress, ctx).batches(ctx.rank)[progress.batches_in_epoch :]
             for start in range(0, len(batches), grad_accum):
@@ -133,41 +132,121 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
                 loss = train_step(run, group, generator, progress.global_step)
                 progress.global_step += 1
                 progress.batches_in_epoch += len(group)
+                elapsed = time.perf_counter() - started
                 metrics = {
                     "loss": loss,
                     "lr": float(run.scheduler.get_last_lr()[0]),
                     "epoch": progress.epoch,
-                    "step_time_s": time.perf_counter() - started,
-                    "samples_per_s": sum(map(len, group))
-                    * ctx.world_size
-                    / max(time.perf_counter() - started, 1e-9),
+                    "step_time_s": elapsed,
+                    "samples_per_s": sum(map(len, group)) * ctx.world_size / max(elapsed, 1e-9),
                     **run.metrics,
                 }
-                tracker.log_metrics(metrics, progress.global_step)
-                metrics["step"] = progress.global_step
-                done = progress.global_step >= run.total_steps
-                if done or (checkpoint_every and progress.global_step % checkpoint_every == 0):
-                    report_checkpoint(run, ctx, progress, metrics, generator)
-                else:
-                    ctx.report(metrics, None)
-                if clear_cache_every and progress.global_step % clear_cache_every == 0:
-                    empty_device_cache(ctx.device)
-                if done:
+                events.after_step(progress, metrics, generator)
+                if progress.global_step >= run.total_steps:
                     break
             else:  # the epoch ran out before the step budget
                 progress.epoch += 1
                 progress.batches_in_epoch = 0
-                if checkpoint_epochs and progress.epoch % checkpoint_epochs == 0 and batches:
-                    report_checkpoint(run, ctx, progress, metrics, generator)
-        if ctx.rank == 0:
-            output_dir = final_output_dir(options)
-            for name in export_final(run, output_dir):
-                tracker.log_artifact(output_dir / name, "final")
+                events.after_epoch(progress, generator, ran_batches=bool(batches))
+        events.after_training(progress)
     except BaseException:
-        tracker.finish("FAILED")
+        events.tracker.finish("FAILED")
         raise
-    tracker.finish()
+    events.tracker.finish()
     return progress
+
+
+@dataclass
+class Events:
+    """What happens around the steps: metrics, checkpoints, validation, the final export."""
+
+    run: Run
+    ctx: WorkerContext
+    tracker: Any
+    validator: Validator | None
+    checkpoint_steps: int
+    checkpoint_epochs: int
+    clear_cache_steps: int
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False
+
+    @classmethod
+    def start(cls, run: Run, ctx: WorkerContext, progress: Progress) -> Events:
+        options = run.plan.options
+        tracker = tracker_for(run.plan, ctx.rank, progress.tracking_run_id)
+        progress.tracking_run_id = tracker.run_id
+        # Rank 0 renders; the other ranks wait for it at their next gradient all-reduce.
+        validator = None
+        if ctx.rank == 0 and not options.get("validation_disable"):
+            validator = Validator(
+                run.plan, run.core, ctx.device, ema=run.ema, out_dir=final_output_dir(options)
+            )
+        return cls(
+            run=run,
+            ctx=ctx,
+            tracker=tracker,
+            validator=validator,
+            checkpoint_steps=int(options.get("checkpoint_step_interval") or 0),
+            checkpoint_epochs=int(options.get("checkpoint_epoch_interval") or 0),
+            clear_cache_steps=int(options.get("accelerator_cache_clear_interval") or 0),
+            resumed=progress.global_step > 0,
+        )
+
+    def before_training(self, progress: Progress) -> None:
+        if not self.resumed:  # the base model's images, for comparison
+            self.validate(progress.global_step, self.validator and self.validator.is_due(0))
+
+    def after_step(
+        self, progress: Progress, metrics: dict[str, Any], generator: torch.Generator
+    ) -> None:
+        step = progress.global_step
+        self.tracker.log_metrics(metrics, step)
+        metrics["step"] = step
+        self.last_metrics = metrics
+        done = step >= self.run.total_steps
+        if done or (self.checkpoint_steps and step % self.checkpoint_steps == 0):
+            report_checkpoint(self.run, self.ctx, progress, metrics, generator)
+        else:
+            self.ctx.report(metrics, None)
+        if self.clear_cache_steps and step % self.clear_cache_steps == 0:
+            empty_device_cache(self.ctx.device)
+        self.validate(step, self.validator and self.validator.is_due(step))
+
+    def after_epoch(
+        self, progress: Progress, generator: torch.Generator, ran_batches: bool
+    ) -> None:
+        if self.checkpoint_epochs and progress.epoch % self.checkpoint_epochs == 0 and ran_batches:
+            report_checkpoint(self.run, self.ctx, progress, self.last_metrics, generator)
+        due = self.validator and self.validator.is_due(
+            progress.global_step, epoch_end=True, epoch=progress.epoch
+        )
+        self.validate(progress.global_step, due)
+
+    def validate(self, step: int, due: bool | None) -> list[Path]:
+        if not due or self.validator is None:
+            return []
+        with evaluation_mode(self.run):
+            images = self.validator.run(step)
+        if images:
+            self.tracker.log_artifact(images[0].parent, "validation")
+        return images
+
+    def after_training(self, progress: Progress) -> None:
+        if self.ctx.rank != 0:
+            return
+        output_dir = final_output_dir(self.run.plan.options)
+        for name in export_final(self.run, output_dir):
+            self.tracker.log_artifact(output_dir / name, "final")
+        images = self.validate(progress.global_step, self.validator is not None)
+        card = write_model_card(
+            output_dir,
+            self.run.plan,
+            steps=progress.global_step,
+            final_loss=self.last_metrics.get("loss"),
+            validation_images=images,
+            image_counts={d.dataset_id: len(d.samples) for d in self.run.datasets},
+        )
+        self.tracker.log_artifact(card, "final")
 
 
 # ---------------------------------------------------------------------------- building
