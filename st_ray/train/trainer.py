@@ -72,11 +72,12 @@ def fit_in_process(
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
         reported.append(dict(metrics))
-        if directory is not None:
+        if directory is not None:  # like Ray's upload: copy, then drop the worker's folder
             target = checkpoint_root / f"checkpoint-{metrics['step']}"
             if target.exists():
                 shutil.rmtree(target)
             shutil.copytree(directory, target)
+            shutil.rmtree(directory)
 
     checkpoint_root.mkdir(parents=True, exist_ok=True)
     ctx = WorkerContext(

@@ -169,6 +169,7 @@ class Events:
     clear_cache_steps: int
     last_metrics: dict[str, Any] = field(default_factory=dict)
     resumed: bool = False
+    checkpointed_step: int = -1
 
     @classmethod
     def start(cls, run: Run, ctx: WorkerContext, progress: Progress) -> Events:
@@ -206,6 +207,7 @@ class Events:
         done = step >= self.run.total_steps
         if done or (self.checkpoint_steps and step % self.checkpoint_steps == 0):
             report_checkpoint(self.run, self.ctx, progress, metrics, generator)
+            self.checkpointed_step = step
         else:
             self.ctx.report(metrics, None)
         if self.clear_cache_steps and step % self.clear_cache_steps == 0:
@@ -215,8 +217,10 @@ class Events:
     def after_epoch(
         self, progress: Progress, generator: torch.Generator, ran_batches: bool
     ) -> None:
-        if self.checkpoint_epochs and progress.epoch % self.checkpoint_epochs == 0 and ran_batches:
+        epoch_due = self.checkpoint_epochs and progress.epoch % self.checkpoint_epochs == 0
+        if epoch_due and ran_batches and self.checkpointed_step != progress.global_step:
             report_checkpoint(self.run, self.ctx, progress, self.last_metrics, generator)
+            self.checkpointed_step = progress.global_step
         due = self.validator and self.validator.is_due(
             progress.global_step, epoch_end=True, epoch=progress.epoch
         )
@@ -447,8 +451,10 @@ def report_checkpoint(
     if ctx.rank != 0:
         ctx.report(metrics, None)
         return
-    with tempfile.TemporaryDirectory(prefix="st_ray-ckpt-") as tmp, evaluation_mode(run):
-        directory = Path(tmp)
+    # The report takes ownership of the folder: Ray uploads it in the background and deletes
+    # it afterwards, so training does not wait on the upload.
+    directory = Path(tempfile.mkdtemp(prefix="st_ray-ckpt-"))
+    with evaluation_mode(run):
         files = save_weights(run, directory)
         checkpoints.save_state(
             directory,
@@ -471,7 +477,7 @@ def report_checkpoint(
             files=[*files, checkpoints.STATE],
             fingerprint=config_fingerprint(run.plan),
         )
-        ctx.report(metrics, directory)
+    ctx.report(metrics, directory)
 
 
 def save_weights(run: Run, directory: Path) -> list[str]:
@@ -563,8 +569,15 @@ def ray_context() -> WorkerContext:
         checkpoint.to_directory(str(resume_dir))
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
-        found = ray.train.Checkpoint.from_directory(str(directory)) if directory else None
-        ray.train.report(metrics, checkpoint=found)
+        if directory is None:
+            ray.train.report(metrics)
+            return
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
+            checkpoint_dir_name=f"checkpoint-{metrics['step']}",
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+        )
 
     return WorkerContext(
         rank=context.get_world_rank(),
