@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import tempfile
 import time
@@ -46,6 +47,10 @@ class WorkerContext:
     device: torch.device
     report: Report  # metrics (+ a checkpoint directory) to Ray Train, or to the local runner
     resume_dir: Path | None  # the checkpoint to continue from, if any
+    # Ray Train's controller takes one report per poll (every 2 s) and report() blocks while
+    # the previous one waits, so reporting every step would cap training at a step per poll:
+    # under Ray only checkpoint steps are reported (every step still goes to MLflow).
+    report_each_step: bool = True
 
 
 @dataclass
@@ -83,6 +88,9 @@ def train_worker(config: dict[str, Any]) -> None:
     explicit ``resume_from_checkpoint`` path or s3:// URI is where training starts from.
     """
     plan = config["plan"]
+    # st_ray prints one progress line per step from rank 0; Ray Train's own per-report lines
+    # would double every step in the driver's log.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     ctx = ray_context()
     if ctx.resume_dir is None:
         ctx.resume_dir = explicit_checkpoint(plan)
@@ -202,13 +210,21 @@ class Events:
     ) -> None:
         step = progress.global_step
         self.tracker.log_metrics(metrics, step)
+        if self.ctx.rank == 0:
+            print(
+                f"step {step}/{self.run.total_steps}  epoch {progress.epoch}  "
+                f"loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
+                f"{metrics['samples_per_s']:.1f} samples/s  "
+                f"data wait {metrics.get('data_wait_s', 0.0) * 1000:.0f} ms",
+                flush=True,
+            )
         metrics["step"] = step
         self.last_metrics = metrics
         done = step >= self.run.total_steps
         if done or (self.checkpoint_steps and step % self.checkpoint_steps == 0):
             report_checkpoint(self.run, self.ctx, progress, metrics, generator)
             self.checkpointed_step = step
-        else:
+        elif self.ctx.report_each_step:
             self.ctx.report(metrics, None)
         if self.clear_cache_steps and step % self.clear_cache_steps == 0:
             empty_device_cache(self.ctx.device)
@@ -585,6 +601,7 @@ def ray_context() -> WorkerContext:
         device=pick_device(),
         report=report,
         resume_dir=resume_dir,
+        report_each_step=False,
     )
 
 
