@@ -1,4 +1,6 @@
-"""CLI: ``python -m st_ray.bench cache [--images N] [--family F] [--resolution PX] ...``."""
+"""CLI: ``python -m st_ray.bench cache [--images N] [--family F] [--resolution PX] ...`` and
+``python -m st_ray.bench train [--steps N] [--warmup N] [--batch-size B] [--resolution PX] ...``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from st_ray.zoo import FAMILIES
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m st_ray.bench", description=__doc__)
-    # One subcommand per benchmarked stage; "train" is meant to join "cache" here.
+    # One subcommand per benchmarked stage.
     sub = parser.add_subparsers(dest="command", required=True)
     cache = sub.add_parser(
         "cache",
@@ -30,12 +32,35 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument("--workdir", type=Path, default=None, help="default: a fresh temp folder")
     cache.add_argument("--keep", action="store_true", help="keep the temp folder")
     cache.add_argument("--json", type=Path, default=None, help="also save the figures here")
+    train = sub.add_parser(
+        "train",
+        help="training loop: steady-state step time vs a bare PyTorch loop, time to first "
+        "step, data-wait fraction",
+    )
+    train.add_argument("--steps", type=int, default=30, help="optimizer steps of each loop")
+    train.add_argument("--warmup", type=int, default=5, help="first steps left out of the medians")
+    train.add_argument("--batch-size", type=int, default=2, help="train_batch_size")
+    train.add_argument("--resolution", type=int, default=64, help="pixel_area edge in pixels")
+    train.add_argument("--family", default="sd1x", choices=FAMILIES, help="tiny zoo model family")
+    train.add_argument(
+        "--images", type=int, default=None, help="default: steps x batch size (one epoch)"
+    )
+    train.add_argument(
+        "--threads", type=int, default=None, help="torch threads of both loops (default: torch's)"
+    )
+    train.add_argument("--workdir", type=Path, default=None, help="default: a fresh temp folder")
+    train.add_argument("--keep", action="store_true", help="keep the temp folder")
+    train.add_argument("--json", type=Path, default=None, help="also save the figures here")
     args = parser.parse_args(argv)
 
     if args.command == "cache":
         from st_ray.bench import cache as bench_cache
 
         return bench_cache.main(args)
+    if args.command == "train":
+        from st_ray.bench import train as bench_train
+
+        return bench_train.main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

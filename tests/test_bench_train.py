@@ -1,0 +1,49 @@
+"""``python -m st_ray.bench train`` in-process with tiny numbers: every figure is produced.
+No timing assertions: this machine's speed proves nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from st_ray.bench import train
+from st_ray.bench.__main__ import main
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def test_train_benchmark_figures(tmp_path: Path, zoo_root: Path) -> None:
+    result = train.run_benchmark(tmp_path, steps=4, warmup=1, batch_size=1, zoo_root=zoo_root)
+    for key in (
+        "st_ray_step_time_median_s",
+        "st_ray_step_interval_median_s",
+        "bare_step_time_median_s",
+        "ratio_st_ray_vs_bare",
+        "ratio_st_ray_interval_vs_bare",
+        "time_to_first_step_s",
+        "data_wait_fraction",
+        "data_wait_fraction_median",
+        "data_wait_median_s",
+    ):
+        assert result[key] > 0, key
+    # Every step reported, one epoch of 4 x 1 images, the cached shapes of a 64 px bucket.
+    assert len(result["st_ray_step_times_s"]) == len(result["bare_step_times_s"]) == 4
+    assert len(result["st_ray_intervals_s"]) == 3
+    assert result["images"] == 4 and result["latent_shape"] == [4, 8, 8]
+    # The first report comes after step 1, and the data wait is a part of each step.
+    assert result["time_to_first_step_s"] > result["first_step_time_s"]
+    assert 0 < result["data_wait_fraction"] < 1
+    json.dumps(result)  # what --json saves
+    report = train.format_report(result)
+    assert "ratio st_ray/bare step time (median):" in report
+    assert "ratio st_ray/bare step time, report interval (median):" in report
+    assert "data-wait fraction (sum data_wait_s / sum step_time_s, steady state):" in report
+    assert "time to first step" in report
+
+
+def test_cli_checks_steps_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--steps must exceed --warmup"):
+        main(["train", "--steps", "3", "--warmup", "2", "--workdir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
