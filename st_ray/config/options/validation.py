@@ -194,6 +194,7 @@ OPTIONS = [
         1.0,
         "Multiplier applied to a LyCORIS adapter while rendering validation images.",
         minimum=0,
+        unsupported="LyCORIS adapters are not implemented yet",
     ),
     opt(
         "validation_torch_compile",
@@ -332,6 +333,7 @@ OPTIONS = [
         4,
         "Samples drawn from the evaluation dataset for each evaluation-loss pass.",
         minimum=1,
+        unsupported="the evaluation loss is not implemented yet (planned with the Ray Tune campaigns)",
     ),
     opt(
         "eval_steps_interval",
@@ -339,6 +341,7 @@ OPTIONS = [
         None,
         "Compute the evaluation loss every N optimizer steps.",
         minimum=1,
+        unsupported="the evaluation loss is not implemented yet (planned with the Ray Tune campaigns)",
     ),
     opt(
         "eval_epoch_interval",
@@ -347,6 +350,7 @@ OPTIONS = [
         "Compute the evaluation loss every N epochs; fractions such as 0.5 run it several "
         "times per epoch.",
         minimum=0,
+        unsupported="the evaluation loss is not implemented yet (planned with the Ray Tune campaigns)",
     ),
     opt(
         "eval_timesteps",
@@ -355,6 +359,7 @@ OPTIONS = [
         "Number of timesteps, spread across the schedule, at which the evaluation loss is "
         "measured.",
         minimum=1,
+        unsupported="the evaluation loss is not implemented yet (planned with the Ray Tune campaigns)",
     ),
     opt(
         "eval_dataset_id",
@@ -362,6 +367,7 @@ OPTIONS = [
         None,
         "Id of the dataset (from data_backend_config) that supplies evaluation samples. Unset: "
         "every dataset marked for evaluation.",
+        unsupported="the evaluation loss is not implemented yet (planned with the Ray Tune campaigns)",
     ),
     opt(
         "eval_dataset_pooling",
@@ -369,11 +375,13 @@ OPTIONS = [
         False,
         "Report one combined evaluation loss over all evaluation datasets instead of one per "
         "dataset.",
+        unsupported="the evaluation loss is not implemented yet (planned with the Ray Tune campaigns)",
     ),
     opt(
         "eval_loss_disable",
         bool,
         False,
         "Do not compute the evaluation loss even when an evaluation dataset is configured.",
+        no_effect="the evaluation loss is not implemented yet, so there is nothing to disable",
     ),
 ]
