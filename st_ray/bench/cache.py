@@ -21,7 +21,6 @@ import hashlib
 import json
 import random
 import shutil
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -38,6 +37,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from st_ray import zoo
+from st_ray.bench.workdir import run_and_report
 from st_ray.config.plan import Plan, build_plan
 from st_ray.data import discovery
 from st_ray.data.bucketing import BucketSettings, plan_image
@@ -477,10 +477,10 @@ def _rss(before: float, peak: float) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    own = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="st_ray-bench-")) if own else args.workdir
-    try:
-        result = run_benchmark(
+    return run_and_report(
+        args,
+        "st_ray-bench-",
+        lambda workdir: run_benchmark(
             workdir,
             images=args.images,
             family=args.family,
@@ -488,13 +488,6 @@ def main(args: argparse.Namespace) -> int:
             cpus=args.cpus,
             warmup=args.warmup,
             sequential_threads=args.sequential_threads,
-        )
-    finally:
-        if own and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        elif own:
-            print(f"kept {workdir}")
-    print(format_report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+        ),
+        format_report,
+    )

@@ -36,11 +36,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +46,7 @@ from typing import Any, TextIO
 
 from st_ray import zoo
 from st_ray.bench.cache import _fresh, _ray_session, generate_images, write_config
+from st_ray.bench.workdir import run_and_report
 from st_ray.config.plan import Plan, build_plan
 
 
@@ -420,10 +418,10 @@ def _ms(seconds: float, digits: int = 1) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    own = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="st_ray-bench-train-")) if own else args.workdir
-    try:
-        result = run_benchmark(
+    return run_and_report(
+        args,
+        "st_ray-bench-train-",
+        lambda workdir: run_benchmark(
             workdir,
             steps=args.steps,
             warmup=args.warmup,
@@ -432,13 +430,6 @@ def main(args: argparse.Namespace) -> int:
             family=args.family,
             images=args.images,
             threads=args.threads,
-        )
-    finally:
-        if own and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        elif own:
-            print(f"kept {workdir}")
-    print(format_report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+        ),
+        format_report,
+    )
