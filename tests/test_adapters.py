@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from st_ray import zoo
 from st_ray.models import FAMILIES
+from st_ray.models.family import get_family_module
 from st_ray.train import adapters
 
 FAMILY_NAMES = tuple(zoo.FAMILIES)
@@ -155,7 +156,7 @@ def test_family_preset_matches_the_tiny_model(family, zoo_root):
 @pytest.mark.parametrize("preset", sorted(FLUX_PRESET_COUNTS))
 def test_flux_presets_match_the_tiny_model(preset, zoo_root):
     targets = adapters.lora_target_modules("flux", _options(flux_lora_target=preset))
-    assert targets == list(adapters.FLUX_TARGETS[preset])
+    assert targets == list(get_family_module("flux").LORA_PRESETS[preset])
     matched = adapters.matching_modules(_denoiser("flux", zoo_root), targets)
     assert len(matched) == FLUX_PRESET_COUNTS[preset]
 

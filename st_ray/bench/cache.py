@@ -239,6 +239,7 @@ def _sequential(plan: Plan, out_dir: Path) -> SequentialRun:
     start = time.perf_counter()
     vae = VaeEncoder(
         plan.model,
+        family=plan.family.name,
         vae_path=options.get("pretrained_vae_model_name_or_path"),
         vae_dtype=str(options.get("vae_dtype") or "default"),
         revision=options.get("revision"),

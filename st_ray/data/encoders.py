@@ -53,12 +53,14 @@ def latent_storage_dtype(vae_dtype: str) -> np.dtype:
 
 
 class VaeEncoder:
-    """Encodes uint8 HxWx3 ``pixels`` to scaled latents; groups a batch by bucket shape."""
+    """Encodes uint8 HxWx3 ``pixels`` to the family's training latents; groups a batch by
+    bucket shape."""
 
     def __init__(
         self,
         model_path: str,
         *,
+        family: str,
         vae_path: str | None = None,
         vae_dtype: str = "default",
         revision: str | None = None,
@@ -66,6 +68,9 @@ class VaeEncoder:
         enable_tiling: bool = False,
         seed: int = 0,
     ) -> None:
+        from st_ray.models.family import get_family_module
+
+        self.family = get_family_module(family)
         self.model_path, self.vae_path, self.revision = model_path, vae_path, revision
         self.slicing, self.tiling = enable_slicing, enable_tiling
         self.device = pick_device()
@@ -76,16 +81,18 @@ class VaeEncoder:
 
     @property
     def vae(self):
-        """The VAE, loaded lazily: a re-run whose images are all cached never loads it."""
-        if self._vae is None:
-            from diffusers import AutoencoderKL
+        """The family's VAE (None in pixel space), loaded lazily: a re-run whose images are all
+        cached never loads it."""
+        vae_class = self.family.SPEC.vae_class
+        if self._vae is None and vae_class is not None:
+            import diffusers
 
             source = (
                 {"pretrained_model_name_or_path": self.vae_path}
                 if self.vae_path
                 else {"pretrained_model_name_or_path": self.model_path, "subfolder": "vae"}
             )
-            vae = AutoencoderKL.from_pretrained(
+            vae = getattr(diffusers, vae_class).from_pretrained(
                 **source, revision=self.revision, torch_dtype=self.dtype
             )
             vae.to(self.device).eval().requires_grad_(False)
@@ -93,8 +100,6 @@ class VaeEncoder:
                 vae.enable_slicing()
             if self.tiling:
                 vae.enable_tiling()
-            self.scaling = float(vae.config.scaling_factor)
-            self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
             self._vae = vae
         return self._vae
 
@@ -128,19 +133,20 @@ class VaeEncoder:
         return pa.table(columns)
 
     def encode(self, pixels: np.ndarray, keys: list[str]) -> np.ndarray:
-        """(B, H, W, 3) uint8 -> (B, C, H/8, W/8) latents, shifted and scaled for training."""
+        """(B, H, W, 3) uint8 -> (B, C, h, w) latents as the family trains on them."""
         x = torch.from_numpy(pixels).to(self.device).permute(0, 3, 1, 2)
         x = (x.to(self.dtype) / 127.5) - 1.0
-        dist = self.vae.encode(x).latent_dist  # first: loads the VAE and its scaling
-        # Sample noise per image from its content hash: the same image always caches the same
-        # latent, whatever batch it landed in.
-        noise = torch.stack([_noise_for(key, self.seed, dist.mean.shape[1:]) for key in keys])
-        sample = dist.mean + dist.std * noise.to(dist.mean.device, dist.mean.dtype)
-        latents = (sample - self.shift) * self.scaling
+
+        def noise_like(shape: tuple[int, ...]) -> torch.Tensor:
+            # Noise per image from its content hash: the same image always caches the same
+            # latent, whatever batch it landed in.
+            return torch.stack([_noise_for(key, self.seed, shape) for key in keys])
+
+        latents = self.family.encode_latents(self.vae, x, noise_like)
         return latents.float().cpu().numpy().astype(self.store_dtype)
 
 
-def _noise_for(key: str, seed: int, shape: torch.Size) -> torch.Tensor:
+def _noise_for(key: str, seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     generator = torch.Generator().manual_seed((int(key[:15], 16) + seed) % (2**63))
     return torch.randn(shape, generator=generator)
 

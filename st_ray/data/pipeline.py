@@ -219,6 +219,7 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
             VaeEncoder,
             fn_constructor_kwargs={
                 "model_path": plan.model,
+                "family": plan.family.name,
                 "vae_path": options.get("pretrained_vae_model_name_or_path"),
                 "vae_dtype": str(options.get("vae_dtype") or "default"),
                 "revision": options.get("revision"),

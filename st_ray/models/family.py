@@ -1,19 +1,27 @@
 """The family protocol: what st_ray must know about a model family and how to drive it.
 
-Static half: each family module declares one ``FamilySpec``. Runtime half: each family module
-also implements ``FamilyModule``'s functions (text encoding for the caching stage, the denoiser
-and its training forward pass for the loop); ``get_family_module`` returns the module itself.
-The denoiser helpers every family shares (loading, the scheduler config, unwrapping) follow
-the protocol; torch and diffusers are imported lazily, as the config code imports this file.
+Adding a family is adding ``st_ray/models/<name>.py`` and its tiny zoo recipe
+``st_ray/zoo/<name>.py``; nothing else in the codebase names families. The module declares:
+
+- ``SPEC``, a ``FamilySpec``: static facts (checkpoints, denoiser and VAE classes, pipeline,
+  prediction types, bucket granularity, LoRA preset);
+- ``encode_prompts`` and ``predict`` (``FamilyModule`` below), and ``SLOTS`` (its text
+  encoders) unless it overrides ``load_text_encoders``;
+- optionally any other hook of ``FamilyModule``: ``Family`` supplies the shared default of
+  every hook a module leaves out.
+
+Modules are discovered: every module of this package that defines ``SPEC`` is a family.
+torch and diffusers are imported lazily, as the config code imports this file.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+import pkgutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import numpy as np
@@ -21,12 +29,17 @@ if TYPE_CHECKING:
 
     from st_ray.models.text_encoders import TextEncoders
 
+# Every attention projection of diffusers' Attention blocks: the LoRA preset of most families.
+ATTENTION_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+
 
 @dataclass(frozen=True)
 class FamilySpec:
     name: str
     # "unet" or "transformer": the subfolder of the diffusers pipeline that is trained.
     denoiser: str
+    # The diffusers class of that component (e.g. "UNet2DConditionModel").
+    denoiser_class: str
     # Prediction types the family's checkpoints use; the first is the default.
     prediction_types: tuple[str, ...]
     # flavour -> Hub id of the default checkpoint for that flavour; the first is the default.
@@ -36,6 +49,10 @@ class FamilySpec:
     pixel_granularity: int
     text_encoders: int
     pipeline_class: str
+    # The diffusers class of the pipeline's ``vae/``; None for pixel-space families.
+    vae_class: str | None = "AutoencoderKL"
+    # Module names PEFT adapts by default (see st_ray.train.adapters).
+    lora_targets: tuple[str, ...] = ATTENTION_TARGETS
 
     @property
     def default_flavour(self) -> str:
@@ -47,7 +64,7 @@ class FamilySpec:
 
 
 class FamilyModule(Protocol):
-    """The functions every family module provides (a module satisfies this structurally)."""
+    """The hooks of a family; ``Family`` supplies the default of every optional one."""
 
     SPEC: FamilySpec
 
@@ -61,14 +78,16 @@ class FamilyModule(Protocol):
     ) -> TextEncoders:
         """Tokenizers and frozen (eval, no-grad) text encoders from the diffusers pipeline
         folder or Hub id ``model_path``, honouring the revision, variant and
-        pretrained_t5_model_name_or_path run options."""
+        pretrained_t5_model_name_or_path run options. Default: ``text_encoders.load`` of the
+        module's ``SLOTS``."""
         ...
 
     def encode_prompts(
         self, encoders: TextEncoders, prompts: list[str], *, options: Mapping[str, Any]
     ) -> dict[str, np.ndarray]:
-        """Encode prompts once each into batch-first arrays: exactly the conditioning training
-        needs, as the family's diffusers pipeline ``encode_prompt`` builds it."""
+        """Required. Encode prompts once each into batch-first arrays: exactly the
+        conditioning training needs, as the family's diffusers pipeline ``encode_prompt``
+        builds it."""
         ...
 
     def load_denoiser(
@@ -79,16 +98,40 @@ class FamilyModule(Protocol):
         device: torch.device,
         options: Mapping[str, Any],
     ) -> torch.nn.Module:
-        """The trained component (``SPEC.denoiser``: UNet or transformer) from ``model_path``
-        or the pretrained_{unet,transformer}_model_name_or_path / _subfolder run options, with
+        """The trained component (``SPEC.denoiser``) from ``model_path`` or the
+        pretrained_{unet,transformer}_model_name_or_path / _subfolder run options, with
         gradient checkpointing enabled when the gradient_checkpointing option says so. It comes
         back as from_pretrained leaves it (eval mode, every parameter trainable): the loop
-        decides what trains."""
+        decides what trains. Default: ``load_pretrained_denoiser`` of ``SPEC.denoiser_class``."""
         ...
 
     def noise_scheduler_config(self, model_path: str, options: Mapping[str, Any]) -> dict:
         """The pipeline's scheduler/scheduler_config.json as a dict; the loop derives the
         DDPM alphas or the flow-matching settings from it."""
+        ...
+
+    def encode_latents(
+        self,
+        vae: Any,
+        pixels: torch.Tensor,
+        noise_like: Callable[[tuple[int, ...]], torch.Tensor],
+    ) -> torch.Tensor:
+        """Training latents (B, C, h, w) for ``pixels`` (B, 3, H, W) in [-1, 1], as the
+        family's training script makes them (scaled, shifted or normalised). ``noise_like``
+        gives (B, *shape) standard-normal noise fixed per image, so a posterior sample is
+        reproducible. ``vae`` is ``SPEC.vae_class`` loaded from ``vae/`` (None for pixel-space
+        families). Default: ``kl_latents``; for pixel-space families the pixels themselves."""
+        ...
+
+    def lora_targets(self, options: Mapping[str, Any]) -> list[str]:
+        """The LoRA preset for these options (e.g. Flux's flux_lora_target); default
+        ``SPEC.lora_targets``. A ``peft_lora_target_modules`` option is applied before this."""
+        ...
+
+    def validation_kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Extra arguments for the pipeline call that renders validation images (e.g. the T5
+        length the prompts were trained with); default none. Only those the pipeline's
+        ``__call__`` accepts are passed."""
         ...
 
     def predict(
@@ -101,12 +144,12 @@ class FamilyModule(Protocol):
         *,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """The denoiser's prediction for ``noisy_latents`` (B, C, H, W) in the same shape and
-        dtype, differentiable with respect to the denoiser's parameters.
+        """Required. The denoiser's prediction for ``noisy_latents`` (B, C, H, W) in the same
+        shape and dtype, differentiable with respect to the denoiser's parameters.
 
         ``timesteps`` (B,) are on the scheduler's scale, as the pipelines pass them: DDPM
-        indices in [0, num_train_timesteps) for the UNet families and PixArt, sigma * 1000 for
-        the flow-matching families. ``batch`` holds ``encode_prompts``' keys as batch-first
+        indices in [0, num_train_timesteps) for the DDPM families, sigma * 1000 for the
+        flow-matching families. ``batch`` holds ``encode_prompts``' keys as batch-first
         tensors, plus for SDXL ``original_size``, ``crop_top_left`` and ``target_size`` (each
         (B, 2) in pixels, (height, width) / (top, left) order). ``denoiser`` may be wrapped
         (DDP, torch.compile): it is called as given. ``generator`` (or ``batch["generator"]``)
@@ -114,6 +157,85 @@ class FamilyModule(Protocol):
         Conditioning is cast to the denoiser's dtype and moved to the latents' device.
         """
         ...
+
+
+class Family:
+    """A family module with the protocol's defaults filled in; any other attribute
+    (``SLOTS``, constants, helpers) is read from the module itself."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self.module = module
+        self.SPEC: FamilySpec = module.SPEC
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.module, name)
+
+    def _own(self, hook: str) -> Callable[..., Any] | None:
+        return getattr(self.module, hook, None)
+
+    def load_text_encoders(
+        self, model_path: str, *, device: torch.device, dtype: torch.dtype, options: Mapping
+    ) -> TextEncoders:
+        if own := self._own("load_text_encoders"):
+            return own(model_path, device=device, dtype=dtype, options=options)
+        from st_ray.models import text_encoders as te
+
+        return te.load(model_path, self.module.SLOTS, device=device, dtype=dtype, options=options)
+
+    def encode_prompts(
+        self, encoders: TextEncoders, prompts: list[str], *, options: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
+        return self.module.encode_prompts(encoders, prompts, options=options)
+
+    def load_denoiser(
+        self, model_path: str, *, dtype: torch.dtype, device: torch.device, options: Mapping
+    ) -> torch.nn.Module:
+        if own := self._own("load_denoiser"):
+            return own(model_path, dtype=dtype, device=device, options=options)
+        spec = self.SPEC
+        return load_pretrained_denoiser(
+            spec.denoiser,
+            spec.denoiser_class,
+            model_path,
+            dtype=dtype,
+            device=device,
+            options=options,
+        )
+
+    def noise_scheduler_config(self, model_path: str, options: Mapping[str, Any]) -> dict:
+        if own := self._own("noise_scheduler_config"):
+            return own(model_path, options)
+        return noise_scheduler_config(model_path, options)
+
+    def encode_latents(
+        self, vae: Any, pixels: torch.Tensor, noise_like: Callable[[tuple[int, ...]], Any]
+    ) -> torch.Tensor:
+        if own := self._own("encode_latents"):
+            return own(vae, pixels, noise_like)
+        return pixels if self.SPEC.vae_class is None else kl_latents(vae, pixels, noise_like)
+
+    def lora_targets(self, options: Mapping[str, Any]) -> list[str]:
+        if own := self._own("lora_targets"):
+            return list(own(options))
+        return list(self.SPEC.lora_targets)
+
+    def validation_kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        own = self._own("validation_kwargs")
+        return dict(own(options)) if own else {}
+
+    def predict(
+        self,
+        denoiser: torch.nn.Module,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        batch: Mapping[str, torch.Tensor],
+        options: Mapping[str, Any],
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        return self.module.predict(
+            denoiser, noisy_latents, timesteps, batch, options, generator=generator
+        )
 
 
 # ---------------------------------------------------------------------- denoiser helpers
@@ -174,24 +296,42 @@ def conditioning(
     return batch[key].to(device=like.device, dtype=dtype)
 
 
-# The registry comes after the helpers: the family modules import them while it loads.
-_MODULES = ("sd1x", "sd2x", "sdxl", "flux", "sd3", "pixart_sigma")
+def kl_latents(
+    vae: Any, pixels: torch.Tensor, noise_like: Callable[[tuple[int, ...]], torch.Tensor]
+) -> torch.Tensor:
+    """An AutoencoderKL posterior sample (mean + std * fixed noise), shifted and scaled by the
+    VAE config's ``shift_factor`` / ``scaling_factor`` (what the pipelines invert on decode)."""
+    dist = vae.encode(pixels).latent_dist
+    noise = noise_like(tuple(dist.mean.shape[1:])).to(dist.mean.device, dist.mean.dtype)
+    sample = dist.mean + dist.std * noise
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+    return (sample - shift) * float(vae.config.scaling_factor)
 
 
-# Family name -> its module.
-_FAMILY_MODULES: dict[str, ModuleType] = {}
+# ---------------------------------------------------------------------------------- registry
+
+# Family name -> the family (module + defaults).
+_FAMILY_MODULES: dict[str, Family] = {}
 
 
-def _load() -> dict[str, FamilySpec]:
+def _discover() -> dict[str, FamilySpec]:
+    """Every module of this package with a ``SPEC`` is a family (imported after the helpers
+    above exist, since family modules import them)."""
+    import st_ray.models as package
+
     specs = {}
-    for name in _MODULES:
-        module = importlib.import_module(f"st_ray.models.{name}")
-        specs[module.SPEC.name] = module.SPEC
-        _FAMILY_MODULES[module.SPEC.name] = module
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if info.name == "family" or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        spec = getattr(module, "SPEC", None)
+        if isinstance(spec, FamilySpec):
+            specs[spec.name] = spec
+            _FAMILY_MODULES[spec.name] = Family(module)
     return specs
 
 
-FAMILIES: dict[str, FamilySpec] = _load()
+FAMILIES: dict[str, FamilySpec] = _discover()
 
 
 def get_family(name: str) -> FamilySpec:
@@ -203,7 +343,7 @@ def get_family(name: str) -> FamilySpec:
     return FAMILIES[name]
 
 
-def get_family_module(name: str) -> FamilyModule:
-    """The module implementing family ``name`` (same errors as ``get_family``)."""
+def get_family_module(name: str) -> Family:
+    """Family ``name`` with its hooks (same errors as ``get_family``)."""
     get_family(name)
-    return cast("FamilyModule", _FAMILY_MODULES[name])
+    return _FAMILY_MODULES[name]

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
 from st_ray.models.family import FamilySpec, conditioning, load_pretrained_denoiser, unwrap
-from st_ray.models.family import noise_scheduler_config as noise_scheduler_config
 
 if TYPE_CHECKING:
     import numpy as np
@@ -16,6 +15,7 @@ if TYPE_CHECKING:
 SPEC = FamilySpec(
     name="flux",
     denoiser="transformer",
+    denoiser_class="FluxTransformer2DModel",
     prediction_types=("flow_matching",),
     flavours={
         "dev": "black-forest-labs/FLUX.1-dev",
@@ -26,6 +26,42 @@ SPEC = FamilySpec(
     text_encoders=2,
     pipeline_class="FluxPipeline",
 )
+
+# flux_lora_target presets (SimpleTuner's get_lora_target_layers). to_qkv / add_qkv_proj only
+# exist once QKV projections are fused; PEFT skips names that match nothing as long as one does.
+_MMDIT = ("to_k", "to_q", "to_v", "to_out.0", "to_qkv")
+_CONTEXT = ("add_k_proj", "add_q_proj", "add_v_proj", "add_qkv_proj", "to_add_out")
+_ALL = _MMDIT + _CONTEXT
+_CONTEXT_FFS = ("ff_context.net.0.proj", "ff_context.net.2")
+_FFS = ("ff.net.0.proj", "ff.net.2", *_CONTEXT_FFS, "proj_mlp", "proj_out")
+LORA_PRESETS: dict[str, tuple[str, ...]] = {
+    "mmdit": _MMDIT,
+    "context": _CONTEXT,
+    "context+ffs": _CONTEXT + _CONTEXT_FFS,
+    "all": _ALL,
+    "all+ffs": _ALL + _FFS,
+    "all+ffs+embedder": ("x_embedder", *_ALL, *_FFS),
+    "ai-toolkit": _ALL + _FFS + ("norm.linear", "norm1.linear", "norm1_context.linear"),
+    # TheLastBen's small-file presets; they need the real model's 38 single blocks.
+    "tiny": ("single_transformer_blocks.7.proj_out", "single_transformer_blocks.20.proj_out"),
+    "nano": ("single_transformer_blocks.7.proj_out",),
+}
+
+
+# The option choosing the preset, and its default (named in error messages).
+LORA_PRESET_OPTION = ("flux_lora_target", "all")
+
+
+def lora_targets(options: Mapping[str, Any]) -> list[str]:
+    """The flux_lora_target preset (default 'all')."""
+    preset = options.get("flux_lora_target") or "all"
+    if preset not in LORA_PRESETS:
+        raise ValueError(
+            f"flux_lora_target {preset!r} is not supported by st_ray; accepted: "
+            + ", ".join(LORA_PRESETS)
+        )
+    return list(LORA_PRESETS[preset])
+
 
 SLOTS = (
     te.Slot("text_encoder", "tokenizer", "CLIPTextModel"),  # CLIP ViT-L, pooled output only
@@ -40,10 +76,8 @@ def t5_length(options: Mapping[str, Any]) -> int:
     return te.t5_max_length(options, 256 if flavour == "schnell" else 512)
 
 
-def load_text_encoders(
-    model_path: str, *, device: torch.device, dtype: torch.dtype, options: Mapping[str, Any]
-) -> te.TextEncoders:
-    return te.load(model_path, SLOTS, device=device, dtype=dtype, options=options)
+def validation_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {"max_sequence_length": t5_length(options)}
 
 
 def encode_prompts(
@@ -82,12 +116,7 @@ def load_denoiser(
             "native-efficient, native-math or cudnn"
         )
     return load_pretrained_denoiser(
-        "transformer",
-        "FluxTransformer2DModel",
-        model_path,
-        dtype=dtype,
-        device=device,
-        options=options,
+        "transformer", SPEC.denoiser_class, model_path, dtype=dtype, device=device, options=options
     )
 
 

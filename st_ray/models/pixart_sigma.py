@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, conditioning, load_pretrained_denoiser, unwrap
-from st_ray.models.family import noise_scheduler_config as noise_scheduler_config
+from st_ray.models.family import FamilySpec, conditioning, unwrap
 
 if TYPE_CHECKING:
     import numpy as np
@@ -16,6 +15,7 @@ if TYPE_CHECKING:
 SPEC = FamilySpec(
     name="pixart_sigma",
     denoiser="transformer",
+    denoiser_class="PixArtTransformer2DModel",
     prediction_types=("epsilon",),
     flavours={
         "600M-1024": "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
@@ -31,10 +31,8 @@ SLOTS = (te.Slot("text_encoder", "tokenizer", "T5EncoderModel"),)
 T5_LENGTH = 300  # the pipeline's and SimpleTuner's PixArt-Sigma length
 
 
-def load_text_encoders(
-    model_path: str, *, device: torch.device, dtype: torch.dtype, options: Mapping[str, Any]
-) -> te.TextEncoders:
-    return te.load(model_path, SLOTS, device=device, dtype=dtype, options=options)
+def validation_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {"max_sequence_length": te.t5_max_length(options, T5_LENGTH)}
 
 
 def encode_prompts(
@@ -54,19 +52,6 @@ def encode_prompts(
             "prompt_embeds": te.to_numpy(te.apply_t5_padding(embeds, mask, options)),
             "prompt_attention_mask": te.to_numpy(mask),
         }
-
-
-def load_denoiser(
-    model_path: str, *, dtype: torch.dtype, device: torch.device, options: Mapping[str, Any]
-) -> torch.nn.Module:
-    return load_pretrained_denoiser(
-        "transformer",
-        "PixArtTransformer2DModel",
-        model_path,
-        dtype=dtype,
-        device=device,
-        options=options,
-    )
 
 
 def predict(

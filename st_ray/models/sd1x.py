@@ -7,17 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
 from st_ray.models.family import FamilySpec
-from st_ray.models.family import noise_scheduler_config as noise_scheduler_config
-from st_ray.models.unet_common import load_denoiser as load_denoiser
 from st_ray.models.unet_common import predict as predict
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
 
 SPEC = FamilySpec(
     name="sd1x",
     denoiser="unet",
+    denoiser_class="UNet2DConditionModel",
     prediction_types=("epsilon", "v_prediction"),
     flavours={"1.5": "stable-diffusion-v1-5/stable-diffusion-v1-5"},
     pixel_granularity=8,
@@ -26,12 +24,6 @@ SPEC = FamilySpec(
 )
 
 SLOTS = (te.Slot("text_encoder", "tokenizer", "CLIPTextModel"),)
-
-
-def load_text_encoders(
-    model_path: str, *, device: torch.device, dtype: torch.dtype, options: Mapping[str, Any]
-) -> te.TextEncoders:
-    return te.load(model_path, SLOTS, device=device, dtype=dtype, options=options)
 
 
 def encode_prompts(

@@ -4,15 +4,14 @@ from st_ray.models.family import FamilySpec
 
 # Same single-CLIP conditioning and UNet call as SD 1.x (OpenCLIP ViT-H instead of CLIP ViT-L,
 # same layout).
+from st_ray.models.sd1x import SLOTS as SLOTS
 from st_ray.models.sd1x import encode_prompts as encode_prompts
-from st_ray.models.sd1x import load_denoiser as load_denoiser
-from st_ray.models.sd1x import load_text_encoders as load_text_encoders
-from st_ray.models.sd1x import noise_scheduler_config as noise_scheduler_config
 from st_ray.models.sd1x import predict as predict
 
 SPEC = FamilySpec(
     name="sd2x",
     denoiser="unet",
+    denoiser_class="UNet2DConditionModel",
     prediction_types=("v_prediction", "epsilon"),
     flavours={
         "2.1": "stabilityai/stable-diffusion-2-1",

@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, conditioning, load_pretrained_denoiser, unwrap
-from st_ray.models.family import noise_scheduler_config as noise_scheduler_config
+from st_ray.models.family import FamilySpec, conditioning, unwrap
 
 if TYPE_CHECKING:
     import numpy as np
@@ -16,6 +15,7 @@ if TYPE_CHECKING:
 SPEC = FamilySpec(
     name="sd3",
     denoiser="transformer",
+    denoiser_class="SD3Transformer2DModel",
     prediction_types=("flow_matching",),
     flavours={
         "medium": "stabilityai/stable-diffusion-3.5-medium",
@@ -35,10 +35,8 @@ SLOTS = (
 T5_LENGTH = 154
 
 
-def load_text_encoders(
-    model_path: str, *, device: torch.device, dtype: torch.dtype, options: Mapping[str, Any]
-) -> te.TextEncoders:
-    return te.load(model_path, SLOTS, device=device, dtype=dtype, options=options)
+def validation_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {"max_sequence_length": te.t5_max_length(options, T5_LENGTH)}
 
 
 def encode_prompts(
@@ -65,19 +63,6 @@ def encode_prompts(
             "prompt_embeds": te.to_numpy(torch.cat([states, t5], dim=-2)),
             "pooled_prompt_embeds": te.to_numpy(torch.cat([o.text_embeds for o in clip], dim=-1)),
         }
-
-
-def load_denoiser(
-    model_path: str, *, dtype: torch.dtype, device: torch.device, options: Mapping[str, Any]
-) -> torch.nn.Module:
-    return load_pretrained_denoiser(
-        "transformer",
-        "SD3Transformer2DModel",
-        model_path,
-        dtype=dtype,
-        device=device,
-        options=options,
-    )
 
 
 def predict(

@@ -7,9 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
 from st_ray.models.family import FamilySpec, conditioning, unwrap
-from st_ray.models.family import noise_scheduler_config as noise_scheduler_config
 from st_ray.models.unet_common import call_unet
-from st_ray.models.unet_common import load_denoiser as load_denoiser
 
 if TYPE_CHECKING:
     import numpy as np
@@ -18,6 +16,7 @@ if TYPE_CHECKING:
 SPEC = FamilySpec(
     name="sdxl",
     denoiser="unet",
+    denoiser_class="UNet2DConditionModel",
     prediction_types=("epsilon", "v_prediction"),
     flavours={
         "base-1.0": "stabilityai/stable-diffusion-xl-base-1.0",
@@ -33,12 +32,6 @@ SLOTS = (
     te.Slot("text_encoder", "tokenizer", "CLIPTextModel", optional=True),
     te.Slot("text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection"),
 )
-
-
-def load_text_encoders(
-    model_path: str, *, device: torch.device, dtype: torch.dtype, options: Mapping[str, Any]
-) -> te.TextEncoders:
-    return te.load(model_path, SLOTS, device=device, dtype=dtype, options=options)
 
 
 def encode_prompts(

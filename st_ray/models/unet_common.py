@@ -1,4 +1,4 @@
-"""The UNet families' denoiser (SD 1.x, 2.x, SDXL): loading and the UNet call.
+"""The UNet families' denoiser call (SD 1.x, 2.x, SDXL).
 
 SD 1.x and 2.x condition the UNet on the prompt states alone; SDXL adds its pooled embedding
 and size/crop time ids through ``added_cond_kwargs`` (built in ``sdxl.py``).
@@ -9,18 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from st_ray.models.family import conditioning, load_pretrained_denoiser, unwrap
+from st_ray.models.family import conditioning, unwrap
 
 if TYPE_CHECKING:
     import torch
-
-
-def load_denoiser(
-    model_path: str, *, dtype: torch.dtype, device: torch.device, options: Mapping[str, Any]
-) -> torch.nn.Module:
-    return load_pretrained_denoiser(
-        "unet", "UNet2DConditionModel", model_path, dtype=dtype, device=device, options=options
-    )
 
 
 def call_unet(

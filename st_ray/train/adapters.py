@@ -1,30 +1,11 @@
 """LoRA adapters on the denoiser (PEFT) and their export in the layouts other tools load.
 
-Which layers get adapters (``lora_target_modules``), SimpleTuner's presets
-(``simpletuner/helpers/models/*/model.py``: ``DEFAULT_LORA_TARGET`` and Flux's
-``get_lora_target_layers``); a name matches a module whose dotted path equals it or ends in
-``.<name>``, PEFT's rule:
-
-===================== =====================================================================
-family / preset       target module names
-===================== =====================================================================
-sd1x, sd2x, sdxl,     to_k, to_q, to_v, to_out.0 (every attention projection)
-sd3, pixart_sigma
-flux ``mmdit``        to_k, to_q, to_v, to_out.0, to_qkv
-flux ``all``          mmdit + add_k_proj, add_q_proj, add_v_proj, add_qkv_proj, to_add_out
-flux ``context``      add_k_proj, add_q_proj, add_v_proj, add_qkv_proj, to_add_out
-flux ``context+ffs``  context + ff_context.net.0.proj, ff_context.net.2
-flux ``all+ffs``      all + ff.net.0.proj, ff.net.2, ff_context.net.0.proj, ff_context.net.2,
-                      proj_mlp, proj_out
-flux ``all+ffs+       all+ffs + x_embedder
-embedder``
-flux ``ai-toolkit``   all+ffs + norm.linear, norm1.linear, norm1_context.linear
-flux ``tiny``         single_transformer_blocks.7.proj_out, single_transformer_blocks.20.proj_out
-flux ``nano``         single_transformer_blocks.7.proj_out
-===================== =====================================================================
-
-(``to_qkv`` / ``add_qkv_proj`` only exist once QKV projections are fused; PEFT skips names that
-match nothing as long as one name matches.) ``peft_lora_target_modules`` replaces the preset.
+Which layers get adapters (``lora_target_modules``): the family's preset (``SPEC.lora_targets``,
+or its ``lora_targets(options)`` hook, e.g. Flux's ``flux_lora_target`` presets in
+``st_ray/models/flux.py``), SimpleTuner's ``DEFAULT_LORA_TARGET`` per model; most families
+adapt every attention projection (to_k, to_q, to_v, to_out.0). A name matches a module whose
+dotted path equals it or ends in ``.<name>``, PEFT's rule. ``peft_lora_target_modules``
+replaces the preset.
 
 The adapter is PEFT's LoRA named ``default``, added through diffusers' ``add_adapter`` (PixArt's
 transformer lacks diffusers' PEFT mixin, so PEFT's ``inject_adapter_in_model`` is called
@@ -80,32 +61,6 @@ WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 METADATA_KEY = "lora_adapter_metadata"
 LORA_FORMATS = ("diffusers", "comfyui")
 
-ATTENTION_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
-DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
-    "sd1x": ATTENTION_TARGETS,
-    "sd2x": ATTENTION_TARGETS,
-    "sdxl": ATTENTION_TARGETS,
-    "sd3": ATTENTION_TARGETS,
-    "pixart_sigma": ATTENTION_TARGETS,
-}
-_FLUX_CONTEXT = ("add_k_proj", "add_q_proj", "add_v_proj", "add_qkv_proj", "to_add_out")
-_FLUX_MMDIT = ("to_k", "to_q", "to_v", "to_out.0", "to_qkv")
-_FLUX_ALL = _FLUX_MMDIT + _FLUX_CONTEXT
-_FLUX_CONTEXT_FFS = ("ff_context.net.0.proj", "ff_context.net.2")
-_FLUX_FFS = ("ff.net.0.proj", "ff.net.2", *_FLUX_CONTEXT_FFS, "proj_mlp", "proj_out")
-FLUX_TARGETS: dict[str, tuple[str, ...]] = {
-    "mmdit": _FLUX_MMDIT,
-    "context": _FLUX_CONTEXT,
-    "context+ffs": _FLUX_CONTEXT + _FLUX_CONTEXT_FFS,
-    "all": _FLUX_ALL,
-    "all+ffs": _FLUX_ALL + _FLUX_FFS,
-    "all+ffs+embedder": ("x_embedder", *_FLUX_ALL, *_FLUX_FFS),
-    "ai-toolkit": _FLUX_ALL + _FLUX_FFS + ("norm.linear", "norm1.linear", "norm1_context.linear"),
-    # TheLastBen's small-file presets; they need the real model's 38 single blocks.
-    "tiny": ("single_transformer_blocks.7.proj_out", "single_transformer_blocks.20.proj_out"),
-    "nano": ("single_transformer_blocks.7.proj_out",),
-}
-
 # lora_init_type -> LoraConfig(init_lora_weights=...).
 INIT_WEIGHTS: dict[str, bool | str] = {
     "default": True,
@@ -118,7 +73,6 @@ INIT_WEIGHTS: dict[str, bool | str] = {
 _BASE_MUTATING = ("loftq", "olora", "pissa")
 # Attribute on the denoiser holding A0/B0 of a base-mutating initialisation.
 _INITIAL_ATTR = "_st_ray_initial_lora"
-_UNET_FAMILIES = ("sd1x", "sd2x", "sdxl")
 _KOHYA_PREFIX = "lora_unet_"
 
 # Key suffixes of LoRA files -> PEFT's (Kohya, old diffusers and PEFT spellings).
@@ -146,25 +100,14 @@ _PREFIXES = (
 
 
 def lora_target_modules(family: str, options: Mapping[str, Any]) -> list[str]:
-    """Module names PEFT adapts: ``peft_lora_target_modules`` when set, else the family preset
-    (Flux: the ``flux_lora_target`` preset)."""
+    """Module names PEFT adapts: ``peft_lora_target_modules`` when set, else the family's
+    preset for these options."""
     override = options.get("peft_lora_target_modules")
     if override not in (None, "", []):
         return _parse_targets(override)
-    if family == "flux":
-        preset = options.get("flux_lora_target") or "all"
-        if preset not in FLUX_TARGETS:
-            raise ValueError(
-                f"flux_lora_target {preset!r} is not supported by st_ray; accepted: "
-                + ", ".join(FLUX_TARGETS)
-            )
-        return list(FLUX_TARGETS[preset])
-    if family not in DEFAULT_TARGETS:
-        raise ValueError(
-            f"no LoRA target preset for model family {family!r}; known: "
-            + ", ".join([*DEFAULT_TARGETS, "flux"])
-        )
-    return list(DEFAULT_TARGETS[family])
+    from st_ray.models.family import get_family_module
+
+    return get_family_module(family).lora_targets(options)
 
 
 def _parse_targets(value: Any) -> list[str]:
@@ -209,8 +152,13 @@ def matching_modules(denoiser: torch.nn.Module, targets: Sequence[str]) -> list[
 def _targets_source(family: str, options: Mapping[str, Any]) -> str:
     if options.get("peft_lora_target_modules") not in (None, "", []):
         return "peft_lora_target_modules"
-    if family == "flux":
-        return f"flux_lora_target {options.get('flux_lora_target') or 'all'!r}"
+    from st_ray.models.family import get_family_module
+
+    # A family whose preset is chosen by an option names it: (option, its default).
+    chooser = getattr(get_family_module(family).module, "LORA_PRESET_OPTION", None)
+    if chooser:
+        name, default = chooser
+        return f"{name} {options.get(name) or default!r}"
     return f"the {family} LoRA preset"
 
 
@@ -499,7 +447,9 @@ def comfyui_state_dict(
 ) -> dict[str, torch.Tensor]:
     """PEFT-key LoRA tensors renamed to the ComfyUI layout of ``family`` (module docstring),
     with one ``.alpha`` per module."""
-    unet = family in _UNET_FAMILIES
+    from st_ray.models.family import get_family
+
+    unet = get_family(family).denoiser == "unet"
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         for peft_suffix, comfy_suffix in (

@@ -338,7 +338,8 @@ def build_pipeline(
         )
     vae_path = options.get("pretrained_vae_model_name_or_path")
     if vae_path:
-        components["vae"] = diffusers.AutoencoderKL.from_pretrained(vae_path, dtype=dtype)
+        vae_class = getattr(diffusers, family_spec.vae_class or "AutoencoderKL")
+        components["vae"] = vae_class.from_pretrained(vae_path, dtype=dtype)
     cls = getattr(diffusers, pipeline_class)
     init = inspect.signature(cls.__init__).parameters
     if "safety_checker" in init:
@@ -534,15 +535,9 @@ def _call_kwargs(
         kwargs["negative_prompt"] = settings.negative_prompt
     if settings.guidance_rescale > 0 and "guidance_rescale" in accepted:
         kwargs["guidance_rescale"] = settings.guidance_rescale
-    if "max_sequence_length" in accepted:
-        # The T5 length the prompts were encoded with for training.
-        family = get_family_module(family_spec.name)
-        if hasattr(family, "t5_length"):
-            kwargs["max_sequence_length"] = family.t5_length(options)
-        elif hasattr(family, "T5_LENGTH"):
-            from st_ray.models.text_encoders import t5_max_length
-
-            kwargs["max_sequence_length"] = t5_max_length(options, family.T5_LENGTH)
+    family = get_family_module(family_spec.name)
+    # Family extras, e.g. the T5 length the prompts were encoded with for training.
+    kwargs.update({k: v for k, v in family.validation_kwargs(options).items() if k in accepted})
     return kwargs
 
 

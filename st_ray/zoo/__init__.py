@@ -14,8 +14,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# Family name -> module in this package exposing ``build(out_dir: Path, seed: int) -> None``.
-FAMILIES: tuple[str, ...] = ("sd1x", "sd2x", "sdxl", "flux", "sd3", "pixart_sigma")
+from st_ray.models.family import FAMILIES as _MODEL_FAMILIES
+
+# Every model family has a recipe here: module ``<family>`` exposing
+# ``build(out_dir: Path, seed: int) -> None``.
+FAMILIES: tuple[str, ...] = tuple(_MODEL_FAMILIES)
 # Helper models that are not diffusion pipelines (a transformers folder with config.json),
 # built and cached the same way: "captioner" is a tiny BLIP image-to-text model.
 EXTRAS: tuple[str, ...] = ("captioner",)
