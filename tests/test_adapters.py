@@ -41,7 +41,15 @@ BASE_OPTIONS = {
 # sdxl: transformer_layers_per_block (1, 2) gives 2 + 4 + 2 blocks x 2 attns x 4 projections;
 # flux: one double block (to_q/k/v/out.0, add_q/k/v_proj, to_add_out) and one single block
 # (to_q/k/v, no to_out); sd3: one context_pre_only block; pixart: attn1 + attn2 of one block.
-PRESET_COUNTS = {"sd1x": 32, "sd2x": 32, "sdxl": 64, "flux": 11, "sd3": 4, "pixart_sigma": 8}
+PRESET_COUNTS = {
+    "sd1x": 32,
+    "sd2x": 32,
+    "sdxl": 64,
+    "flux": 11,
+    "sd3": 4,
+    "pixart_sigma": 8,
+    "kolors": 64,  # the SDXL UNet layout
+}
 FLUX_PRESET_COUNTS = {
     "mmdit": 7,  # 4 double-block + 3 single-block attention projections
     "context": 4,  # add_q/k/v_proj, to_add_out
@@ -81,13 +89,15 @@ def _inputs(family: str, config, generator: torch.Generator) -> dict:
     def r(*shape):
         return torch.randn(*shape, generator=generator)
 
-    if family in ("sd1x", "sd2x", "sdxl"):
+    if family in ("sd1x", "sd2x", "sdxl", "kolors"):
+        # Kolors' UNet projects the ChatGLM width (encoder_hid_dim) itself.
+        width = config.encoder_hid_dim or config.cross_attention_dim
         kw = dict(
             sample=r(1, config.in_channels, 8, 8),
             timestep=torch.tensor([10]),
-            encoder_hidden_states=r(1, 5, config.cross_attention_dim),
+            encoder_hidden_states=r(1, 5, width),
         )
-        if family == "sdxl":
+        if family in ("sdxl", "kolors"):
             pooled = (
                 config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
             )
@@ -304,7 +314,7 @@ def test_comfyui_layout_and_init_lora_round_trip(family, zoo_root, tmp_path):
     path = adapters.save_lora(denoiser, family, tmp_path, lora_format="comfyui")
     tensors = load_file(path)
     modules = {k.rsplit(".lora_", 1)[0] for k in adapters.lora_state_dict(denoiser)}
-    if family in ("sd1x", "sd2x", "sdxl"):
+    if family in ("sd1x", "sd2x", "sdxl", "kolors"):
         names = {"lora_unet_" + m.replace(".", "_") for m in modules}
         suffixes = (".lora_down.weight", ".lora_up.weight", ".alpha")
     else:

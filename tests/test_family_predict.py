@@ -59,7 +59,7 @@ def setup(zoo_root: Path) -> Callable[[str], Setup]:
             )
             arrays = module.encode_prompts(encoders, PROMPTS, options=OPTIONS)
             batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
-            if family == "sdxl":
+            if family in ("sdxl", "kolors"):
                 batch.update(SDXL_SIZES)
             denoiser = module.load_denoiser(
                 str(path), dtype=torch.float32, device=CPU, options=OPTIONS
@@ -77,9 +77,9 @@ def setup(zoo_root: Path) -> Callable[[str], Setup]:
 def pipeline_kwargs(family: str, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     """The pipeline call on our cached conditioning, without CFG (no doubled batch)."""
     embeds = {"prompt_embeds": batch["prompt_embeds"]}
-    if family in ("sdxl", "flux", "sd3"):
+    if family in ("sdxl", "flux", "sd3", "kolors"):
         embeds["pooled_prompt_embeds"] = batch["pooled_prompt_embeds"]
-    if family == "sdxl":
+    if family in ("sdxl", "kolors"):
         # The pipeline takes one size for the whole batch: the first sample's.
         return embeds | {
             "guidance_scale": 1.0,
@@ -140,7 +140,7 @@ def test_predict_matches_pipeline_denoiser_call(setup, family: str) -> None:
         options["flux_guidance_value"] = FLUX_GUIDANCE
     if family == "pixart_sigma":
         out = out[:, : s.channels]  # learned sigma: the pipeline keeps the epsilon half
-    if family == "sdxl":
+    if family in ("sdxl", "kolors"):
         # The pipeline was given the first sample's sizes for both: so is predict.
         batch = batch | {k: v[:1].expand(batch_size, -1) for k, v in SDXL_SIZES.items()}
         ids = kwargs["added_cond_kwargs"]["time_ids"]

@@ -67,6 +67,11 @@ def reference(family: str, path: Path) -> dict[str, torch.Tensor]:
             PROMPTS, device=CPU, do_classifier_free_guidance=False
         )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    if family == "kolors":  # SimpleTuner's 77 ChatGLM tokens (the pipeline defaults to 256)
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            PROMPTS, device=CPU, do_classifier_free_guidance=False, max_sequence_length=77
+        )
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
     if family == "flux":
         embeds, pooled, _ = pipe.encode_prompt(PROMPTS, device=CPU, max_sequence_length=512)
         mask = pipe.tokenizer_2(
@@ -100,6 +105,7 @@ SHAPES = {
     },
     "sd3": {"prompt_embeds": (2, 77 + 154, 2 * D), "pooled_prompt_embeds": (2, 2 * D)},
     "pixart_sigma": {"prompt_embeds": (2, 300, D), "prompt_attention_mask": (2, 300)},
+    "kolors": {"prompt_embeds": (2, 77, D), "pooled_prompt_embeds": (2, D)},
 }
 
 

@@ -22,6 +22,7 @@ PIPELINES = {
     "flux": "FluxPipeline",
     "sd3": "StableDiffusion3Pipeline",
     "pixart_sigma": "PixArtSigmaPipeline",
+    "kolors": "KolorsPipeline",
 }
 
 # Component folders each family must have, as in the real checkpoints.
@@ -58,6 +59,7 @@ LAYOUT = {
         "scheduler",
     ),
     "pixart_sigma": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "kolors": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
 }
 
 
@@ -85,10 +87,14 @@ def test_layout(built, family: str) -> None:
     index = json.loads((path / "model_index.json").read_text())
     assert index["_class_name"] == PIPELINES[family]
     for sub in LAYOUT[family]:
-        assert index[sub][0] in ("diffusers", "transformers"), sub
+        # Kolors' ChatGLM classes live in diffusers.pipelines.kolors (library "kolors").
+        assert index[sub][0] in ("diffusers", "transformers", "kolors"), sub
         folder = path / sub
         assert folder.is_dir(), sub
-        if sub.startswith("tokenizer"):
+        if sub.startswith("tokenizer") and index[sub][1] == "ChatGLMTokenizer":
+            # Kolors' ChatGLM tokenizer is a slow sentencepiece tokenizer (no tokenizer.json).
+            assert (folder / "tokenizer.model").is_file()
+        elif sub.startswith("tokenizer"):
             assert (folder / "tokenizer.json").is_file()
             legacy = {"vocab.json", "merges.txt"} if "CLIP" in index[sub][1] else {"spiece.model"}
             assert legacy <= {f.name for f in folder.iterdir()}, sub
