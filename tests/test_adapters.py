@@ -49,6 +49,8 @@ PRESET_COUNTS = {
     "sd3": 4,
     "pixart_sigma": 8,
     "kolors": 64,  # the SDXL UNet layout
+    # one double block (q/k/v/out of image and text streams) + one single block (q/k/v/out)
+    "hidream": 12,
 }
 FLUX_PRESET_COUNTS = {
     "mmdit": 7,  # 4 double-block + 3 single-block attention projections
@@ -103,6 +105,15 @@ def _inputs(family: str, config, generator: torch.Generator) -> dict:
             )
             kw["added_cond_kwargs"] = {"text_embeds": r(1, pooled), "time_ids": r(1, 6)}
         return kw
+    if family == "hidream":
+        t5, llama = config.caption_channels
+        return dict(
+            hidden_states=r(1, config.in_channels, 8, 8),
+            timesteps=torch.tensor([500.0]),
+            encoder_hidden_states_t5=r(1, 5, t5),
+            encoder_hidden_states_llama3=r(len(config.llama_layers), 1, 5, llama),
+            pooled_embeds=r(1, config.text_emb_dim),
+        )
     if family == "flux":
         return dict(
             hidden_states=r(1, 16, config.in_channels),
@@ -158,6 +169,8 @@ def test_family_preset_matches_the_tiny_model(family, zoo_root):
     if family == "flux":  # flux_lora_target 'all'
         expected += ["to_qkv", "add_k_proj", "add_q_proj", "add_v_proj", "add_qkv_proj"]
         expected += ["to_add_out"]
+    if family == "hidream":  # plain Linear outputs; text-stream projections end in _t
+        expected = ["to_q", "to_k", "to_v", "to_out", "to_q_t", "to_k_t", "to_v_t", "to_out_t"]
     assert sorted(targets) == sorted(expected)
     matched = adapters.matching_modules(_denoiser(family, zoo_root), targets)
     assert len(matched) == PRESET_COUNTS[family]

@@ -64,10 +64,15 @@ def _train(config: Path, out: Path, ckpt: Path, *extra: str):
     return reported
 
 
-def _validation_image(out: Path) -> Image.Image:
+# HiDream's pipeline rescales every request to the area of its default_sample_size (128
+# latents, 1024 px) whatever height/width it is given, so its validation images are 1 MP.
+VALIDATION_SIZE = {"hidream": (1024, 1024)}
+
+
+def _validation_image(out: Path, family: str) -> Image.Image:
     (path,) = sorted((out / "validation").rglob("*.png"))
     image = Image.open(path)
-    assert image.size == (32, 32)
+    assert image.size == VALIDATION_SIZE.get(family, (32, 32))
     assert np.asarray(image).std() > 0  # a rendered picture, not a blank
     return image
 
@@ -84,7 +89,7 @@ def test_lora_trains_exports_and_validates(family: str, setups, tmp_path: Path) 
     model, config = setups(family)
     out = tmp_path / "lora"
     _train(config, out, tmp_path / "ckpt")
-    _validation_image(out)
+    _validation_image(out, family)
 
     spec = get_family(family)
     pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(model)
@@ -110,3 +115,47 @@ def test_kolors_full_finetune_saves_a_loadable_unet(setups, tmp_path: Path) -> N
     base = dict(UNet2DConditionModel.from_pretrained(model, subfolder="unet").named_parameters())
     assert not any(".lora_" in name for name, _ in trained.named_parameters())
     assert any(not torch.equal(p, base[name]) for name, p in trained.named_parameters())
+
+
+def test_hidream_load_balancing_loss(zoo_root) -> None:
+    """hidream_use_load_balancing_loss: the MoE gates' loss from the last forward pass, scaled
+    by hidream_load_balancing_loss_weight instead of the built-in 0.01, with gradients into
+    the routers; off (the default), nothing is added."""
+    from st_ray.models.family import get_family_module
+
+    family = get_family_module("hidream")
+    model = zoo.ensure("hidream", zoo_root)
+    gen = torch.Generator().manual_seed(0)
+    batch = {
+        "pooled_prompt_embeds": torch.randn(2, 64, generator=gen),
+        "prompt_embeds_t5": torch.randn(2, 6, 32, generator=gen),
+        "prompt_embeds_llama3": torch.randn(2, 2, 6, 32, generator=gen),
+    }
+    latents = torch.randn(2, 16, 8, 4, generator=gen)  # non-square: padded to max_seq
+    losses = {}
+    for weight in (None, 0.5):
+        options = {
+            "hidream_use_load_balancing_loss": True,
+            "hidream_load_balancing_loss_weight": weight,
+            "gradient_checkpointing": True,
+        }
+        denoiser = family.load_denoiser(
+            str(model), dtype=torch.float32, device=torch.device("cpu"), options=options
+        ).train()
+        pred = family.predict(denoiser, latents, torch.tensor([300.0, 700.0]), batch, options)
+        assert pred.shape == latents.shape
+        aux = family.aux_loss(denoiser, options)
+        assert aux is not None and aux.ndim == 0 and aux > 0
+        (pred.mean() + aux).backward()
+        gates = [p for n, p in denoiser.named_parameters() if n.endswith("gate.weight")]
+        assert len(gates) == 2 and all(g.grad is not None and g.grad.abs().max() > 0 for g in gates)
+        losses[weight] = aux.item()
+    # Same routing, alpha 0.01 -> 0.5: the loss scales by 50.
+    assert losses[0.5] == pytest.approx(losses[None] * 50, rel=1e-4)
+
+    off = {"hidream_use_load_balancing_loss": False, "gradient_checkpointing": False}
+    denoiser = family.load_denoiser(
+        str(model), dtype=torch.float32, device=torch.device("cpu"), options=off
+    ).train()
+    family.predict(denoiser, latents, torch.tensor([300.0, 700.0]), batch, off)
+    assert family.aux_loss(denoiser, off) is None

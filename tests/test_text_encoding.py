@@ -67,6 +67,15 @@ def reference(family: str, path: Path) -> dict[str, torch.Tensor]:
             PROMPTS, device=CPU, do_classifier_free_guidance=False
         )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    if family == "hidream":
+        t5, _, llama, _, pooled, _ = pipe.encode_prompt(
+            PROMPTS, device=CPU, do_classifier_free_guidance=False, max_sequence_length=128
+        )
+        return {
+            "prompt_embeds_t5": t5,
+            "prompt_embeds_llama3": llama.transpose(0, 1),  # stored batch first
+            "pooled_prompt_embeds": pooled,
+        }
     if family == "kolors":  # SimpleTuner's 77 ChatGLM tokens (the pipeline defaults to 256)
         embeds, _, pooled, _ = pipe.encode_prompt(
             PROMPTS, device=CPU, do_classifier_free_guidance=False, max_sequence_length=77
@@ -106,6 +115,11 @@ SHAPES = {
     "sd3": {"prompt_embeds": (2, 77 + 154, 2 * D), "pooled_prompt_embeds": (2, 2 * D)},
     "pixart_sigma": {"prompt_embeds": (2, 300, D), "prompt_attention_mask": (2, 300)},
     "kolors": {"prompt_embeds": (2, 77, D), "pooled_prompt_embeds": (2, D)},
+    "hidream": {
+        "pooled_prompt_embeds": (2, 2 * D),
+        "prompt_embeds_t5": (2, 128, D),
+        "prompt_embeds_llama3": (2, 2, 128, D),  # 2 Llama layers
+    },
 }
 
 

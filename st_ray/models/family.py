@@ -134,6 +134,13 @@ class FamilyModule(Protocol):
         ``__call__`` accepts are passed."""
         ...
 
+    def aux_loss(
+        self, denoiser: torch.nn.Module, options: Mapping[str, Any]
+    ) -> torch.Tensor | None:
+        """A scalar the loop adds to the step's loss, recorded by the denoiser during the last
+        ``predict`` (e.g. HiDream's MoE load-balancing loss); default None (nothing added)."""
+        ...
+
     def predict(
         self,
         denoiser: torch.nn.Module,
@@ -222,6 +229,12 @@ class Family:
     def validation_kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
         own = self._own("validation_kwargs")
         return dict(own(options)) if own else {}
+
+    def aux_loss(
+        self, denoiser: torch.nn.Module, options: Mapping[str, Any]
+    ) -> torch.Tensor | None:
+        own = self._own("aux_loss")
+        return own(denoiser, options) if own else None
 
     def predict(
         self,

@@ -442,7 +442,7 @@ def batch_loss(
     pred = run.family.predict(
         run.denoiser, noisy.to(run.dtype), t, inputs, run.plan.options, generator=generator
     ).float()
-    return compute_loss(
+    loss = compute_loss(
         run.loss_config,
         pred,
         target.float(),
@@ -451,6 +451,9 @@ def batch_loss(
         prediction_type="flow_matching" if draw.sigmas is not None else run.prediction_type,
         num_train_timesteps=run.timestep_sampler.num_train_timesteps,
     )
+    # A family's own loss term from that forward pass (HiDream's MoE load balancing).
+    extra = run.family.aux_loss(run.denoiser, run.plan.options)
+    return loss if extra is None else loss + extra.to(loss.device, loss.dtype)
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -510,7 +510,6 @@ OPTIONS = [
         False,
         "HiDream: add the mixture-of-experts router's load-balancing loss so experts are used "
         "evenly (experimental).",
-        unsupported="model_family hidream is not available in st_ray yet",
     ),
     opt(
         "hidream_load_balancing_loss_weight",
@@ -518,7 +517,6 @@ OPTIONS = [
         None,
         "HiDream: weight of the load-balancing loss; unset uses the model's built-in weight.",
         minimum=0,
-        unsupported="model_family hidream is not available in st_ray yet",
     ),
     # --- reproducibility ---
     opt(
