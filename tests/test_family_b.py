@@ -159,3 +159,12 @@ def test_hidream_load_balancing_loss(zoo_root) -> None:
     ).train()
     family.predict(denoiser, latents, torch.tensor([300.0, 700.0]), batch, off)
     assert family.aux_loss(denoiser, off) is None
+
+
+def test_omnigen_is_refused_at_validation(tmp_path: Path) -> None:
+    from st_ray.config.errors import ConfigError
+
+    config = tmp_path / "config.json"
+    config.write_text('{"model_family": "omnigen", "data_backend_config": "d.json"}')
+    with pytest.raises(ConfigError, match="omnigen.*OmniGenMultiModalProcessor"):
+        build_plan(config, [], {})
