@@ -41,7 +41,16 @@ BASE_OPTIONS = {
 # sdxl: transformer_layers_per_block (1, 2) gives 2 + 4 + 2 blocks x 2 attns x 4 projections;
 # flux: one double block (to_q/k/v/out.0, add_q/k/v_proj, to_add_out) and one single block
 # (to_q/k/v, no to_out); sd3: one context_pre_only block; pixart: attn1 + attn2 of one block.
-PRESET_COUNTS = {"sd1x": 32, "sd2x": 32, "sdxl": 64, "flux": 11, "sd3": 4, "pixart_sigma": 8}
+# qwen_image: one dual-stream block (to_q/k/v, to_out.0).
+PRESET_COUNTS = {
+    "sd1x": 32,
+    "sd2x": 32,
+    "sdxl": 64,
+    "flux": 11,
+    "sd3": 4,
+    "pixart_sigma": 8,
+    "qwen_image": 4,
+}
 FLUX_PRESET_COUNTS = {
     "mmdit": 7,  # 4 double-block + 3 single-block attention projections
     "context": 4,  # add_q/k/v_proj, to_add_out
@@ -102,6 +111,14 @@ def _inputs(family: str, config, generator: torch.Generator) -> dict:
             img_ids=torch.zeros(16, 3),
             txt_ids=torch.zeros(5, 3),
             guidance=torch.tensor([3.5]),
+        )
+    if family == "qwen_image":
+        return dict(
+            hidden_states=r(1, 16, config.in_channels),
+            encoder_hidden_states=r(1, 5, config.joint_attention_dim),
+            encoder_hidden_states_mask=torch.ones(1, 5, dtype=torch.long),
+            timestep=torch.tensor([0.5]),
+            img_shapes=[[(1, 4, 4)]],
         )
     if family == "sd3":
         return dict(

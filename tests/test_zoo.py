@@ -22,6 +22,7 @@ PIPELINES = {
     "flux": "FluxPipeline",
     "sd3": "StableDiffusion3Pipeline",
     "pixart_sigma": "PixArtSigmaPipeline",
+    "qwen_image": "QwenImagePipeline",
 }
 
 # Component folders each family must have, as in the real checkpoints.
@@ -58,6 +59,7 @@ LAYOUT = {
         "scheduler",
     ),
     "pixart_sigma": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "qwen_image": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
 }
 
 
@@ -90,7 +92,8 @@ def test_layout(built, family: str) -> None:
         assert folder.is_dir(), sub
         if sub.startswith("tokenizer"):
             assert (folder / "tokenizer.json").is_file()
-            legacy = {"vocab.json", "merges.txt"} if "CLIP" in index[sub][1] else {"spiece.model"}
+            bpe = index[sub][1].startswith(("CLIP", "Qwen2"))
+            legacy = {"vocab.json", "merges.txt"} if bpe else {"spiece.model"}
             assert legacy <= {f.name for f in folder.iterdir()}, sub
         elif sub == "scheduler":
             assert (folder / "scheduler_config.json").is_file()
