@@ -41,7 +41,8 @@ BASE_OPTIONS = {
 # sdxl: transformer_layers_per_block (1, 2) gives 2 + 4 + 2 blocks x 2 attns x 4 projections;
 # flux: one double block (to_q/k/v/out.0, add_q/k/v_proj, to_add_out) and one single block
 # (to_q/k/v, no to_out); sd3: one context_pre_only block; pixart: attn1 + attn2 of one block.
-# qwen_image: one dual-stream block (to_q/k/v, to_out.0).
+# qwen_image: one dual-stream block (to_q/k/v, to_out.0); deepfloyd: 4 added-KV attentions
+# (1 down, 1 mid, 2 up) x 4 projections.
 PRESET_COUNTS = {
     "sd1x": 32,
     "sd2x": 32,
@@ -50,6 +51,7 @@ PRESET_COUNTS = {
     "sd3": 4,
     "pixart_sigma": 8,
     "qwen_image": 4,
+    "deepfloyd": 16,
 }
 FLUX_PRESET_COUNTS = {
     "mmdit": 7,  # 4 double-block + 3 single-block attention projections
@@ -90,11 +92,12 @@ def _inputs(family: str, config, generator: torch.Generator) -> dict:
     def r(*shape):
         return torch.randn(*shape, generator=generator)
 
-    if family in ("sd1x", "sd2x", "sdxl"):
+    if family in ("sd1x", "sd2x", "sdxl", "deepfloyd"):
         kw = dict(
             sample=r(1, config.in_channels, 8, 8),
             timestep=torch.tensor([10]),
-            encoder_hidden_states=r(1, 5, config.cross_attention_dim),
+            # IF's UNet projects T5 states (encoder_hid_dim) to its cross-attention width.
+            encoder_hidden_states=r(1, 5, config.encoder_hid_dim or config.cross_attention_dim),
         )
         if family == "sdxl":
             pooled = (
@@ -321,7 +324,7 @@ def test_comfyui_layout_and_init_lora_round_trip(family, zoo_root, tmp_path):
     path = adapters.save_lora(denoiser, family, tmp_path, lora_format="comfyui")
     tensors = load_file(path)
     modules = {k.rsplit(".lora_", 1)[0] for k in adapters.lora_state_dict(denoiser)}
-    if family in ("sd1x", "sd2x", "sdxl"):
+    if family in ("sd1x", "sd2x", "sdxl", "deepfloyd"):
         names = {"lora_unet_" + m.replace(".", "_") for m in modules}
         suffixes = (".lora_down.weight", ".lora_up.weight", ".alpha")
     else:

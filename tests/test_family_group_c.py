@@ -132,3 +132,74 @@ def test_qwen_image_edit_flavours_are_refused_at_validation(tmp_path: Path) -> N
     )
     with pytest.raises(ConfigError, match="edit-v1.*conditioning-image datasets"):
         build_plan(config, [], {})
+
+
+# ----------------------------------------------------------------------------- deepfloyd
+
+
+def test_deepfloyd_caches_pixels_and_lora_trains_validates_and_loads(
+    setups, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    from st_ray.train import data_feed
+
+    model, config = setups("deepfloyd")
+    # Pixel space: the cache holds the 64 px images themselves, in [-1, 1].
+    plan = build_plan(config, [], {})
+    (entry,) = [d for d in plan.datasets if d.is_image]
+    samples = data_feed.load_dataset_samples(str(entry["cache_dir_vae"]), entry)
+    hashes = [s.content_hash for s in samples.samples][:4]
+    pixels = data_feed.LatentStore(str(entry["cache_dir_vae"])).load(hashes)
+    for value in pixels.values():
+        assert value.shape[0] == 3 and value.shape[1] * value.shape[2] == 64 * 64
+        assert -1.0 <= float(value.min()) < 0.0 < float(value.max()) <= 1.0
+
+    image = _train(config, tmp_path / "out", tmp_path / "ckpt")
+    assert Image.open(image).size == (32, 32)
+    _lora_loads("deepfloyd", model, tmp_path / "out")
+
+
+def test_deepfloyd_full_finetune_with_soft_min_snr_saves_a_loadable_unet(
+    setups, tmp_path: Path
+) -> None:
+    from diffusers import IFPipeline, UNet2DConditionModel
+
+    model, config = setups("deepfloyd")
+    out = tmp_path / "full"
+    _train(
+        config,
+        out,
+        tmp_path / "ckpt",
+        "--model_type=full",
+        "--use_soft_min_snr=true",
+        "--snr_gamma=5",
+        "--soft_min_snr_sigma_data=1.0",
+    )
+    trained = UNet2DConditionModel.from_pretrained(out / "unet")
+    base = dict(UNet2DConditionModel.from_pretrained(model, subfolder="unet").named_parameters())
+    assert not any(".lora_" in name for name, _ in trained.named_parameters())
+    assert any(not torch.equal(p, base[name]) for name, p in trained.named_parameters())
+    # The saved UNet drops into the pipeline and samples.
+    pipe = IFPipeline.from_pretrained(model, unet=trained)
+    images = pipe(
+        "a red square",
+        height=32,
+        width=32,
+        num_inference_steps=2,
+        output_type="np",
+        clean_caption=False,
+    ).images
+    assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
+
+
+def test_deepfloyd_stage_ii_is_refused_at_validation(tmp_path: Path) -> None:
+    from st_ray.config.errors import ConfigError
+
+    config = tmp_path / "config.json"
+    config.write_text(
+        '{"model_family": "deepfloyd", "model_flavour": "ii-large-1.2b", "max_train_steps": 1, '
+        f'"output_dir": "{tmp_path / "out"}"}}'
+    )
+    with pytest.raises(ConfigError, match="ii-large-1.2b.*super-resolution.*stage I"):
+        build_plan(config, [], {})

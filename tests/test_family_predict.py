@@ -72,7 +72,9 @@ def setup(zoo_root: Path) -> Callable[[str], Setup]:
 
 def latent_channels(path: Path) -> int:
     """Channels of the latents the denoiser works on: the VAE's (AutoencoderKL's
-    latent_channels, the video VAEs' z_dim)."""
+    latent_channels, the video VAEs' z_dim); the UNet's input channels in pixel space."""
+    if not (path / "vae").is_dir():
+        return json.loads((path / "unet" / "config.json").read_text())["in_channels"]
     vae = json.loads((path / "vae" / "config.json").read_text())
     return vae.get("latent_channels") or vae["z_dim"]
 
@@ -153,14 +155,15 @@ def test_predict_matches_pipeline_denoiser_call(setup, family: str) -> None:
         sample = QwenImagePipeline._unpack_latents(sample, 64, 64, 8).squeeze(2)
         out = QwenImagePipeline._unpack_latents(out, 64, 64, 8).squeeze(2)
         timestep = timestep * 1000
-    if family == "pixart_sigma":
+    if family in ("pixart_sigma", "deepfloyd"):
         out = out[:, : s.channels]  # learned sigma: the pipeline keeps the epsilon half
     if family == "sdxl":
         # The pipeline was given the first sample's sizes for both: so is predict.
         batch = batch | {k: v[:1].expand(batch_size, -1) for k, v in SDXL_SIZES.items()}
         ids = kwargs["added_cond_kwargs"]["time_ids"]
         torch.testing.assert_close(ids, sdxl.time_ids(batch).float())
-    assert sample.shape == (batch_size, s.channels, 8, 8)
+    side = 64 if get_family(family).vae_class is None else 8  # pixel space: the image itself
+    assert sample.shape == (batch_size, s.channels, side, side)
     with torch.no_grad():
         pred = s.module.predict(s.denoiser, sample, timestep.expand(batch_size), batch, options)
     assert pred.shape == sample.shape

@@ -93,6 +93,11 @@ def reference(family: str, path: Path) -> dict[str, torch.Tensor]:
             "prompt_embeds": torch.nn.functional.pad(embeds, (0, 0, 0, pad)),
             "prompt_embeds_mask": torch.nn.functional.pad(mask, (0, pad)),
         }
+    if family == "deepfloyd":
+        embeds, _ = pipe.encode_prompt(
+            PROMPTS, do_classifier_free_guidance=False, device=CPU, clean_caption=False
+        )
+        return {"prompt_embeds": embeds}
     embeds, mask, _, _ = pipe.encode_prompt(
         PROMPTS, do_classifier_free_guidance=False, device=CPU, clean_caption=False
     )
@@ -111,6 +116,7 @@ SHAPES = {
     "sd3": {"prompt_embeds": (2, 77 + 154, 2 * D), "pooled_prompt_embeds": (2, 2 * D)},
     "pixart_sigma": {"prompt_embeds": (2, 300, D), "prompt_attention_mask": (2, 300)},
     "qwen_image": {"prompt_embeds": (2, 512, D), "prompt_embeds_mask": (2, 512)},
+    "deepfloyd": {"prompt_embeds": (2, 77, D)},
 }
 
 

@@ -23,6 +23,7 @@ PIPELINES = {
     "sd3": "StableDiffusion3Pipeline",
     "pixart_sigma": "PixArtSigmaPipeline",
     "qwen_image": "QwenImagePipeline",
+    "deepfloyd": "IFPipeline",
 }
 
 # Component folders each family must have, as in the real checkpoints.
@@ -60,6 +61,7 @@ LAYOUT = {
     ),
     "pixart_sigma": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
     "qwen_image": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "deepfloyd": ("unet", "text_encoder", "tokenizer", "scheduler"),  # pixel space: no VAE
 }
 
 
@@ -135,6 +137,8 @@ def test_render(built, family: str) -> None:
     kwargs: dict = {}
     if family == "pixart_sigma":
         kwargs = {"use_resolution_binning": False, "clean_caption": False}
+    if family == "deepfloyd":
+        kwargs = {"clean_caption": False}
     out = pipe(
         "a photo of a cat",
         height=64,
