@@ -79,6 +79,12 @@ OPTIONS = [
         unsupported_values={
             "wan": "video families are not supported yet",
             "ltxvideo": "video families are not supported yet",
+            "cosmos2image": "diffusers' Cosmos2TextToImagePipeline cannot be built or called "
+            "without NVIDIA's cosmos_guardrail safety checker (package cosmos-guardrail, not "
+            "installed; it loads the Cosmos guardrail models from the Hub), so validation and "
+            "export checks through the pipeline are impossible here; its EDM-style training "
+            "(log-uniform sigma in [0.002, 80], x0 loss weighted (sigma^2 + sigma_data^2) / "
+            "(sigma * sigma_data)^2) also needs a sigma sampler the training loop lacks",
         },
     ),
     opt(
