@@ -41,6 +41,8 @@ BASE_OPTIONS = {
 # sdxl: transformer_layers_per_block (1, 2) gives 2 + 4 + 2 blocks x 2 attns x 4 projections;
 # flux: one double block (to_q/k/v/out.0, add_q/k/v_proj, to_add_out) and one single block
 # (to_q/k/v, no to_out); sd3: one context_pre_only block; pixart: attn1 + attn2 of one block.
+# qwen_image: one dual-stream block (to_q/k/v, to_out.0); deepfloyd: 4 added-KV attentions
+# (1 down, 1 mid, 2 up) x 4 projections.
 PRESET_COUNTS = {
     "sd1x": 32,
     "sd2x": 32,
@@ -51,6 +53,8 @@ PRESET_COUNTS = {
     "kolors": 64,  # the SDXL UNet layout
     # one double block (q/k/v/out of image and text streams) + one single block (q/k/v/out)
     "hidream": 12,
+    "qwen_image": 4,
+    "deepfloyd": 16,
 }
 FLUX_PRESET_COUNTS = {
     "mmdit": 7,  # 4 double-block + 3 single-block attention projections
@@ -91,8 +95,8 @@ def _inputs(family: str, config, generator: torch.Generator) -> dict:
     def r(*shape):
         return torch.randn(*shape, generator=generator)
 
-    if family in ("sd1x", "sd2x", "sdxl", "kolors"):
-        # Kolors' UNet projects the ChatGLM width (encoder_hid_dim) itself.
+    if family in ("sd1x", "sd2x", "sdxl", "kolors", "deepfloyd"):
+        # Kolors' and IF's UNets project the text encoder width (encoder_hid_dim) themselves.
         width = config.encoder_hid_dim or config.cross_attention_dim
         kw = dict(
             sample=r(1, config.in_channels, 8, 8),
@@ -123,6 +127,14 @@ def _inputs(family: str, config, generator: torch.Generator) -> dict:
             img_ids=torch.zeros(16, 3),
             txt_ids=torch.zeros(5, 3),
             guidance=torch.tensor([3.5]),
+        )
+    if family == "qwen_image":
+        return dict(
+            hidden_states=r(1, 16, config.in_channels),
+            encoder_hidden_states=r(1, 5, config.joint_attention_dim),
+            encoder_hidden_states_mask=torch.ones(1, 5, dtype=torch.long),
+            timestep=torch.tensor([0.5]),
+            img_shapes=[[(1, 4, 4)]],
         )
     if family == "sd3":
         return dict(
@@ -327,7 +339,7 @@ def test_comfyui_layout_and_init_lora_round_trip(family, zoo_root, tmp_path):
     path = adapters.save_lora(denoiser, family, tmp_path, lora_format="comfyui")
     tensors = load_file(path)
     modules = {k.rsplit(".lora_", 1)[0] for k in adapters.lora_state_dict(denoiser)}
-    if family in ("sd1x", "sd2x", "sdxl", "kolors"):
+    if family in ("sd1x", "sd2x", "sdxl", "kolors", "deepfloyd"):
         names = {"lora_unet_" + m.replace(".", "_") for m in modules}
         suffixes = (".lora_down.weight", ".lora_up.weight", ".alpha")
     else:

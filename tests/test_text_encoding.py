@@ -97,6 +97,21 @@ def reference(family: str, path: Path) -> dict[str, torch.Tensor]:
             max_sequence_length=154,
         )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    if family == "qwen_image":
+        # The pipeline pads to the batch's longest prompt; the cache pads every prompt to the
+        # fixed 512 with zeros (and mask 0) so any captions stack.
+        embeds, mask = pipe.encode_prompt(PROMPTS, device=CPU, max_sequence_length=512)
+        assert mask is not None and not mask.all()
+        pad = 512 - embeds.shape[1]
+        return {
+            "prompt_embeds": torch.nn.functional.pad(embeds, (0, 0, 0, pad)),
+            "prompt_embeds_mask": torch.nn.functional.pad(mask, (0, pad)),
+        }
+    if family == "deepfloyd":
+        embeds, _ = pipe.encode_prompt(
+            PROMPTS, do_classifier_free_guidance=False, device=CPU, clean_caption=False
+        )
+        return {"prompt_embeds": embeds}
     embeds, mask, _, _ = pipe.encode_prompt(
         PROMPTS, do_classifier_free_guidance=False, device=CPU, clean_caption=False
     )
@@ -120,6 +135,8 @@ SHAPES = {
         "prompt_embeds_t5": (2, 128, D),
         "prompt_embeds_llama3": (2, 2, 128, D),  # 2 Llama layers
     },
+    "qwen_image": {"prompt_embeds": (2, 512, D), "prompt_embeds_mask": (2, 512)},
+    "deepfloyd": {"prompt_embeds": (2, 77, D)},
 }
 
 

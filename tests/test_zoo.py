@@ -24,6 +24,8 @@ PIPELINES = {
     "pixart_sigma": "PixArtSigmaPipeline",
     "kolors": "KolorsPipeline",
     "hidream": "HiDreamImagePipeline",
+    "qwen_image": "QwenImagePipeline",
+    "deepfloyd": "IFPipeline",
 }
 
 # Component folders each family must have, as in the real checkpoints.
@@ -68,6 +70,8 @@ LAYOUT = {
         *(f"tokenizer{i}" for i in ("", "_2", "_3", "_4")),
         "scheduler",
     ),
+    "qwen_image": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "deepfloyd": ("unet", "text_encoder", "tokenizer", "scheduler"),  # pixel space: no VAE
 }
 
 
@@ -107,6 +111,7 @@ def test_layout(built, family: str) -> None:
             legacy = {
                 "CLIPTokenizer": {"vocab.json", "merges.txt"},
                 "T5Tokenizer": {"spiece.model"},
+                "Qwen2Tokenizer": {"vocab.json", "merges.txt"},
             }.get(index[sub][1], set())  # Llama 3 ships tokenizer.json alone
             assert legacy <= {f.name for f in folder.iterdir()}, sub
         elif sub == "scheduler":
@@ -153,6 +158,8 @@ def test_render(built, family: str) -> None:
         # The pipeline rescales every request to the area of default_sample_size latents
         # squared (1024 px by default); shrink that area to the 64 px asked for.
         pipe.default_sample_size = 8
+    if family == "deepfloyd":
+        kwargs = {"clean_caption": False}
     out = pipe(
         "a photo of a cat",
         height=64,

@@ -68,7 +68,14 @@ def check_family(loaded: LoadedConfig, problems: ProblemList) -> None:
         return
     family = FAMILIES[family_name]
     flavour = values.get("model_flavour")
-    if flavour is not None and flavour not in family.flavours:
+    if flavour is not None and flavour in family.refused_flavours:
+        problems.add(
+            loaded.provenance["model_flavour"],
+            "model_flavour",
+            f"'{flavour}' of {family_name} is not supported by st_ray: "
+            f"{family.refused_flavours[flavour]}; supported: " + ", ".join(family.flavours),
+        )
+    elif flavour is not None and flavour not in family.flavours:
         problems.add(
             loaded.provenance["model_flavour"],
             "model_flavour",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -53,6 +53,8 @@ class FamilySpec:
     vae_class: str | None = "AutoencoderKL"
     # Module names PEFT adapts by default (see st_ray.train.adapters).
     lora_targets: tuple[str, ...] = ATTENTION_TARGETS
+    # Flavours the family defines upstream that st_ray refuses at validation: flavour -> why.
+    refused_flavours: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def default_flavour(self) -> str:
