@@ -136,6 +136,12 @@ class FamilyModule(Protocol):
         ``__call__`` accepts are passed."""
         ...
 
+    def prepare_render(self, pipeline: Any, width: int, height: int) -> None:
+        """Adjust the validation pipeline before it renders a ``width`` x ``height`` image, for
+        pipelines that would not honour the requested size (e.g. HiDream's fixed area);
+        default nothing."""
+        ...
+
     def aux_loss(
         self, denoiser: torch.nn.Module, options: Mapping[str, Any]
     ) -> torch.Tensor | None:
@@ -231,6 +237,10 @@ class Family:
     def validation_kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
         own = self._own("validation_kwargs")
         return dict(own(options)) if own else {}
+
+    def prepare_render(self, pipeline: Any, width: int, height: int) -> None:
+        if own := self._own("prepare_render"):
+            own(pipeline, width, height)
 
     def aux_loss(
         self, denoiser: torch.nn.Module, options: Mapping[str, Any]

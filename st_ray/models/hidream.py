@@ -4,6 +4,7 @@ velocity (x0 - noise), which ``predict`` negates as the pipeline does."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,13 @@ def load_text_encoders(
 
 def validation_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
     return {"max_sequence_length": max_length(options)}
+
+
+def prepare_render(pipeline: Any, width: int, height: int) -> None:
+    """HiDreamImagePipeline rescales every request to the area of default_sample_size latents
+    squared (1024 px by default): make that area the requested one, so validation renders at
+    validation_resolution."""
+    pipeline.default_sample_size = math.sqrt(width * height) / pipeline.vae_scale_factor
 
 
 def _pooled(encoders: te.TextEncoders, name: str, prompts: list[str], length: int):

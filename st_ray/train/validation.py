@@ -394,6 +394,7 @@ def render_with(
     base_seed = _base_seed(settings) if seed is None else seed
     gen_device = device if settings.seed_source == "gpu" else torch.device("cpu")
     call = _call_kwargs(pipeline, family_spec, settings, options)
+    family = get_family_module(family_spec.name)
     paths: list[Path] = []
     for module in others:
         module.to(device)
@@ -403,6 +404,7 @@ def render_with(
         with _eval_mode(denoiser), torch.no_grad():
             for name, prompt in settings.prompts:
                 for width, height in settings.resolutions:
+                    family.prepare_render(pipeline, width, height)
                     seeds = [base_seed + i for i in range(settings.num_images)]
                     generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
                     images = pipeline(
