@@ -299,6 +299,18 @@ def _quiet():
         yield
 
 
+@contextlib.contextmanager
+def _quiet_diffusers():
+    from diffusers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
 def default_dtype(options: Mapping[str, Any]) -> torch.dtype:
     import torch
 
@@ -328,7 +340,8 @@ def quantize_denoiser(
         return model
     value = str(options["base_model_precision"])
     dtype = default_dtype(options)
-    model.to(dtype)
+    with _quiet_diffusers():  # its warning about casting with .to() concerns fp32 modules only
+        model.to(dtype)
     at = next(model.parameters()).device
     quantize_model(model, value, option="base_model_precision", device=at, compute_dtype=dtype)
     return model.to(device)
@@ -427,7 +440,6 @@ def load_denoiser_via_pipeline(
     diffusers class's from_pretrained with a quantization_config, resolving the source the way
     the families do (pretrained_<kind>_model_name_or_path, _subfolder, revision, variant)."""
     import diffusers
-    from diffusers import DDPMScheduler
 
     value = str(options["base_model_precision"])
     check_precision("base_model_precision", value, device)
@@ -437,10 +449,11 @@ def load_denoiser_via_pipeline(
     kwargs: dict[str, Any] = {"subfolder": None if subfolder.lower() == "none" else subfolder}
     if source == model_path:
         kwargs.update({k: options[k] for k in ("revision", "variant") if options.get(k)})
-    config = DDPMScheduler.load_config(source, **{k: v for k, v in kwargs.items() if v})
-    cls = getattr(diffusers, config["_class_name"])
     quant = diffusers_config(value, pipeline_overrides(options, kind), dtype)
-    model = cls.from_pretrained(source, torch_dtype=dtype, quantization_config=quant, **kwargs)
+    # AutoModel reads the class from the component's config.json (_class_name).
+    model = diffusers.AutoModel.from_pretrained(
+        source, torch_dtype=dtype, quantization_config=quant, **kwargs
+    )
     if options.get("gradient_checkpointing"):
         model.enable_gradient_checkpointing()
     model.requires_grad_(False)
