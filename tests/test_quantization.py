@@ -197,6 +197,11 @@ def _config(tmp_path: Path, images: Path, model: Path, **options) -> Path:
             "needs a CUDA GPU",
         ),
         (
+            {"attention_mechanism": "cudnn", "use_gpu": "false"},
+            "attention_mechanism",
+            "needs a CUDA GPU",
+        ),
+        (
             {"pretrained_transformer_model_name_or_path": "/models/flux1-dev-Q4_K_S.gguf"},
             "pretrained_transformer_model_name_or_path",
             "GGUF",

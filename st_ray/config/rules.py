@@ -214,6 +214,17 @@ def check_quantization(loaded: LoadedConfig, problems: ProblemList) -> None:
     cpu_only = use_gpu == "false" or (use_gpu == "auto" and not remote and not _local_cuda())
     for key, message in check_options(values, cpu_only=cpu_only):
         problems.add(loaded.provenance.get(key, "configuration"), key, message)
+    if cpu_only:
+        from st_ray.train.attention import check
+
+        try:
+            check(values.get("attention_mechanism"), "cpu")
+        except ValueError as err:
+            problems.add(
+                loaded.provenance.get("attention_mechanism", "configuration"),
+                "attention_mechanism",
+                str(err),
+            )
     for key in _SINGLE_FILE_SOURCES:
         value = str(values.get(key) or "")
         if value.lower().endswith(".gguf"):

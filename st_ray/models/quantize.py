@@ -24,8 +24,9 @@ mslk kernels); its float8 weight-only path needs compute capability 8.9 (Ada, Ho
 Those combinations are refused with the option, the value and what they need, at config
 validation when the run is known to be CPU-only (``check_options``) and at load otherwise.
 
-Layers kept in full precision (``KEEP``, SimpleTuner's habit): the input/output projections,
-embedders and norms, which are small and precision-sensitive.
+Layers kept unquantised (``KEEP``): the model-level input/output projections, embedders and
+the final norm, which are small and precision-sensitive; every block's layers (attention,
+feed-forward, AdaLN modulation, UNet convolutions for quanto) are quantised.
 
 ``quantize_via``: ``accelerator`` quantises on the training device, ``cpu`` loads and quantises
 on the CPU and then moves the quantised model (lower peak GPU memory), ``pipeline`` lets
@@ -49,18 +50,19 @@ if TYPE_CHECKING:
 NO_CHANGE = "no_change"
 TEXT_ENCODER_OPTIONS = tuple(f"text_encoder_{i}_precision" for i in range(1, 5))
 
-# Module-name patterns (fnmatch on the full dotted path) that stay unquantised.
+# Patterns (fnmatch on the full dotted module path) of layers that stay unquantised: the
+# model's input/output projections and embedders, small and precision-sensitive.
 KEEP = (
     "proj_in",
     "proj_out",
-    "*.proj_out",
     "x_embedder",
     "context_embedder",
     "pos_embed*",
-    "*norm*",
+    "norm_out*",
     "time_*",
     "*time_embed*",
     "*timestep_embed*",
+    "time_text_embed*",
     "add_embedding*",
     "conv_in",
     "conv_out",
@@ -202,8 +204,7 @@ def quantizable(model: torch.nn.Module, keep: Iterable[str] = KEEP) -> list[str]
     for name, module in model.named_modules():
         if not name or not isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
             continue
-        short = name.rsplit(".", 1)[-1]
-        if any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(short, p) for p in keep):
+        if any(fnmatch.fnmatch(name, p) for p in keep):
             continue
         names.append(name)
     return names

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from st_ray.config.sources import read_json
 from st_ray.models.family import FamilySpec, get_family, get_family_module, unwrap
 from st_ray.models.quantize import quantize_text_encoders
-from st_ray.train import lycoris_adapter
+from st_ray.train import attention, lycoris_adapter
 
 if TYPE_CHECKING:
     import torch
@@ -402,7 +402,7 @@ def render_with(
     try:
         # No autocast: each component runs in its own dtype, as when people load the result
         # (PEFT casts between fp32 adapter weights and half-precision base weights itself).
-        with _eval_mode(denoiser), torch.no_grad():
+        with _eval_mode(denoiser), torch.no_grad(), attention.context(options, device):
             for name, prompt in settings.prompts:
                 for width, height in settings.resolutions:
                     seeds = [base_seed + i for i in range(settings.num_images)]

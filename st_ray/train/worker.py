@@ -28,7 +28,15 @@ from st_ray.device import pick_device
 from st_ray.models import quantize
 from st_ray.models.family import get_family_module
 from st_ray.storage import S3Settings
-from st_ray.train import adapters, checkpoints, data_feed, lycoris_adapter, noise, timesteps
+from st_ray.train import (
+    adapters,
+    attention,
+    checkpoints,
+    data_feed,
+    lycoris_adapter,
+    noise,
+    timesteps,
+)
 from st_ray.train.checkpoints import Progress
 from st_ray.train.ema import EMAModel
 from st_ray.train.losses import LossConfig, compute_loss
@@ -79,6 +87,10 @@ class Run:
     num_epochs: int
     dtype: torch.dtype
     metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def core_device(self) -> torch.device:
+        return next(self.core.parameters()).device
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -296,6 +308,12 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
     named = {name: p for name, p in core.named_parameters() if p.requires_grad}
     options = {**options, "learning_rate": scaled_learning_rate(options, ctx.world_size)}
     optimizer = build_optimizer(list(named.values()), options)
+    if options.get("optimizer_release_gradients"):
+        import optimi
+
+        # optimi steps each parameter from its gradient hook during backward and frees the
+        # gradient; optimizer.step()/zero_grad() in the loop are then no-ops.
+        optimi.prepare_for_gradient_release(core, optimizer)
     if SPECS[options["optimizer"]].replaces_lr_scheduler:
         # Schedule-free optimizers shape the rate themselves (their warmup included).
         options = {**options, "lr_scheduler": "constant", "lr_warmup_steps": 0}
@@ -407,7 +425,8 @@ def train_step(
             if last or not hasattr(run.denoiser, "no_sync")
             else (run.denoiser.no_sync())
         )
-        with sync, _autocast(options, run.dtype, run.core):
+        kernel = attention.context(options, run.core_device)
+        with sync, _autocast(options, run.dtype, run.core), kernel:
             loss = batch_loss(run, batch, generator, step) / len(batches)
         loss.backward()
         total += float(loss.detach())

@@ -284,6 +284,8 @@ OPTIONS = [
             "sageattention-int8-fp16-triton": _SAGE,
             "sageattention-int8-fp16-cuda": _SAGE,
             "sageattention-int8-fp8-cuda": _SAGE,
+            "native-npu": "the SDPA kernel of Ascend NPUs; st_ray runs on CUDA GPUs and CPUs",
+            "native-xla": "the SDPA kernel of XLA devices (TPU); st_ray runs on CUDA GPUs and CPUs",
         },
     ),
     opt(
