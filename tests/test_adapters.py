@@ -264,7 +264,8 @@ def test_loftq_gets_a_loftq_config():
 @pytest.mark.parametrize(
     ("changes", "pattern"),
     [
-        ({"lora_type": "lycoris"}, "lora_type 'lycoris' is not supported by st_ray yet"),
+        ({"lora_type": "lycoris", "lycoris_config": "/nonexistent.json"}, "does not exist"),
+        ({"peft_lora_mode": "singlora"}, "no maintained package provides SingLoRA"),
         ({"use_dora": True, "lora_init_type": "pissa"}, "use_dora cannot be combined"),
         ({"init_lora": "x.safetensors", "lora_init_type": "olora"}, "init_lora starts from"),
         ({"use_dora": True, "lora_format": "comfyui"}, "lora_format 'comfyui'"),

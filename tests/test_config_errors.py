@@ -259,9 +259,9 @@ CASES: list[tuple[str, Case, tuple[str, ...]]] = [
         ("lr_scheduler", "lr_end"),
     ),
     (
-        "lycoris not implemented",
-        _set(lora_type="lycoris"),
-        ("lora_type", "'lycoris' is not supported by st_ray yet"),
+        "lycoris without its config file",
+        _set(lora_type="lycoris", lycoris_config="/nonexistent/lycoris_config.json"),
+        ("lora_type", "lora_type 'lycoris' needs a JSON file"),
     ),
     (
         "missing dataset config key",

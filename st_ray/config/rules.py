@@ -192,12 +192,62 @@ def check_training_setup(loaded: LoadedConfig, problems: ProblemList) -> None:
         ),
     )
     if values.get("model_type") == "lora":
-        checks += (("lora_type", lambda: check_lora_options(values)),)
+        base_dir = loaded.config_path.parent if loaded.config_path else None
+        checks += (("lora_type", lambda: check_lora_options(values, base_dir)),)
     for key, check in checks:
         try:
             check()
         except (ValueError, OptimizerUnavailable) as err:
             problems.add(loaded.provenance.get(key, "configuration"), key, str(err))
+
+
+_SINGLE_FILE_SOURCES = (
+    "pretrained_model_name_or_path",
+    "pretrained_transformer_model_name_or_path",
+    "pretrained_unet_model_name_or_path",
+)
+
+
+def check_quantization(loaded: LoadedConfig, problems: ProblemList) -> None:
+    """base_model_precision / text_encoder_N_precision that cannot run: a missing package, or
+    hardware the run will not have (known when it is CPU-only), before any Ray work."""
+    import os
+
+    from st_ray.models.quantize import check_options
+
+    values = loaded.values
+    use_gpu = str(values.get("use_gpu") or "auto")
+    remote = values.get("ray_address") or os.environ.get("RAY_ADDRESS")
+    cpu_only = use_gpu == "false" or (use_gpu == "auto" and not remote and not _local_cuda())
+    for key, message in check_options(values, cpu_only=cpu_only):
+        problems.add(loaded.provenance.get(key, "configuration"), key, message)
+    if cpu_only:
+        from st_ray.train.attention import check
+
+        try:
+            check(values.get("attention_mechanism"), "cpu")
+        except ValueError as err:
+            problems.add(
+                loaded.provenance.get("attention_mechanism", "configuration"),
+                "attention_mechanism",
+                str(err),
+            )
+    for key in _SINGLE_FILE_SOURCES:
+        value = str(values.get(key) or "")
+        if value.lower().endswith(".gguf"):
+            problems.add(
+                loaded.provenance.get(key, "configuration"),
+                key,
+                f"'{value}' is a GGUF checkpoint; loading .gguf files needs the 'gguf' package "
+                "and diffusers' single-file loader, which st_ray does not integrate yet: use a "
+                "diffusers folder or .safetensors file with base_model_precision instead",
+            )
+
+
+def _local_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 RULES: tuple[Callable[[LoadedConfig, ProblemList], None], ...] = (
@@ -208,6 +258,7 @@ RULES: tuple[Callable[[LoadedConfig, ProblemList], None], ...] = (
     check_resume,
     check_validation_resolution,
     check_training_setup,
+    check_quantization,
 )
 
 

@@ -17,6 +17,7 @@ import pyarrow as pa
 import torch
 
 from st_ray.device import pick_device, torch_dtype
+from st_ray.models.quantize import quantize_text_encoders
 
 # Rows that are not freshly decoded images pass through the VAE stage untouched.
 ENCODE_STATUS = "ok"
@@ -164,6 +165,8 @@ class TextEncoder:
         self.encoders = self.module.load_text_encoders(
             model_path, device=self.device, dtype=dtype, options=self.options
         )
+        # text_encoder_N_precision: quantised once per actor, for caching.
+        quantize_text_encoders(self.encoders.models, self.options, self.device)
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

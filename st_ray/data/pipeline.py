@@ -60,6 +60,10 @@ TEXT_SETTING_OPTIONS = (
     "sd3_clip_uncond_behaviour",
     "sd3_t5_uncond_behaviour",
     "model_flavour",
+    "text_encoder_1_precision",
+    "text_encoder_2_precision",
+    "text_encoder_3_precision",
+    "text_encoder_4_precision",
 )
 
 

@@ -191,15 +191,20 @@ def _require_matches(
 # --- adding the adapter ----------------------------------------------------------------------
 
 
-def check_lora_options(options: Mapping[str, Any]) -> None:
-    """Option combinations this module cannot honour; cheap, so the plan can call it early."""
-    if options.get("lora_type", "standard") == "lycoris":
-        raise ValueError(
-            "lora_type 'lycoris' is not supported by st_ray yet; use lora_type 'standard' "
-            "(a PEFT LoRA)"
-        )
+def check_lora_options(options: Mapping[str, Any], base_dir: Path | None = None) -> None:
+    """Option combinations this module cannot honour; cheap, so the plan can call it early.
+    ``base_dir`` (the config file's folder) resolves a relative lycoris_config."""
+    from st_ray.train import lycoris_adapter
+
+    lycoris_adapter.check_options(options, base_dir)
+    if lycoris_adapter.enabled(options):
+        return  # the LyCORIS network is described by lycoris_config, not the PEFT options
     if options.get("peft_lora_mode", "standard") != "standard":
-        raise ValueError(f"peft_lora_mode {options['peft_lora_mode']!r} is not supported")
+        raise ValueError(
+            f"peft_lora_mode {options['peft_lora_mode']!r} is not supported: no maintained "
+            "package provides SingLoRA for PEFT (peft-singlora has one 2025 release); use "
+            "peft_lora_mode 'standard'"
+        )
     init = options.get("lora_init_type") or "default"
     if init not in INIT_WEIGHTS:
         raise ValueError(f"lora_init_type {init!r} is not one of {', '.join(INIT_WEIGHTS)}")

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from st_ray.config.sources import read_json
 from st_ray.models.family import FamilySpec, get_family, get_family_module, unwrap
+from st_ray.models.quantize import quantize_text_encoders
+from st_ray.train import attention, lycoris_adapter
 
 if TYPE_CHECKING:
     import torch
@@ -329,6 +331,7 @@ def build_pipeline(
     cpu = torch.device("cpu")
     family = get_family_module(family_spec.name)
     encoders = family.load_text_encoders(model_path, device=cpu, dtype=dtype, options=options)
+    quantize_text_encoders(encoders.models, options, cpu)  # as for caching: less memory
     slots = {s.name: s.tokenizer for s in getattr(family, "SLOTS", ())}
     components: dict[str, Any] = {family_spec.denoiser: core}
     for name, model in encoders.models.items():
@@ -401,7 +404,7 @@ def render_with(
     try:
         # No autocast: each component runs in its own dtype, as when people load the result
         # (PEFT casts between fp32 adapter weights and half-precision base weights itself).
-        with _eval_mode(denoiser), torch.no_grad():
+        with _eval_mode(denoiser), torch.no_grad(), attention.context(options, device):
             for name, prompt in settings.prompts:
                 for width, height in settings.resolutions:
                     family.prepare_render(pipeline, width, height)
@@ -504,10 +507,14 @@ class Validator:
         seed = _base_seed(self.settings)
         common = dict(step=step, out_dir=self.out_dir, options=self.plan.options, seed=seed)
         args = (self.pipeline, self.plan.family, self.settings)
-        paths = render_with(*args, device=self.device, **common)
-        if self.ema is not None and step > 0:  # at step 0 the EMA equals the weights
-            with self.ema.swapped_in():
-                paths += render_with(*args, device=self.device, suffix="ema", **common)
+        # validation_lycoris_strength scales a LyCORIS network while rendering.
+        with lycoris_adapter.strength(
+            self.denoiser, self.plan.options.get("validation_lycoris_strength")
+        ):
+            paths = render_with(*args, device=self.device, **common)
+            if self.ema is not None and step > 0:  # at step 0 the EMA equals the weights
+                with self.ema.swapped_in():
+                    paths += render_with(*args, device=self.device, suffix="ema", **common)
         self.done[step] = paths
         return paths
 

@@ -25,9 +25,18 @@ import torch
 from st_ray.config.plan import Plan
 from st_ray.data.pipeline import EMPTY_CAPTION, text_cache_root
 from st_ray.device import pick_device
+from st_ray.models import quantize
 from st_ray.models.family import get_family_module
 from st_ray.storage import S3Settings
-from st_ray.train import adapters, checkpoints, data_feed, noise, timesteps
+from st_ray.train import (
+    adapters,
+    attention,
+    checkpoints,
+    data_feed,
+    lycoris_adapter,
+    noise,
+    timesteps,
+)
 from st_ray.train.checkpoints import Progress
 from st_ray.train.ema import EMAModel
 from st_ray.train.losses import LossConfig, compute_loss
@@ -78,6 +87,10 @@ class Run:
     num_epochs: int
     dtype: torch.dtype
     metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def core_device(self) -> torch.device:
+        return next(self.core.parameters()).device
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -280,10 +293,13 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
         torch.backends.cudnn.allow_tf32 = False
     family = get_family_module(plan.family.name)
     dtype = _weight_dtype(options, ctx.device)
-    core = family.load_denoiser(plan.model, dtype=dtype, device=ctx.device, options=options)
+    core = load_denoiser(plan, family, dtype, ctx.device)
     if options["model_type"] == "lora":
         core.requires_grad_(False)
-        adapters.add_lora(core, plan.family.name, options)
+        if lycoris_adapter.enabled(options):
+            lycoris_adapter.add_lycoris(core, options, _config_dir(plan))
+        else:
+            adapters.add_lora(core, plan.family.name, options)
     else:
         core.requires_grad_(True)
     core.train()
@@ -292,6 +308,12 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
     named = {name: p for name, p in core.named_parameters() if p.requires_grad}
     options = {**options, "learning_rate": scaled_learning_rate(options, ctx.world_size)}
     optimizer = build_optimizer(list(named.values()), options)
+    if options.get("optimizer_release_gradients"):
+        import optimi
+
+        # optimi steps each parameter from its gradient hook during backward and frees the
+        # gradient; optimizer.step()/zero_grad() in the loop are then no-ops.
+        optimi.prepare_for_gradient_release(core, optimizer)
     if SPECS[options["optimizer"]].replaces_lr_scheduler:
         # Schedule-free optimizers shape the rate themselves (their warmup included).
         options = {**options, "lr_scheduler": "constant", "lr_warmup_steps": 0}
@@ -349,6 +371,21 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
     )
 
 
+def load_denoiser(
+    plan: Plan, family: Any, dtype: torch.dtype, device: torch.device
+) -> torch.nn.Module:
+    """The family's denoiser, quantised once here when base_model_precision asks for it
+    (quantize_via 'pipeline': diffusers quantises while loading)."""
+    options = plan.options
+    if quantize.quantizing(options) and options.get("quantize_via") == "pipeline":
+        return quantize.load_denoiser_via_pipeline(
+            plan.family.denoiser, plan.model, device=device, options=options
+        )
+    at = quantize.load_device(options, device)
+    core = family.load_denoiser(plan.model, dtype=dtype, device=at, options=options)
+    return quantize.quantize_denoiser(core, options, device)
+
+
 def training_length(options: dict[str, Any], steps_per_epoch: int) -> tuple[int, int]:
     """(total optimizer steps, epochs). max_train_steps, when set, decides and the epoch count
     follows from it (SimpleTuner: 0 means "use num_train_epochs")."""
@@ -388,7 +425,8 @@ def train_step(
             if last or not hasattr(run.denoiser, "no_sync")
             else (run.denoiser.no_sync())
         )
-        with sync, _autocast(options, run.dtype, run.core):
+        kernel = attention.context(options, run.core_device)
+        with sync, _autocast(options, run.dtype, run.core), kernel:
             loss = batch_loss(run, batch, generator, step) / len(batches)
         loss.backward()
         total += float(loss.detach())
@@ -501,6 +539,8 @@ def report_checkpoint(
 
 def save_weights(run: Run, directory: Path) -> list[str]:
     """The denoiser weights in diffusers layout; returns the paths written (relative)."""
+    if lycoris_adapter.enabled(run.plan.options):
+        return lycoris_adapter.save(run.core, directory, _modelspec(run.plan.options))
     if run.plan.options["model_type"] == "lora":
         adapters.save_lora(
             run.core,
@@ -517,7 +557,9 @@ def save_weights(run: Run, directory: Path) -> list[str]:
 def restore(run: Run, directory: Path, generator: torch.Generator) -> Progress:
     manifest = checkpoints.read_manifest(directory)
     state = checkpoints.load_state(directory)
-    if run.plan.options["model_type"] == "lora":
+    if lycoris_adapter.enabled(run.plan.options):
+        lycoris_adapter.load_state_dict(run.core, state["adapter"])
+    elif run.plan.options["model_type"] == "lora":
         adapters.load_lora_state_dict(run.core, state["adapter"])
     else:
         loaded = type(run.core).from_pretrained(directory / run.plan.family.denoiser)
@@ -529,6 +571,11 @@ def restore(run: Run, directory: Path, generator: torch.Generator) -> Progress:
     checkpoints.restore_rng(state["rng"])
     generator.set_state(state["generator"])
     return checkpoints.progress_from(manifest)
+
+
+def _config_dir(plan: Plan) -> Path | None:
+    path = plan.config.config_path
+    return Path(path).parent if path else None
 
 
 def _modelspec(options: dict[str, Any]) -> dict[str, str] | None:
@@ -547,6 +594,8 @@ def final_output_dir(options: dict[str, Any]) -> Path:
 def _adapter_state(run: Run) -> dict[str, torch.Tensor] | None:
     if run.plan.options["model_type"] != "lora":
         return None
+    if lycoris_adapter.enabled(run.plan.options):
+        return lycoris_adapter.state_dict(run.core)
     return {k: v.detach().cpu().clone() for k, v in adapters.lora_state_dict(run.core).items()}
 
 

@@ -15,7 +15,6 @@ OPTIONS = [
         "'standard' trains a PEFT LoRA, which most tools can load; 'lycoris' trains the LyCORIS "
         "algorithm described by lycoris_config (LoKr, LoHa, ...).",
         choices=("standard", "lycoris"),
-        unsupported_values={"lycoris": "LyCORIS adapters are not implemented yet"},
     ),
     opt(
         "lora_format",
@@ -32,7 +31,9 @@ OPTIONS = [
         "Variant of PEFT LoRA: 'standard' is the usual A/B low-rank pair; 'singlora' uses a "
         "single symmetric matrix.",
         choices=("standard", "singlora"),
-        unsupported_values={"singlora": "SingLoRA is not supported by st_ray yet"},
+        unsupported_values={
+            "singlora": "SingLoRA is not supported: no maintained package provides it for PEFT"
+        },
     ),
     # --- PEFT LoRA shape ---
     opt(
@@ -131,6 +132,5 @@ OPTIONS = [
         "LyCORIS LoKr: initialise the second factor with small random values of this scale "
         "instead of zeros (e.g. 1e-3), which can speed up early learning.",
         minimum=0,
-        unsupported="LyCORIS adapters are not implemented yet",
     ),
 ]

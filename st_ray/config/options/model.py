@@ -189,10 +189,10 @@ OPTIONS = [
         "base_model_precision",
         str,
         "no_change",
-        "Quantise the denoiser's frozen weights to save memory (mainly for LoRA runs). "
-        "'no_change' keeps them in the training dtype; int8-quanto is the safest choice.",
+        "Quantise the denoiser's frozen weights to save memory (LoRA/LyCORIS runs). "
+        "'no_change' keeps them in the training dtype; int8-quanto is the safest choice. "
+        "int4-torchao needs a CUDA GPU, fp8-torchao a GPU of compute capability 8.9+ (or CPU).",
         choices=_PRECISIONS,
-        unsupported="quantised base models are not implemented yet",
     ),
     opt(
         "text_encoder_1_precision",
@@ -200,7 +200,6 @@ OPTIONS = [
         "no_change",
         "Quantise the first text encoder; only affects memory while text embeddings are cached.",
         choices=_PRECISIONS,
-        unsupported="quantised base models are not implemented yet",
     ),
     opt(
         "text_encoder_2_precision",
@@ -208,7 +207,6 @@ OPTIONS = [
         "no_change",
         "Quantise the second text encoder (if the family has one), e.g. T5 for Flux or SD3.",
         choices=_PRECISIONS,
-        unsupported="quantised base models are not implemented yet",
     ),
     opt(
         "text_encoder_3_precision",
@@ -216,7 +214,6 @@ OPTIONS = [
         "no_change",
         "Quantise the third text encoder (if the family has one), e.g. T5 for SD3.",
         choices=_PRECISIONS,
-        unsupported="quantised base models are not implemented yet",
     ),
     opt(
         "text_encoder_4_precision",
@@ -224,7 +221,6 @@ OPTIONS = [
         "no_change",
         "Quantise the fourth text encoder (if the family has one), e.g. Llama for HiDream.",
         choices=_PRECISIONS,
-        unsupported="quantised base models are not implemented yet",
     ),
     opt(
         "quantize_via",
@@ -233,7 +229,6 @@ OPTIONS = [
         "Where quantisation happens: 'accelerator' is fastest but may run out of GPU memory on "
         "large models, 'cpu' is slower and safer, 'pipeline' lets Diffusers quantise on load.",
         choices=("cpu", "accelerator", "pipeline"),
-        unsupported="quantised base models are not implemented yet",
     ),
     opt(
         "quantization_config",
@@ -241,7 +236,6 @@ OPTIONS = [
         None,
         "Diffusers quantization_config overrides used with quantize_via=pipeline, keyed by "
         "component ('unet', 'transformer', 'text_encoder' or 'default').",
-        unsupported="quantised base models are not implemented yet",
     ),
     opt(
         "base_model_default_dtype",
@@ -250,7 +244,6 @@ OPTIONS = [
         "Dtype of the base model weights that are not quantised when a quantised precision is "
         "used; fp32 costs memory but can help numerically fragile models.",
         choices=("bf16", "fp32"),
-        unsupported="quantised base models are not implemented yet",
     ),
     opt(
         "vae_dtype",
@@ -301,6 +294,8 @@ OPTIONS = [
             "sageattention-int8-fp16-triton": _SAGE,
             "sageattention-int8-fp16-cuda": _SAGE,
             "sageattention-int8-fp8-cuda": _SAGE,
+            "native-npu": "the SDPA kernel of Ascend NPUs; st_ray runs on CUDA GPUs and CPUs",
+            "native-xla": "the SDPA kernel of XLA devices (TPU); st_ray runs on CUDA GPUs and CPUs",
         },
     ),
     opt(

@@ -194,7 +194,6 @@ OPTIONS = [
         1.0,
         "Multiplier applied to a LyCORIS adapter while rendering validation images.",
         minimum=0,
-        unsupported="LyCORIS adapters are not implemented yet",
     ),
     opt(
         "validation_torch_compile",
