@@ -15,7 +15,7 @@ from st_ray import zoo
 from st_ray.config.errors import ConfigError
 from st_ray.config.options import CANONICAL
 from st_ray.config.plan import build_plan
-from st_ray.models import flux
+from st_ray.models import FAMILIES, flux
 from st_ray.models import quantize as q
 from st_ray.train import adapters
 
@@ -118,7 +118,7 @@ def test_quantize_via_pipeline_lets_diffusers_quantise(flux_path: Path) -> None:
         "quantization_config": {"transformer": {"modules_to_not_convert": ["proj_out"]}},
     }
     model = q.load_denoiser_via_pipeline(
-        "transformer", str(flux_path), device=torch.device("cpu"), options=options
+        FAMILIES["flux"], str(flux_path), device=torch.device("cpu"), options=options
     )
     assert model.hf_quantizer is not None
     assert type(model.transformer_blocks[0].attn.to_q).__name__ == "QLinear"
@@ -128,7 +128,7 @@ def test_quantize_via_pipeline_lets_diffusers_quantise(flux_path: Path) -> None:
     bad = {**options, "quantization_config": {"default": {"weights_bits": 3}}}
     with pytest.raises(ValueError, match="weights_bits.*QuantoConfig; it accepts"):
         q.load_denoiser_via_pipeline(
-            "transformer", str(flux_path), device=torch.device("cpu"), options=bad
+            FAMILIES["flux"], str(flux_path), device=torch.device("cpu"), options=bad
         )
 
 

@@ -283,12 +283,15 @@ def load_pretrained_denoiser(
     model_path: str,
     *,
     dtype: torch.dtype,
-    device: torch.device,
+    device: torch.device | None,
     options: Mapping[str, Any],
+    **load_kwargs: Any,
 ) -> torch.nn.Module:
     """``diffusers.<model_class>.from_pretrained`` for denoiser ``kind`` ("unet" or
     "transformer"), honouring pretrained_<kind>_model_name_or_path and _subfolder ('none' =
     weights at the top level, as in SimpleTuner), revision, variant and gradient_checkpointing.
+    ``load_kwargs`` go to from_pretrained (e.g. a quantization_config); ``device`` None leaves
+    the model where from_pretrained placed it.
     """
     import diffusers
 
@@ -299,10 +302,12 @@ def load_pretrained_denoiser(
     # repository, so a separate denoiser source is read at its default branch and file names.
     if source == model_path:
         kwargs.update({k: options[k] for k in ("revision", "variant") if options.get(k)})
-    model = getattr(diffusers, model_class).from_pretrained(source, torch_dtype=dtype, **kwargs)
+    model = getattr(diffusers, model_class).from_pretrained(
+        source, torch_dtype=dtype, **kwargs, **load_kwargs
+    )
     if options.get("gradient_checkpointing"):
         model.enable_gradient_checkpointing()
-    return model.to(device)
+    return model if device is None else model.to(device)
 
 
 def noise_scheduler_config(model_path: str, options: Mapping[str, Any]) -> dict:

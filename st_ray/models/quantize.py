@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from st_ray.models.family import FamilySpec
+
 NO_CHANGE = "no_change"
 TEXT_ENCODER_OPTIONS = tuple(f"text_encoder_{i}_precision" for i in range(1, 5))
 
@@ -431,36 +433,31 @@ def diffusers_config(value: str, overrides: Mapping[str, Any], compute_dtype: to
 
 
 def load_denoiser_via_pipeline(
-    kind: str,
+    spec: FamilySpec,
     model_path: str,
     *,
     device: torch.device,
     options: Mapping[str, Any],
 ) -> torch.nn.Module:
-    """quantize_via 'pipeline': the denoiser (``kind`` 'unet' or 'transformer') read by its
-    diffusers class's from_pretrained with a quantization_config, resolving the source the way
-    the families do (pretrained_<kind>_model_name_or_path, _subfolder, revision, variant)."""
-    import diffusers
+    """quantize_via 'pipeline': the family's denoiser read by its diffusers class's
+    from_pretrained with a quantization_config (the same source resolution as every family)."""
+    from st_ray.models.family import load_pretrained_denoiser
 
     value = str(options["base_model_precision"])
     check_precision("base_model_precision", value, device)
     dtype = default_dtype(options)
-    source = options.get(f"pretrained_{kind}_model_name_or_path") or model_path
-    subfolder = options.get(f"pretrained_{kind}_subfolder") or kind
-    kwargs: dict[str, Any] = {"subfolder": None if subfolder.lower() == "none" else subfolder}
-    if source == model_path:
-        kwargs.update({k: options[k] for k in ("revision", "variant") if options.get(k)})
-    quant = diffusers_config(value, pipeline_overrides(options, kind), dtype)
-    # AutoModel reads the class from the component's config.json (_class_name).
-    model = diffusers.AutoModel.from_pretrained(
-        source, torch_dtype=dtype, quantization_config=quant, **kwargs
+    quant = diffusers_config(value, pipeline_overrides(options, spec.denoiser), dtype)
+    model = load_pretrained_denoiser(
+        spec.denoiser,
+        spec.denoiser_class,
+        model_path,
+        dtype=dtype,
+        # bitsandbytes models are placed by diffusers and refuse .to()
+        device=None if value == "nf4-bnb" else device,
+        options=options,
+        quantization_config=quant,
     )
-    if options.get("gradient_checkpointing"):
-        model.enable_gradient_checkpointing()
-    model.requires_grad_(False)
-    if value != "nf4-bnb":  # bitsandbytes models are placed by diffusers and refuse .to()
-        model.to(device)
-    return model
+    return model.requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------- measuring

@@ -379,7 +379,7 @@ def load_denoiser(
     options = plan.options
     if quantize.quantizing(options) and options.get("quantize_via") == "pipeline":
         return quantize.load_denoiser_via_pipeline(
-            plan.family.denoiser, plan.model, device=device, options=options
+            plan.family, plan.model, device=device, options=options
         )
     at = quantize.load_device(options, device)
     core = family.load_denoiser(plan.model, dtype=dtype, device=at, options=options)
