@@ -44,9 +44,12 @@ def example_dataset(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance shared by every test that needs Ray (start-up costs seconds)."""
+    """One local Ray instance shared by every test that needs Ray (start-up costs seconds).
+    A test that reached Ray without this fixture (st_ray.cluster.connect starts a local
+    instance) already made one: it is reused."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()

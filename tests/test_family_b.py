@@ -17,6 +17,9 @@ from st_ray.data.pipeline import build_caches
 from st_ray.train.trainer import fit_in_process
 from tests.test_training import _write_config
 
+# Caching runs on Ray Data: share the session instance.
+pytestmark = pytest.mark.usefixtures("ray_local")
+
 FAMILIES = [f for f in ("kolors", "hidream", "omnigen") if f in zoo.FAMILIES]
 # One 32 px image without CFG, rendered after the last of two steps.
 VALIDATION = {
