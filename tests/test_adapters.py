@@ -41,7 +41,18 @@ BASE_OPTIONS = {
 # sdxl: transformer_layers_per_block (1, 2) gives 2 + 4 + 2 blocks x 2 attns x 4 projections;
 # flux: one double block (to_q/k/v/out.0, add_q/k/v_proj, to_add_out) and one single block
 # (to_q/k/v, no to_out); sd3: one context_pre_only block; pixart: attn1 + attn2 of one block.
-PRESET_COUNTS = {"sd1x": 32, "sd2x": 32, "sdxl": 64, "flux": 11, "sd3": 4, "pixart_sigma": 8}
+# sana: self- and cross-attention of one block; lumina2: the attention of one noise-refiner,
+# one context-refiner and one main block.
+PRESET_COUNTS = {
+    "sd1x": 32,
+    "sd2x": 32,
+    "sdxl": 64,
+    "flux": 11,
+    "sd3": 4,
+    "pixart_sigma": 8,
+    "sana": 8,
+    "lumina2": 12,
+}
 FLUX_PRESET_COUNTS = {
     "mmdit": 7,  # 4 double-block + 3 single-block attention projections
     "context": 4,  # add_q/k/v_proj, to_add_out
@@ -110,6 +121,19 @@ def _inputs(family: str, config, generator: torch.Generator) -> dict:
             pooled_projections=r(1, config.pooled_projection_dim),
             timestep=torch.tensor([500.0]),
         )
+    if family == "lumina2":
+        return dict(
+            hidden_states=r(1, config.in_channels, 8, 8),
+            encoder_hidden_states=r(1, 5, config.cap_feat_dim),
+            encoder_attention_mask=torch.ones(1, 5, dtype=torch.int64),
+            timestep=torch.tensor([0.5]),
+        )
+    if family == "sana":
+        return dict(
+            hidden_states=r(1, config.in_channels, 2, 2),
+            encoder_hidden_states=r(1, 5, config.caption_channels),
+            timestep=torch.tensor([500.0]),
+        )
     return dict(
         hidden_states=r(1, config.in_channels, 8, 8),
         encoder_hidden_states=r(1, 5, config.caption_channels),
@@ -148,6 +172,8 @@ def test_family_preset_matches_the_tiny_model(family, zoo_root):
     if family == "flux":  # flux_lora_target 'all'
         expected += ["to_qkv", "add_k_proj", "add_q_proj", "add_v_proj", "add_qkv_proj"]
         expected += ["to_add_out"]
+    if family == "lumina2":  # SimpleTuner's preset, for fused projections too
+        expected += ["to_qkv"]
     assert sorted(targets) == sorted(expected)
     matched = adapters.matching_modules(_denoiser(family, zoo_root), targets)
     assert len(matched) == PRESET_COUNTS[family]

@@ -89,7 +89,12 @@ def pipeline_kwargs(family: str, batch: dict[str, torch.Tensor]) -> dict[str, An
         }
     if family == "flux":
         return embeds | {"guidance_scale": FLUX_GUIDANCE}  # distilled guidance, no CFG
-    if family == "pixart_sigma":
+    if family == "lumina2":
+        return embeds | {
+            "prompt_attention_mask": batch["prompt_attention_mask"],
+            "guidance_scale": 1.0,
+        }
+    if family in ("pixart_sigma", "sana"):
         return embeds | {
             "prompt_attention_mask": batch["prompt_attention_mask"],
             "guidance_scale": 1.0,
@@ -138,6 +143,10 @@ def test_predict_matches_pipeline_denoiser_call(setup, family: str) -> None:
         out = FluxPipeline._unpack_latents(out, 64, 64, 8)
         timestep = timestep * 1000
         options["flux_guidance_value"] = FLUX_GUIDANCE
+    if family == "lumina2":
+        # Lumina's reversed time and velocity (the pipeline negates before its step).
+        timestep = (1 - timestep) * 1000
+        out = -out
     if family == "pixart_sigma":
         out = out[:, : s.channels]  # learned sigma: the pipeline keeps the epsilon half
     if family == "sdxl":
@@ -145,7 +154,8 @@ def test_predict_matches_pipeline_denoiser_call(setup, family: str) -> None:
         batch = batch | {k: v[:1].expand(batch_size, -1) for k, v in SDXL_SIZES.items()}
         ids = kwargs["added_cond_kwargs"]["time_ids"]
         torch.testing.assert_close(ids, sdxl.time_ids(batch).float())
-    assert sample.shape == (batch_size, s.channels, 8, 8)
+    side = 64 // (32 if family == "sana" else 8)  # the VAE's downscale (DC-AE: 32)
+    assert sample.shape == (batch_size, s.channels, side, side)
     with torch.no_grad():
         pred = s.module.predict(s.denoiser, sample, timestep.expand(batch_size), batch, options)
     assert pred.shape == sample.shape

@@ -22,6 +22,8 @@ PIPELINES = {
     "flux": "FluxPipeline",
     "sd3": "StableDiffusion3Pipeline",
     "pixart_sigma": "PixArtSigmaPipeline",
+    "sana": "SanaPipeline",
+    "lumina2": "Lumina2Pipeline",
 }
 
 # Component folders each family must have, as in the real checkpoints.
@@ -58,6 +60,14 @@ LAYOUT = {
         "scheduler",
     ),
     "pixart_sigma": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "sana": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "lumina2": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+}
+# The sentencepiece/BPE files the real tokenizers ship next to tokenizer.json.
+LEGACY_TOKENIZER_FILES = {
+    "CLIP": {"vocab.json", "merges.txt"},
+    "T5": {"spiece.model"},
+    "Gemma": {"tokenizer.model"},
 }
 
 
@@ -90,7 +100,7 @@ def test_layout(built, family: str) -> None:
         assert folder.is_dir(), sub
         if sub.startswith("tokenizer"):
             assert (folder / "tokenizer.json").is_file()
-            legacy = {"vocab.json", "merges.txt"} if "CLIP" in index[sub][1] else {"spiece.model"}
+            (legacy,) = [v for k, v in LEGACY_TOKENIZER_FILES.items() if k in index[sub][1]]
             assert legacy <= {f.name for f in folder.iterdir()}, sub
         elif sub == "scheduler":
             assert (folder / "scheduler_config.json").is_file()
@@ -132,6 +142,8 @@ def test_render(built, family: str) -> None:
     kwargs: dict = {}
     if family == "pixart_sigma":
         kwargs = {"use_resolution_binning": False, "clean_caption": False}
+    if family == "sana":
+        kwargs = {"use_resolution_binning": False}
     out = pipe(
         "a photo of a cat",
         height=64,
