@@ -42,7 +42,8 @@ BASE_OPTIONS = {
 # flux: one double block (to_q/k/v/out.0, add_q/k/v_proj, to_add_out) and one single block
 # (to_q/k/v, no to_out); sd3: one context_pre_only block; pixart: attn1 + attn2 of one block.
 # sana: self- and cross-attention of one block; lumina2: the attention of one noise-refiner,
-# one context-refiner and one main block.
+# one context-refiner and one main block; auraflow: one joint block (image and text
+# projections) and one single block.
 PRESET_COUNTS = {
     "sd1x": 32,
     "sd2x": 32,
@@ -52,6 +53,7 @@ PRESET_COUNTS = {
     "pixart_sigma": 8,
     "sana": 8,
     "lumina2": 12,
+    "auraflow": 12,
 }
 FLUX_PRESET_COUNTS = {
     "mmdit": 7,  # 4 double-block + 3 single-block attention projections
@@ -121,6 +123,12 @@ def _inputs(family: str, config, generator: torch.Generator) -> dict:
             pooled_projections=r(1, config.pooled_projection_dim),
             timestep=torch.tensor([500.0]),
         )
+    if family == "auraflow":
+        return dict(
+            hidden_states=r(1, config.in_channels, 8, 8),
+            encoder_hidden_states=r(1, 5, config.joint_attention_dim),
+            timestep=torch.tensor([0.5]),
+        )
     if family == "lumina2":
         return dict(
             hidden_states=r(1, config.in_channels, 8, 8),
@@ -174,6 +182,8 @@ def test_family_preset_matches_the_tiny_model(family, zoo_root):
         expected += ["to_add_out"]
     if family == "lumina2":  # SimpleTuner's preset, for fused projections too
         expected += ["to_qkv"]
+    if family == "auraflow":
+        expected += ["add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "to_qkv"]
     assert sorted(targets) == sorted(expected)
     matched = adapters.matching_modules(_denoiser(family, zoo_root), targets)
     assert len(matched) == PRESET_COUNTS[family]
@@ -309,7 +319,9 @@ def test_lora_trains_only_adapters_and_diffusers_loads_the_export(family, zoo_ro
 
     _perturb(denoiser)
     ours = _forward(denoiser, inputs)
-    assert (ours - base_out).abs().max() > 1e-3
+    # AuraFlow's gated, normalised residual stream damps a random adapter at random init; its
+    # effect stays 30x above the 1e-5 tolerance the loaded model is compared with below.
+    assert (ours - base_out).abs().max() > (1e-4 if family == "auraflow" else 1e-3)
     path = adapters.save_lora(denoiser, family, tmp_path)
     assert path == tmp_path / "pytorch_lora_weights.safetensors"
     component = FAMILIES[family].denoiser

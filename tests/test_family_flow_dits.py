@@ -19,7 +19,7 @@ from tests.test_training import _write_config
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
-FAMILIES = ["sana", "lumina2"]
+FAMILIES = ["sana", "lumina2", "auraflow"]
 # One 64 px image, two sampling steps, no CFG: rendered at the end of step 2.
 VALIDATION = (
     "--validation_prompt",

@@ -89,7 +89,7 @@ def pipeline_kwargs(family: str, batch: dict[str, torch.Tensor]) -> dict[str, An
         }
     if family == "flux":
         return embeds | {"guidance_scale": FLUX_GUIDANCE}  # distilled guidance, no CFG
-    if family == "lumina2":
+    if family in ("lumina2", "auraflow"):
         return embeds | {
             "prompt_attention_mask": batch["prompt_attention_mask"],
             "guidance_scale": 1.0,
@@ -143,6 +143,8 @@ def test_predict_matches_pipeline_denoiser_call(setup, family: str) -> None:
         out = FluxPipeline._unpack_latents(out, 64, 64, 8)
         timestep = timestep * 1000
         options["flux_guidance_value"] = FLUX_GUIDANCE
+    if family == "auraflow":
+        timestep = timestep * 1000  # the pipeline's sigma in [0, 1]
     if family == "lumina2":
         # Lumina's reversed time and velocity (the pipeline negates before its step).
         timestep = (1 - timestep) * 1000

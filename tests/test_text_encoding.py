@@ -87,6 +87,15 @@ def reference(family: str, path: Path) -> dict[str, torch.Tensor]:
             max_sequence_length=154,
         )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    if family == "auraflow":
+        embeds, *_ = pipe.encode_prompt(
+            PROMPTS, do_classifier_free_guidance=False, device=CPU, max_sequence_length=120
+        )
+        # The pipeline's own mask comes back flattened over the width; ours is the tokenizer's.
+        mask = pipe.tokenizer(
+            PROMPTS, padding="max_length", max_length=120, truncation=True, return_tensors="pt"
+        ).attention_mask
+        return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
     if family == "lumina2":
         embeds, mask, _, _ = pipe.encode_prompt(
             PROMPTS, do_classifier_free_guidance=False, device=CPU
@@ -119,6 +128,7 @@ SHAPES = {
     "pixart_sigma": {"prompt_embeds": (2, 300, D), "prompt_attention_mask": (2, 300)},
     "sana": {"prompt_embeds": (2, 300, D), "prompt_attention_mask": (2, 300)},
     "lumina2": {"prompt_embeds": (2, 256, D), "prompt_attention_mask": (2, 256)},
+    "auraflow": {"prompt_embeds": (2, 120, D), "prompt_attention_mask": (2, 120)},
 }
 
 

@@ -24,6 +24,7 @@ PIPELINES = {
     "pixart_sigma": "PixArtSigmaPipeline",
     "sana": "SanaPipeline",
     "lumina2": "Lumina2Pipeline",
+    "auraflow": "AuraFlowPipeline",
 }
 
 # Component folders each family must have, as in the real checkpoints.
@@ -62,6 +63,7 @@ LAYOUT = {
     "pixart_sigma": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
     "sana": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
     "lumina2": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "auraflow": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
 }
 # The sentencepiece/BPE files the real tokenizers ship next to tokenizer.json.
 LEGACY_TOKENIZER_FILES = {
