@@ -17,7 +17,8 @@ from st_ray.data.pipeline import build_caches
 from st_ray.train.trainer import fit_in_process
 from tests.test_training import _write_config
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+CPU = torch.device("cpu")
+PROMPTS = ["A photo of a CAT on a table", "dog"]
 
 FAMILIES = ["sana", "lumina2", "auraflow"]
 # One 64 px image, two sampling steps, no CFG: rendered at the end of step 2.
@@ -60,6 +61,7 @@ def _plan(config: Path, out: Path, *extra: str):
     return build_plan(config, ["--output_dir", str(out), *extra], {})
 
 
+@pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_trains_validates_and_loads_in_diffusers(family, setups, tmp_path) -> None:
     import diffusers
@@ -95,6 +97,7 @@ def test_lora_trains_validates_and_loads_in_diffusers(family, setups, tmp_path) 
     assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in saved.items())
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_sana_full_finetune_saves_a_loadable_transformer(setups, tmp_path) -> None:
     from diffusers import SanaTransformer2DModel
 
@@ -109,3 +112,76 @@ def test_sana_full_finetune_saves_a_loadable_transformer(setups, tmp_path) -> No
     )
     assert not any(".lora_" in name for name, _ in trained.named_parameters())
     assert any(not torch.equal(p, base[name]) for name, p in trained.named_parameters())
+
+
+# ------------------------------------------------------------------- family text options
+
+
+def _options(**changes):
+    from st_ray.config.loader import default_value
+    from st_ray.config.options import CANONICAL
+
+    return {name: default_value(o) for name, o in CANONICAL.items()} | changes
+
+
+def _encode(family: str, path: Path, options: dict) -> dict[str, np.ndarray]:
+    from st_ray.models.family import get_family_module
+
+    module = get_family_module(family)
+    encoders = module.load_text_encoders(
+        str(path), device=CPU, dtype=torch.float32, options=options
+    )
+    return module.encode_prompts(encoders, PROMPTS, options=options)
+
+
+def test_sana_complex_human_instruction(zoo_root) -> None:
+    from diffusers import SanaPipeline
+
+    path = zoo.ensure("sana", zoo_root)
+    with_chi = _encode("sana", path, _options())
+    plain = _encode("sana", path, _options(sana_complex_human_instruction=""))
+    pipe = SanaPipeline.from_pretrained(path)
+    with torch.no_grad():
+        embeds, mask, _, _ = pipe.encode_prompt(
+            PROMPTS, do_classifier_free_guidance=False, device=CPU, complex_human_instruction=None
+        )
+    np.testing.assert_allclose(plain["prompt_embeds"], embeds.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(plain["prompt_attention_mask"], mask.numpy())
+    # The same caption tokens are kept either way (<bos> + the caption); the instruction
+    # changes what Gemma makes of them.
+    np.testing.assert_array_equal(with_chi["prompt_attention_mask"], plain["prompt_attention_mask"])
+    assert not np.allclose(with_chi["prompt_embeds"], plain["prompt_embeds"], atol=1e-3)
+    short = _encode("sana", path, _options(tokenizer_max_length=40))
+    assert short["prompt_embeds"].shape == (2, 40, 32)
+
+
+def test_pretrained_gemma_override_reads_a_plain_gemma(zoo_root, tmp_path) -> None:
+    from transformers import AutoTokenizer, Gemma2Model
+
+    sana = zoo.ensure("sana", zoo_root)
+    plain = tmp_path / "gemma-2"
+    gemma = Gemma2Model.from_pretrained(sana, subfolder="text_encoder")
+    with torch.no_grad():
+        gemma.embed_tokens.weight.mul_(2.0)
+    gemma.save_pretrained(plain)
+    AutoTokenizer.from_pretrained(sana, subfolder="tokenizer").save_pretrained(plain)
+    for family in ("sana", "lumina2"):
+        path = zoo.ensure(family, zoo_root)
+        default = _encode(family, path, _options())
+        other = _encode(family, path, _options(pretrained_gemma_model_name_or_path=str(plain)))
+        np.testing.assert_array_equal(
+            other["prompt_attention_mask"], default["prompt_attention_mask"]
+        )
+        assert not np.allclose(other["prompt_embeds"], default["prompt_embeds"], atol=1e-3)
+
+
+def test_auraflow_lengths_follow_flavour_and_option(zoo_root) -> None:
+    from st_ray.models import auraflow
+
+    assert auraflow.max_length(_options()) == 120
+    assert auraflow.max_length(_options(model_flavour="pony")) == 768
+    path = zoo.ensure("auraflow", zoo_root)
+    got = _encode("auraflow", path, _options(tokenizer_max_length=16))
+    assert got["prompt_embeds"].shape == (2, 16, 32)
+    padding = got["prompt_attention_mask"] == 0
+    assert padding[1].any() and not got["prompt_embeds"][padding].any()  # zeroed padding
