@@ -104,7 +104,12 @@ def pipeline_kwargs(family: str, batch: dict[str, torch.Tensor]) -> dict[str, An
         }
     if family == "flux":
         return embeds | {"guidance_scale": FLUX_GUIDANCE}  # distilled guidance, no CFG
-    if family == "pixart_sigma":
+    if family in ("lumina2", "auraflow"):
+        return embeds | {
+            "prompt_attention_mask": batch["prompt_attention_mask"],
+            "guidance_scale": 1.0,
+        }
+    if family in ("pixart_sigma", "sana"):
         return embeds | {
             "prompt_attention_mask": batch["prompt_attention_mask"],
             "guidance_scale": 1.0,
@@ -166,6 +171,12 @@ def test_predict_matches_pipeline_denoiser_call(setup, family: str) -> None:
         sample = QwenImagePipeline._unpack_latents(sample, 64, 64, 8).squeeze(2)
         out = QwenImagePipeline._unpack_latents(out, 64, 64, 8).squeeze(2)
         timestep = timestep * 1000
+    if family == "auraflow":
+        timestep = timestep * 1000  # the pipeline's sigma in [0, 1]
+    if family == "lumina2":
+        # Lumina's reversed time and velocity (the pipeline negates before its step).
+        timestep = (1 - timestep) * 1000
+        out = -out
     if family in ("pixart_sigma", "deepfloyd"):
         out = out[:, : s.channels]  # learned sigma: the pipeline keeps the epsilon half
     if family in ("sdxl", "kolors"):
@@ -173,7 +184,8 @@ def test_predict_matches_pipeline_denoiser_call(setup, family: str) -> None:
         batch = batch | {k: v[:1].expand(batch_size, -1) for k, v in SDXL_SIZES.items()}
         ids = kwargs["added_cond_kwargs"]["time_ids"]
         torch.testing.assert_close(ids, sdxl.time_ids(batch).float())
-    side = 64 if get_family(family).vae_class is None else 8  # pixel space: the image itself
+    # pixel space: the image itself; else the VAE's downscale (DC-AE: 32)
+    side = 64 if get_family(family).vae_class is None else 64 // (32 if family == "sana" else 8)
     assert sample.shape == (batch_size, s.channels, side, side)
     with torch.no_grad():
         pred = s.module.predict(s.denoiser, sample, timestep.expand(batch_size), batch, options)

@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from st_ray import zoo
+from st_ray.config.loader import default_value
+from st_ray.config.options import CANONICAL
 from st_ray.models.family import FAMILIES, get_family, get_family_module
 
 CPU = torch.device("cpu")
@@ -28,6 +30,8 @@ OPTIONS = {
     "pretrained_t5_model_name_or_path": None,
     "revision": None,
     "variant": None,
+    "pretrained_gemma_model_name_or_path": None,
+    "sana_complex_human_instruction": default_value(CANONICAL["sana_complex_human_instruction"]),
 }
 D = 32  # zoo hidden size (parts.HIDDEN); SD3's T5 is 2 * 32 wide
 
@@ -112,6 +116,28 @@ def reference(family: str, path: Path) -> dict[str, torch.Tensor]:
             PROMPTS, do_classifier_free_guidance=False, device=CPU, clean_caption=False
         )
         return {"prompt_embeds": embeds}
+    if family == "auraflow":
+        embeds, *_ = pipe.encode_prompt(
+            PROMPTS, do_classifier_free_guidance=False, device=CPU, max_sequence_length=120
+        )
+        # The pipeline's own mask comes back flattened over the width; ours is the tokenizer's.
+        mask = pipe.tokenizer(
+            PROMPTS, padding="max_length", max_length=120, truncation=True, return_tensors="pt"
+        ).attention_mask
+        return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+    if family == "lumina2":
+        embeds, mask, _, _ = pipe.encode_prompt(
+            PROMPTS, do_classifier_free_guidance=False, device=CPU
+        )
+        return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+    if family == "sana":
+        embeds, mask, _, _ = pipe.encode_prompt(
+            PROMPTS,
+            do_classifier_free_guidance=False,
+            device=CPU,
+            complex_human_instruction=OPTIONS["sana_complex_human_instruction"].split("\n"),
+        )
+        return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
     embeds, mask, _, _ = pipe.encode_prompt(
         PROMPTS, do_classifier_free_guidance=False, device=CPU, clean_caption=False
     )
@@ -137,6 +163,9 @@ SHAPES = {
     },
     "qwen_image": {"prompt_embeds": (2, 512, D), "prompt_embeds_mask": (2, 512)},
     "deepfloyd": {"prompt_embeds": (2, 77, D)},
+    "sana": {"prompt_embeds": (2, 300, D), "prompt_attention_mask": (2, 300)},
+    "lumina2": {"prompt_embeds": (2, 256, D), "prompt_attention_mask": (2, 256)},
+    "auraflow": {"prompt_embeds": (2, 120, D), "prompt_attention_mask": (2, 120)},
 }
 
 

@@ -26,6 +26,9 @@ PIPELINES = {
     "hidream": "HiDreamImagePipeline",
     "qwen_image": "QwenImagePipeline",
     "deepfloyd": "IFPipeline",
+    "sana": "SanaPipeline",
+    "lumina2": "Lumina2Pipeline",
+    "auraflow": "AuraFlowPipeline",
 }
 
 # Component folders each family must have, as in the real checkpoints.
@@ -72,6 +75,16 @@ LAYOUT = {
     ),
     "qwen_image": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
     "deepfloyd": ("unet", "text_encoder", "tokenizer", "scheduler"),  # pixel space: no VAE
+    "sana": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "lumina2": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "auraflow": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+}
+# The sentencepiece/BPE files the real tokenizers ship next to tokenizer.json.
+LEGACY_TOKENIZER_FILES = {
+    "CLIP": {"vocab.json", "merges.txt"},
+    "T5": {"spiece.model"},
+    "Gemma": {"tokenizer.model"},
+    "Qwen2": {"vocab.json", "merges.txt"},
 }
 
 
@@ -108,11 +121,10 @@ def test_layout(built, family: str) -> None:
             assert (folder / "tokenizer.model").is_file()
         elif sub.startswith("tokenizer"):
             assert (folder / "tokenizer.json").is_file()
-            legacy = {
-                "CLIPTokenizer": {"vocab.json", "merges.txt"},
-                "T5Tokenizer": {"spiece.model"},
-                "Qwen2Tokenizer": {"vocab.json", "merges.txt"},
-            }.get(index[sub][1], set())  # Llama 3 ships tokenizer.json alone
+            # Llama 3 ships tokenizer.json alone.
+            legacy = next(
+                (v for k, v in LEGACY_TOKENIZER_FILES.items() if k in index[sub][1]), set()
+            )
             assert legacy <= {f.name for f in folder.iterdir()}, sub
         elif sub == "scheduler":
             assert (folder / "scheduler_config.json").is_file()
@@ -160,6 +172,8 @@ def test_render(built, family: str) -> None:
         pipe.default_sample_size = 8
     if family == "deepfloyd":
         kwargs = {"clean_caption": False}
+    if family == "sana":
+        kwargs = {"use_resolution_binning": False}
     out = pipe(
         "a photo of a cat",
         height=64,
