@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from st_ray import zoo
-from st_ray.models import FAMILIES
+from st_ray.models import FAMILIES, cosmos2image
 from st_ray.models.family import get_family_module
 from st_ray.train import adapters
 
@@ -55,6 +55,7 @@ PRESET_COUNTS = {
     "hidream": 12,
     "qwen_image": 4,
     "deepfloyd": 16,
+    "cosmos2image": 8,  # attn1 + attn2 of one block
 }
 FLUX_PRESET_COUNTS = {
     "mmdit": 7,  # 4 double-block + 3 single-block attention projections
@@ -127,6 +128,14 @@ def _inputs(family: str, config, generator: torch.Generator) -> dict:
             img_ids=torch.zeros(16, 3),
             txt_ids=torch.zeros(5, 3),
             guidance=torch.tensor([3.5]),
+        )
+    if family == "cosmos2image":
+        cosmos2image.ensure_padding_mask_resize()  # torchvision's resize, when it is absent
+        return dict(
+            hidden_states=r(1, config.in_channels, 1, 8, 8),
+            timestep=torch.tensor([0.5]),
+            encoder_hidden_states=r(1, 5, config.text_embed_dim),
+            padding_mask=torch.zeros(1, 1, 8, 8),
         )
     if family == "qwen_image":
         return dict(

@@ -58,7 +58,8 @@ def models(tmp_path_factory: pytest.TempPathFactory):
 
 def reference(family: str, path: Path) -> dict[str, torch.Tensor]:
     """What the family's own diffusers pipeline encodes for PROMPTS, without CFG."""
-    pipe = getattr(diffusers, get_family(family).pipeline_class).from_pretrained(path)
+    extra = get_family_module(family).validation_components({})  # Cosmos' safety checker
+    pipe = getattr(diffusers, get_family(family).pipeline_class).from_pretrained(path, **extra)
     if family in ("sd1x", "sd2x"):
         embeds, _ = pipe.encode_prompt(PROMPTS, CPU, 1, False)
         return {"prompt_embeds": embeds}
@@ -107,6 +108,11 @@ def reference(family: str, path: Path) -> dict[str, torch.Tensor]:
             "prompt_embeds": torch.nn.functional.pad(embeds, (0, 0, 0, pad)),
             "prompt_embeds_mask": torch.nn.functional.pad(mask, (0, pad)),
         }
+    if family == "cosmos2image":
+        embeds, _ = pipe.encode_prompt(
+            PROMPTS, do_classifier_free_guidance=False, device=CPU, max_sequence_length=512
+        )
+        return {"prompt_embeds": embeds}
     if family == "deepfloyd":
         embeds, _ = pipe.encode_prompt(
             PROMPTS, do_classifier_free_guidance=False, device=CPU, clean_caption=False
@@ -137,6 +143,7 @@ SHAPES = {
     },
     "qwen_image": {"prompt_embeds": (2, 512, D), "prompt_embeds_mask": (2, 512)},
     "deepfloyd": {"prompt_embeds": (2, 77, D)},
+    "cosmos2image": {"prompt_embeds": (2, 512, D)},
 }
 
 

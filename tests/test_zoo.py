@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from st_ray import zoo
+from st_ray.models.family import get_family_module
 from st_ray.zoo.__main__ import main as zoo_main
 
 PIPELINES = {
@@ -26,6 +27,7 @@ PIPELINES = {
     "hidream": "HiDreamImagePipeline",
     "qwen_image": "QwenImagePipeline",
     "deepfloyd": "IFPipeline",
+    "cosmos2image": "Cosmos2TextToImagePipeline",
 }
 
 # Component folders each family must have, as in the real checkpoints.
@@ -72,6 +74,7 @@ LAYOUT = {
     ),
     "qwen_image": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
     "deepfloyd": ("unet", "text_encoder", "tokenizer", "scheduler"),  # pixel space: no VAE
+    "cosmos2image": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
 }
 
 
@@ -149,7 +152,9 @@ def test_subfolder_loading(built) -> None:
 
 @pytest.mark.parametrize("family", zoo.FAMILIES)
 def test_render(built, family: str) -> None:
-    pipe = getattr(diffusers, PIPELINES[family]).from_pretrained(built(family))
+    # Components the pipeline cannot run without (Cosmos' pass-through safety checker).
+    extra = get_family_module(family).validation_components({})
+    pipe = getattr(diffusers, PIPELINES[family]).from_pretrained(built(family), **extra)
     pipe.set_progress_bar_config(disable=True)
     kwargs: dict = {}
     if family == "pixart_sigma":

@@ -136,6 +136,12 @@ class FamilyModule(Protocol):
         ``__call__`` accepts are passed."""
         ...
 
+    def validation_components(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Pipeline components validation passes to ``from_pretrained`` on top of the
+        denoiser and text encoders (e.g. Cosmos' pass-through safety checker, as its pipeline
+        will not run without one); default none."""
+        ...
+
     def aux_loss(
         self, denoiser: torch.nn.Module, options: Mapping[str, Any]
     ) -> torch.Tensor | None:
@@ -230,6 +236,10 @@ class Family:
 
     def validation_kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
         own = self._own("validation_kwargs")
+        return dict(own(options)) if own else {}
+
+    def validation_components(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        own = self._own("validation_components")
         return dict(own(options)) if own else {}
 
     def aux_loss(

@@ -347,6 +347,7 @@ def build_pipeline(
         components.update(safety_checker=None, feature_extractor=None)
         if "requires_safety_checker" in init:
             components["requires_safety_checker"] = False
+    components.update(family.validation_components(options))
     kwargs = {k: options[k] for k in ("revision", "variant") if options.get(k)}
     pipeline = cls.from_pretrained(model_path, dtype=dtype, **components, **kwargs)
     pipeline.set_progress_bar_config(disable=True)
