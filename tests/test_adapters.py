@@ -292,7 +292,8 @@ def _load_into_pipeline(family: str, base: Path, out_dir: Path):
     ``load_lora_weights``; PixArt-Sigma has none, so diffusers' ``load_lora_adapter`` on its
     transformer class given the PEFT mixin (what SimpleTuner's PixArt class does)."""
     spec = FAMILIES[family]
-    pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(base)
+    extra = get_family_module(family).validation_components({})  # Cosmos' safety checker
+    pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(base, **extra)
     if hasattr(pipe, "load_lora_weights"):
         pipe.load_lora_weights(out_dir)
         return getattr(pipe, spec.denoiser)

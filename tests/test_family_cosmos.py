@@ -120,10 +120,15 @@ def test_cosmos_latents_are_what_the_pipeline_decodes(zoo_root) -> None:
     assert not torch.allclose(cached, mean.squeeze(2))  # the normalisation is not a no-op
 
 
-def test_cosmos_validation_refuses_other_samplers() -> None:
-    assert isinstance(
-        cosmos2image.validation_components({})["safety_checker"],
-        cosmos2image.PassThroughSafetyChecker,
-    )
+def test_cosmos_validation_refuses_other_samplers_before_training(setup) -> None:
+    """Only the pipeline's own Euler scheduler runs its EDM loop: another sampler is refused
+    when the run's validator is made, before any step."""
+    from st_ray.train.validation import Validator
+
+    _, config = setup
+    overrides = [f"--{k}={v}" for k, v in VALIDATION.items()]
+    plan = build_plan(config, [*overrides, "--validation_noise_scheduler=unipc"], {})
     with pytest.raises(ValueError, match="validation_noise_scheduler='unipc'.*'euler'"):
-        cosmos2image.validation_components({"validation_noise_scheduler": "unipc"})
+        Validator(plan, torch.nn.Linear(1, 1), torch.device("cpu"))
+    checker = cosmos2image.validation_components({})["safety_checker"]
+    assert checker.check_text_safety("anything") and checker.check_video_safety(3) == 3

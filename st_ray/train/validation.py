@@ -478,6 +478,8 @@ class Validator:
         )
         # Fail before training starts rather than at the first validation.
         check_scheduler(self.settings.scheduler, _flow_matching(plan.family, self.settings))
+        if self.settings.enabled:  # the family's own refusals (e.g. Cosmos' sampler) too
+            get_family_module(plan.family.name).validation_components(plan.options)
         self.pipeline: Any = None
         self.done: dict[int, list[Path]] = {}
 
