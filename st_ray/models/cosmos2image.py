@@ -6,8 +6,9 @@ transformer c_in * state = (1 - t) * (x0 + sigma * n) = (1 - t) * x0 + t * n wit
 [0, 1], and takes c_skip * state + c_out * F = (1 - t) * x0 + t * n - t * F as the denoised
 image. That is x0 when F = n - x0: the transformer is a rectified-flow velocity
 model in t. st_ray therefore trains it with its flow-matching loop (sigma = t); ``predict``
-turns the loop's sigma * 1000 back into t. SimpleTuner instead samples EDM log-uniform sigmas;
-the target is the same, only the distribution of t differs.
+turns the loop's sigma * 1000 back into t. SimpleTuner instead samples EDM log-uniform sigmas
+with an EDM loss weight: the optimum is the same, the distribution of t and the weighting
+differ.
 """
 
 from __future__ import annotations
