@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from st_ray import zoo
-from st_ray.models import FAMILIES
+from st_ray.models import FAMILIES, cosmos2image
 from st_ray.models.family import get_family_module
 from st_ray.train import adapters
 
@@ -61,6 +61,7 @@ PRESET_COUNTS = {
     "sana": 8,
     "lumina2": 12,
     "auraflow": 12,
+    "cosmos2image": 8,  # attn1 + attn2 of one block
 }
 FLUX_PRESET_COUNTS = {
     "mmdit": 7,  # 4 double-block + 3 single-block attention projections
@@ -133,6 +134,14 @@ def _inputs(family: str, config, generator: torch.Generator) -> dict:
             img_ids=torch.zeros(16, 3),
             txt_ids=torch.zeros(5, 3),
             guidance=torch.tensor([3.5]),
+        )
+    if family == "cosmos2image":
+        cosmos2image.ensure_padding_mask_resize()  # torchvision's resize, when it is absent
+        return dict(
+            hidden_states=r(1, config.in_channels, 1, 8, 8),
+            timestep=torch.tensor([0.5]),
+            encoder_hidden_states=r(1, 5, config.text_embed_dim),
+            padding_mask=torch.zeros(1, 1, 8, 8),
         )
     if family == "qwen_image":
         return dict(
@@ -313,7 +322,8 @@ def _load_into_pipeline(family: str, base: Path, out_dir: Path):
     ``load_lora_weights``; PixArt-Sigma has none, so diffusers' ``load_lora_adapter`` on its
     transformer class given the PEFT mixin (what SimpleTuner's PixArt class does)."""
     spec = FAMILIES[family]
-    pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(base)
+    extra = get_family_module(family).validation_components({})  # Cosmos' safety checker
+    pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(base, **extra)
     if hasattr(pipe, "load_lora_weights"):
         pipe.load_lora_weights(out_dir)
         return getattr(pipe, spec.denoiser)

@@ -1,4 +1,4 @@
-"""qwen_image, deepfloyd and cosmos2image: LoRA training through the real loop with a
+"""qwen_image and deepfloyd: LoRA training through the real loop with a
 validation image, exports diffusers loads, a full fine-tune, and the family specifics."""
 
 from __future__ import annotations
@@ -203,19 +203,3 @@ def test_deepfloyd_stage_ii_is_refused_at_validation(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="ii-large-1.2b.*super-resolution.*stage I"):
         build_plan(config, [], {})
-
-
-# -------------------------------------------------------------------------- cosmos2image
-
-
-def test_cosmos2image_is_refused_with_what_is_missing(tmp_path: Path) -> None:
-    from st_ray.config.errors import ConfigError
-
-    config = tmp_path / "config.json"
-    config.write_text(
-        '{"model_family": "cosmos2image", "max_train_steps": 1, '
-        f'"output_dir": "{tmp_path / "out"}"}}'
-    )
-    with pytest.raises(ConfigError, match="model_family.*cosmos_guardrail") as err:
-        build_plan(config, [], {})
-    assert "sigma sampler" in str(err.value)

@@ -126,8 +126,9 @@ def pipeline_step(family: str, s: Setup) -> tuple[tuple, dict[str, Any], torch.T
     """Run the family's pipeline one step with our denoiser in it; return the (args, kwargs)
     its denoiser was called with and the tensor it returned."""
     spec = get_family(family)
+    extra = s.module.validation_components(OPTIONS)  # Cosmos' pass-through safety checker
     pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(
-        s.path, **{spec.denoiser: s.denoiser}
+        s.path, **{spec.denoiser: s.denoiser}, **extra
     )
     if family == "hidream":
         pipe.default_sample_size = 8  # render the 64 px asked for, not its fixed 1024 px area
@@ -177,6 +178,11 @@ def test_predict_matches_pipeline_denoiser_call(setup, family: str) -> None:
         # Lumina's reversed time and velocity (the pipeline negates before its step).
         timestep = (1 - timestep) * 1000
         out = -out
+    if family == "cosmos2image":
+        # One-frame video latents back to images; the pipeline's EDM t = sigma / (sigma + 1)
+        # is the flow-matching sigma, which the loop passes as sigma * 1000.
+        sample, out = sample.squeeze(2), out.squeeze(2)
+        timestep = timestep * 1000
     if family in ("pixart_sigma", "deepfloyd"):
         out = out[:, : s.channels]  # learned sigma: the pipeline keeps the epsilon half
     if family in ("sdxl", "kolors"):

@@ -62,7 +62,8 @@ def models(tmp_path_factory: pytest.TempPathFactory):
 
 def reference(family: str, path: Path) -> dict[str, torch.Tensor]:
     """What the family's own diffusers pipeline encodes for PROMPTS, without CFG."""
-    pipe = getattr(diffusers, get_family(family).pipeline_class).from_pretrained(path)
+    extra = get_family_module(family).validation_components({})  # Cosmos' safety checker
+    pipe = getattr(diffusers, get_family(family).pipeline_class).from_pretrained(path, **extra)
     if family in ("sd1x", "sd2x"):
         embeds, _ = pipe.encode_prompt(PROMPTS, CPU, 1, False)
         return {"prompt_embeds": embeds}
@@ -111,6 +112,11 @@ def reference(family: str, path: Path) -> dict[str, torch.Tensor]:
             "prompt_embeds": torch.nn.functional.pad(embeds, (0, 0, 0, pad)),
             "prompt_embeds_mask": torch.nn.functional.pad(mask, (0, pad)),
         }
+    if family == "cosmos2image":
+        embeds, _ = pipe.encode_prompt(
+            PROMPTS, do_classifier_free_guidance=False, device=CPU, max_sequence_length=512
+        )
+        return {"prompt_embeds": embeds}
     if family == "deepfloyd":
         embeds, _ = pipe.encode_prompt(
             PROMPTS, do_classifier_free_guidance=False, device=CPU, clean_caption=False
@@ -166,6 +172,7 @@ SHAPES = {
     "sana": {"prompt_embeds": (2, 300, D), "prompt_attention_mask": (2, 300)},
     "lumina2": {"prompt_embeds": (2, 256, D), "prompt_attention_mask": (2, 256)},
     "auraflow": {"prompt_embeds": (2, 120, D), "prompt_attention_mask": (2, 120)},
+    "cosmos2image": {"prompt_embeds": (2, 512, D)},
 }
 
 

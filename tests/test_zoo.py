@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from st_ray import zoo
+from st_ray.models.family import get_family_module
 from st_ray.zoo.__main__ import main as zoo_main
 
 PIPELINES = {
@@ -29,6 +30,7 @@ PIPELINES = {
     "sana": "SanaPipeline",
     "lumina2": "Lumina2Pipeline",
     "auraflow": "AuraFlowPipeline",
+    "cosmos2image": "Cosmos2TextToImagePipeline",
 }
 
 # Component folders each family must have, as in the real checkpoints.
@@ -78,6 +80,7 @@ LAYOUT = {
     "sana": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
     "lumina2": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
     "auraflow": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "cosmos2image": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
 }
 # The sentencepiece/BPE files the real tokenizers ship next to tokenizer.json.
 LEGACY_TOKENIZER_FILES = {
@@ -161,7 +164,9 @@ def test_subfolder_loading(built) -> None:
 
 @pytest.mark.parametrize("family", zoo.FAMILIES)
 def test_render(built, family: str) -> None:
-    pipe = getattr(diffusers, PIPELINES[family]).from_pretrained(built(family))
+    # Components the pipeline cannot run without (Cosmos' pass-through safety checker).
+    extra = get_family_module(family).validation_components({})
+    pipe = getattr(diffusers, PIPELINES[family]).from_pretrained(built(family), **extra)
     pipe.set_progress_bar_config(disable=True)
     kwargs: dict = {}
     if family == "pixart_sigma":

@@ -142,6 +142,12 @@ class FamilyModule(Protocol):
         default nothing."""
         ...
 
+    def validation_components(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Pipeline components validation passes to ``from_pretrained`` on top of the
+        denoiser and text encoders (e.g. Cosmos' pass-through safety checker, as its pipeline
+        will not run without one); default none."""
+        ...
+
     def aux_loss(
         self, denoiser: torch.nn.Module, options: Mapping[str, Any]
     ) -> torch.Tensor | None:
@@ -241,6 +247,10 @@ class Family:
     def prepare_render(self, pipeline: Any, width: int, height: int) -> None:
         if own := self._own("prepare_render"):
             own(pipeline, width, height)
+
+    def validation_components(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        own = self._own("validation_components")
+        return dict(own(options)) if own else {}
 
     def aux_loss(
         self, denoiser: torch.nn.Module, options: Mapping[str, Any]

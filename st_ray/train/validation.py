@@ -350,6 +350,7 @@ def build_pipeline(
         components.update(safety_checker=None, feature_extractor=None)
         if "requires_safety_checker" in init:
             components["requires_safety_checker"] = False
+    components.update(family.validation_components(options))
     kwargs = {k: options[k] for k in ("revision", "variant") if options.get(k)}
     pipeline = cls.from_pretrained(model_path, dtype=dtype, **components, **kwargs)
     pipeline.set_progress_bar_config(disable=True)
@@ -482,6 +483,8 @@ class Validator:
         )
         # Fail before training starts rather than at the first validation.
         check_scheduler(self.settings.scheduler, _flow_matching(plan.family, self.settings))
+        if self.settings.enabled:  # the family's own refusals (e.g. Cosmos' sampler) too
+            get_family_module(plan.family.name).validation_components(plan.options)
         self.pipeline: Any = None
         self.done: dict[int, list[Path]] = {}
 

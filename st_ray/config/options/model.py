@@ -83,12 +83,6 @@ OPTIONS = [
             "its OmniGenMultiModalProcessor's input_ids, attention mask and position ids go "
             "through the Phi-3 layers inside OmniGenTransformer2DModel, which needs an id "
             "cache and a predict that st_ray does not have",
-            "cosmos2image": "diffusers' Cosmos2TextToImagePipeline cannot be built or called "
-            "without NVIDIA's cosmos_guardrail safety checker (package cosmos-guardrail, not "
-            "installed; it loads the Cosmos guardrail models from the Hub), so validation and "
-            "export checks through the pipeline are impossible here; its EDM-style training "
-            "(log-uniform sigma in [0.002, 80], x0 loss weighted (sigma^2 + sigma_data^2) / "
-            "(sigma * sigma_data)^2) also needs a sigma sampler the training loop lacks",
         },
     ),
     opt(
