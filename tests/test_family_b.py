@@ -159,4 +159,3 @@ def test_hidream_load_balancing_loss(zoo_root) -> None:
     ).train()
     family.predict(denoiser, latents, torch.tensor([300.0, 700.0]), batch, off)
     assert family.aux_loss(denoiser, off) is None
-

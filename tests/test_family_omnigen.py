@@ -68,14 +68,14 @@ def _transformer_output(transformer: torch.nn.Module, model: Path) -> torch.Tens
 
 def test_lora_trains_and_loads_into_the_diffusers_transformer(setup, tmp_path: Path) -> None:
     """diffusers 0.42 has no LoRA loader for OmniGen (neither OmniGenPipeline nor its
-    transformer mixes one in): the export is loaded the way PEFT-based loaders do it, from the
-    config stored in the file, into OmniGenTransformer2DModel.from_pretrained."""
+    transformer mixes one in): the export loads through diffusers' own load_lora_adapter on
+    the transformer class given the PEFT mixin, as for PixArt in tests/test_adapters.py."""
+    import diffusers
     from diffusers import OmniGenTransformer2DModel
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors import safe_open
+    from peft.utils import get_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from st_ray.train.adapters import METADATA_KEY, WEIGHT_NAME
+    from st_ray.train.adapters import WEIGHT_NAME
 
     model, config = setup
     out = tmp_path / "lora"
@@ -84,18 +84,17 @@ def test_lora_trains_and_loads_into_the_diffusers_transformer(setup, tmp_path: P
         (png,) = sorted((out / "validation").rglob("*.png"))
         assert png.stat().st_size > 0
 
-    file = out / WEIGHT_NAME
-    with safe_open(file, "pt") as f:
-        metadata = json.loads(f.metadata()[METADATA_KEY])
-    lora_config = LoraConfig(**{k.removeprefix("transformer."): v for k, v in metadata.items()})
-    saved = {k.removeprefix("transformer."): v for k, v in load_file(file).items()}
-    assert {k.split(".")[-3] for k in saved} == {"to_q", "to_k", "to_v", "0"}
-    transformer = OmniGenTransformer2DModel.from_pretrained(model, subfolder="transformer")
+    with_peft = type(
+        "OmniGenWithPeft", (OmniGenTransformer2DModel, diffusers.loaders.PeftAdapterMixin), {}
+    )
+    transformer = with_peft.from_pretrained(model, subfolder="transformer").eval()
     base = _transformer_output(transformer, model)
-    inject_adapter_in_model(lora_config, transformer)
-    result = set_peft_model_state_dict(transformer, saved)
-    assert not result.unexpected_keys
-    assert not [k for k in result.missing_keys if "lora_" in k]
+    transformer.load_lora_adapter(out, prefix="transformer", weight_name=WEIGHT_NAME)
+    saved = {k.removeprefix("transformer."): v for k, v in load_file(out / WEIGHT_NAME).items()}
+    (name,) = transformer.peft_config
+    loaded = get_peft_model_state_dict(transformer, adapter_name=name)
+    assert set(loaded) == set(saved) and len(saved) == 2 * 8  # A and B of 2 layers x q/k/v/out
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
     assert not torch.allclose(_transformer_output(transformer, model), base)
 
 
