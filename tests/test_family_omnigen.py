@@ -117,6 +117,22 @@ def test_validation_without_torchvision_is_refused(zoo_root, tmp_path: Path) -> 
         build_plan(config, [], {})
 
 
+def test_a_sampler_without_inverted_sigmas_is_refused(zoo_root, tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "model_family": "omnigen",
+                "pretrained_model_name_or_path": str(zoo.ensure("omnigen", zoo_root)),
+                "data_backend_config": "d.json",
+                "validation_noise_scheduler": "unipc",
+            }
+        )
+    )
+    with pytest.raises(ConfigError, match="validation_noise_scheduler.*inverted sigmas"):
+        build_plan(config, [], {})
+
+
 def test_attention_inputs_are_the_collators() -> None:
     """Mask and (first-row) positions equal what OmniGenCollator builds for the same rows."""
     from diffusers.pipelines.omnigen.processor_omnigen import OmniGenCollator

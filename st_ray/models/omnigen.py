@@ -61,23 +61,35 @@ VALIDATION_PROMPTS = ("validation_prompt", "user_prompt_library", "validation_pr
 
 def option_problems(options: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Validation renders with diffusers' OmniGenPipeline, whose constructor builds an
-    OmniGenMultiModalProcessor: diffusers only defines it when torchvision is installed."""
+    OmniGenMultiModalProcessor: diffusers only defines it when torchvision is installed. Its
+    sampler must run the inverted sigmas, which only the flow-matching Euler scheduler does."""
     import importlib.util
 
+    problems = []
+    sampler = options.get("validation_noise_scheduler")
+    if sampler not in (None, "euler"):
+        problems.append(
+            (
+                "validation_noise_scheduler",
+                f"'{sampler}' cannot sample omnigen: its scheduler runs inverted sigmas "
+                "(t from 0 = noise to 1), which only FlowMatchEulerDiscreteScheduler "
+                "implements; accepted: euler, or unset",
+            )
+        )
     wanted = not options.get("validation_disable") and any(
         options.get(k) for k in VALIDATION_PROMPTS
     )
     if wanted and importlib.util.find_spec("torchvision") is None:
         key = next(k for k in VALIDATION_PROMPTS if options.get(k))
-        return [
+        problems.append(
             (
                 key,
                 "omnigen validation images render with diffusers' OmniGenPipeline, whose "
                 "OmniGenMultiModalProcessor needs torchvision, which is not installed: install "
                 "the torchvision build matching torch, or set validation_disable",
             )
-        ]
-    return []
+        )
+    return problems
 
 
 def token_ids(tokenizer: Any, prompt: str) -> list[int]:
