@@ -62,6 +62,7 @@ PRESET_COUNTS = {
     "lumina2": 12,
     "auraflow": 12,
     "cosmos2image": 8,  # attn1 + attn2 of one block
+    "omnigen": 8,  # two Phi-3 layers x q/k/v/out
 }
 FLUX_PRESET_COUNTS = {
     "mmdit": 7,  # 4 double-block + 3 single-block attention projections
@@ -124,6 +125,19 @@ def _inputs(family: str, config, generator: torch.Generator) -> dict:
             encoder_hidden_states_t5=r(1, 5, t5),
             encoder_hidden_states_llama3=r(len(config.llama_layers), 1, 5, llama),
             pooled_embeds=r(1, config.text_emb_dim),
+        )
+    if family == "omnigen":
+        from st_ray.models.omnigen import attention_inputs
+
+        mask, positions = attention_inputs(torch.ones(1, 5, dtype=torch.int64), 16)
+        return dict(
+            hidden_states=r(1, config.in_channels, 8, 8),
+            timestep=torch.tensor([0.5]),
+            input_ids=torch.randint(config.vocab_size, (1, 5), generator=generator),
+            input_img_latents=[],
+            input_image_sizes={},
+            attention_mask=mask,
+            position_ids=positions,
         )
     if family == "flux":
         return dict(
@@ -320,10 +334,13 @@ def test_unsupported_combinations_are_refused(changes, pattern):
 def _load_into_pipeline(family: str, base: Path, out_dir: Path):
     """The denoiser as diffusers loads it with the exported LoRA: the pipeline's own
     ``load_lora_weights``; PixArt-Sigma has none, so diffusers' ``load_lora_adapter`` on its
-    transformer class given the PEFT mixin (what SimpleTuner's PixArt class does)."""
+    transformer class given the PEFT mixin (what SimpleTuner's PixArt class does). OmniGen
+    has no loader either (and its pipeline needs torchvision to be built)."""
     spec = FAMILIES[family]
     extra = get_family_module(family).validation_components({})  # Cosmos' safety checker
-    pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(base, **extra)
+    pipe = None
+    if family != "omnigen":
+        pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(base, **extra)
     if hasattr(pipe, "load_lora_weights"):
         pipe.load_lora_weights(out_dir)
         return getattr(pipe, spec.denoiser)

@@ -4,6 +4,7 @@ encode_prompts output, makes exactly the denoiser call of its diffusers pipeline
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ PROMPTS = ["a photo of a cat sitting on a wooden table", "dog"]
 # checkpointing on, Flux guidance constant 1.0, masking off).
 OPTIONS: dict[str, Any] = {name: default_value(o) for name, o in CANONICAL.items()}
 FLUX_GUIDANCE = 3.5  # the FluxPipeline's default guidance_scale
+OMNIGEN_GUIDANCE = 2.5  # OmniGenPipeline's default; it always runs CFG
 # SDXL micro-conditioning, per sample, (h, w) and (top, left): distinct values in every slot.
 SDXL_SIZES = {
     "original_size": torch.tensor([[96, 80], [1024, 768]]),
@@ -91,6 +93,8 @@ def pipeline_kwargs(family: str, batch: dict[str, torch.Tensor]) -> dict[str, An
             "pooled_prompt_embeds": batch["pooled_prompt_embeds"],
             "guidance_scale": 1.0,
         }
+    if family == "omnigen":  # the pipeline takes text only; its CFG batch is sliced off
+        return {"prompt": PROMPTS, "guidance_scale": OMNIGEN_GUIDANCE}
     embeds = {"prompt_embeds": batch["prompt_embeds"]}
     if family in ("sdxl", "flux", "sd3", "kolors"):
         embeds["pooled_prompt_embeds"] = batch["pooled_prompt_embeds"]
@@ -126,6 +130,8 @@ def pipeline_step(family: str, s: Setup) -> tuple[tuple, dict[str, Any], torch.T
     """Run the family's pipeline one step with our denoiser in it; return the (args, kwargs)
     its denoiser was called with and the tensor it returned."""
     spec = get_family(family)
+    if family == "omnigen" and importlib.util.find_spec("torchvision") is None:
+        return omnigen_pipeline_step(s)
     extra = s.module.validation_components(OPTIONS)  # Cosmos' pass-through safety checker
     pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(
         s.path, **{spec.denoiser: s.denoiser}, **extra
@@ -149,6 +155,43 @@ def pipeline_step(family: str, s: Setup) -> tuple[tuple, dict[str, Any], torch.T
         handle.remove()
     assert len(calls) == 1
     return calls[0]
+
+
+def omnigen_pipeline_step(s: Setup) -> tuple[tuple, dict[str, Any], torch.Tensor]:
+    """OmniGenPipeline's steps 3-8 for PROMPTS as pipeline_omnigen.py writes them (64 px, one
+    step, CFG): used where torchvision is missing, as the pipeline's constructor builds its
+    processor with torchvision's input-image transforms (unused for text-only prompts)."""
+    import numpy as np
+    from diffusers.pipelines.omnigen.processor_omnigen import (
+        OmniGenCollator,
+        OmniGenMultiModalProcessor,
+    )
+    from diffusers.utils.torch_utils import randn_tensor
+    from transformers import AutoTokenizer
+
+    processor = OmniGenMultiModalProcessor.__new__(OmniGenMultiModalProcessor)
+    processor.text_tokenizer = AutoTokenizer.from_pretrained(s.path, subfolder="tokenizer")
+    processor.collator = OmniGenCollator()
+    data = processor(PROMPTS, None, height=64, width=64, use_img_cfg=False)
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(
+        s.path, subfolder="scheduler"
+    )
+    scheduler.set_timesteps(sigmas=np.linspace(1, 0, 2)[:1], device=CPU)
+    latents = randn_tensor(
+        (len(PROMPTS), s.channels, 8, 8), generator=torch.Generator().manual_seed(0)
+    )
+    kwargs = dict(
+        hidden_states=torch.cat([latents] * 2),
+        timestep=scheduler.timesteps[0].expand(2 * len(PROMPTS)),
+        input_ids=data["input_ids"],
+        input_img_latents=[],
+        input_image_sizes=data["input_image_sizes"],
+        attention_mask=data["attention_mask"],
+        position_ids=data["position_ids"],
+    )
+    with torch.no_grad():
+        out = s.denoiser(**kwargs, return_dict=False)[0]
+    return (), kwargs, out
 
 
 @pytest.mark.parametrize("family", zoo.FAMILIES)
@@ -183,6 +226,11 @@ def test_predict_matches_pipeline_denoiser_call(setup, family: str) -> None:
         # is the flow-matching sigma, which the loop passes as sigma * 1000.
         sample, out = sample.squeeze(2), out.squeeze(2)
         timestep = timestep * 1000
+    if family == "omnigen":
+        # The conditional half of the CFG batch; OmniGen's t (0 = noise, on a 0-1 scale) and
+        # data-minus-noise velocity back to sigma and noise-minus-data.
+        sample, out = sample[:batch_size], -out[:batch_size]
+        timestep = 1 - timestep[:batch_size]
     if family in ("pixart_sigma", "deepfloyd"):
         out = out[:, : s.channels]  # learned sigma: the pipeline keeps the epsilon half
     if family in ("sdxl", "kolors"):
@@ -221,6 +269,7 @@ def test_sdxl_time_ids_are_the_pipelines_per_sample(setup) -> None:
 # Parameters that rightly get no or a zero gradient: SD3's last joint block is
 # context_pre_only, so its text queries never reach the output; Qwen-Image's last block still
 # updates the text stream (text queries, output projection and MLP), which nothing reads.
+# OmniGen's input-image projection only embeds conditioning images (editing).
 DEAD = {
     "sd3": {
         "transformer_blocks.0.attn.add_q_proj.weight",
@@ -240,6 +289,11 @@ DEAD = {
             "txt_mlp.net.2.bias",
         )
     },
+    # OmniGen's input-image projection only embeds conditioning images (editing).
+    "omnigen": {
+        "patch_embedding.input_image_proj.weight",
+        "patch_embedding.input_image_proj.bias",
+    },
 }
 
 
@@ -251,6 +305,8 @@ def test_predict_trains_every_parameter(setup, family: str) -> None:
     # DDPM indices, or sigma * 1000 for the flow-matching families.
     flow = get_family(family).flow_matching
     timesteps = torch.tensor([250.0, 750.0]) if flow else torch.tensor([10, 900])
+    if family == "omnigen":
+        timesteps = timesteps / 1000  # its scheduler's num_train_timesteps is 1
     assert s.denoiser.is_gradient_checkpointing  # the option's default
     s.denoiser.train()
     try:

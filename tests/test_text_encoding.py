@@ -62,6 +62,8 @@ def models(tmp_path_factory: pytest.TempPathFactory):
 
 def reference(family: str, path: Path) -> dict[str, torch.Tensor]:
     """What the family's own diffusers pipeline encodes for PROMPTS, without CFG."""
+    if family == "omnigen":
+        return omnigen_reference(path)
     extra = get_family_module(family).validation_components({})  # Cosmos' safety checker
     pipe = getattr(diffusers, get_family(family).pipeline_class).from_pretrained(path, **extra)
     if family in ("sd1x", "sd2x"):
@@ -150,6 +152,29 @@ def reference(family: str, path: Path) -> dict[str, torch.Tensor]:
     return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
 
 
+def omnigen_reference(path: Path) -> dict[str, torch.Tensor]:
+    """OmniGen has no encode_prompt: its processor's collator pads the prompts' ids (left,
+    with id 2) to the longest; the cache pads them to tokenizer_max_length (256) instead, so
+    the collator's rows are compared left-padded further to that width."""
+    from diffusers.pipelines.omnigen.processor_omnigen import (
+        OmniGenCollator,
+        OmniGenMultiModalProcessor,
+    )
+    from transformers import AutoTokenizer
+
+    # Built without __init__, which needs torchvision only for input-image transforms.
+    processor = OmniGenMultiModalProcessor.__new__(OmniGenMultiModalProcessor)
+    processor.text_tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer")
+    processor.collator = OmniGenCollator()
+    rows = [processor.process_multi_modal_prompt(p, None) for p in PROMPTS]
+    ids, mask, _ = processor.collator.pad_input_ids([r["input_ids"] for r in rows], {})
+    pad = 256 - ids.shape[1]
+    return {
+        "input_ids": torch.nn.functional.pad(ids, (pad, 0), value=2),
+        "attention_mask": torch.nn.functional.pad(mask, (pad, 0), value=0),
+    }
+
+
 SHAPES = {
     "sd1x": {"prompt_embeds": (2, 77, D)},
     "sd2x": {"prompt_embeds": (2, 77, D)},
@@ -173,6 +198,7 @@ SHAPES = {
     "lumina2": {"prompt_embeds": (2, 256, D), "prompt_attention_mask": (2, 256)},
     "auraflow": {"prompt_embeds": (2, 120, D), "prompt_attention_mask": (2, 120)},
     "cosmos2image": {"prompt_embeds": (2, 512, D)},
+    "omnigen": {"input_ids": (2, 256), "attention_mask": (2, 256)},
 }
 
 
@@ -181,7 +207,7 @@ def test_matches_pipeline(models, family: str) -> None:
     path, encoders, got = models(family)
     assert {k: v.shape for k, v in got.items()} == SHAPES[family]
     for key, value in got.items():
-        if key.endswith("mask"):
+        if key.endswith("mask") or key == "input_ids":
             assert value.dtype == np.int64
         else:
             assert value.dtype == np.float32

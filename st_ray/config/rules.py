@@ -14,6 +14,7 @@ from typing import Any
 from st_ray.config.errors import ProblemList
 from st_ray.config.loader import LoadedConfig
 from st_ray.models import FAMILIES
+from st_ray.models.family import get_family_module
 
 Values = dict[str, Any]
 
@@ -98,6 +99,8 @@ def check_family(loaded: LoadedConfig, problems: ProblemList) -> None:
             f"{alignment} is not a multiple of {family.pixel_granularity}, the pixel "
             f"size of one {family_name} latent token; use a multiple of it",
         )
+    for key, message in get_family_module(family_name).option_problems(values):
+        problems.add(loaded.provenance.get(key, "configuration"), key, message)
     if values.get("flux_lora_target") not in (None, "all") and family_name != "flux":
         problems.add(
             loaded.provenance["flux_lora_target"],

@@ -155,6 +155,12 @@ class FamilyModule(Protocol):
         ``predict`` (e.g. HiDream's MoE load-balancing loss); default None (nothing added)."""
         ...
 
+    def option_problems(self, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(option, message) for each option value this family cannot honour here (e.g. a
+        feature needing a package that is not installed), reported when the config is
+        validated, before any work; default none."""
+        ...
+
     def predict(
         self,
         denoiser: torch.nn.Module,
@@ -257,6 +263,10 @@ class Family:
     ) -> torch.Tensor | None:
         own = self._own("aux_loss")
         return own(denoiser, options) if own else None
+
+    def option_problems(self, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        own = self._own("option_problems")
+        return list(own(options)) if own else []
 
     def predict(
         self,

@@ -79,10 +79,6 @@ OPTIONS = [
         unsupported_values={
             "wan": "video families are not supported yet",
             "ltxvideo": "video families are not supported yet",
-            "omnigen": "not implemented by st_ray yet: OmniGen has no text encoder to cache; "
-            "its OmniGenMultiModalProcessor's input_ids, attention mask and position ids go "
-            "through the Phi-3 layers inside OmniGenTransformer2DModel, which needs an id "
-            "cache and a predict that st_ray does not have",
         },
     ),
     opt(
