@@ -193,6 +193,13 @@ def check_training_setup(loaded: LoadedConfig, problems: ProblemList) -> None:
             problems.add(loaded.provenance.get(key, "configuration"), key, str(err))
 
 
+def check_placement(loaded: LoadedConfig, problems: ProblemList) -> None:
+    from st_ray.placement import check_options
+
+    for key, problem in check_options(loaded.values):
+        problems.add(loaded.provenance.get(key, "configuration"), key, problem)
+
+
 RULES: tuple[Callable[[LoadedConfig, ProblemList], None], ...] = (
     check_exclusive,
     check_family,
@@ -201,6 +208,7 @@ RULES: tuple[Callable[[LoadedConfig, ProblemList], None], ...] = (
     check_resume,
     check_validation_resolution,
     check_training_setup,
+    check_placement,
 )
 
 
