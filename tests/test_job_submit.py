@@ -139,12 +139,13 @@ def test_job_submit_caches_trains_stops_and_resumes(
     final = json.loads((run_dir / f"checkpoint-{total}" / "checkpoint_manifest.json").read_text())
     assert final["progress"]["global_step"] == total
     assert (out / "pytorch_lora_weights.safetensors").is_file()
-    # One MLflow run continued across the two jobs: every step logged, none before the
-    # checkpoint logged twice (the second job did not start over).
+    # One MLflow run continued across the two jobs: every step logged, none up to the
+    # checkpoint logged twice (the second job did not start over). The first job may have
+    # logged steps past its last registered checkpoint before it stopped.
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     logged = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
-    assert sorted(set(logged)) == list(range(1, total + 1))
+    assert set(range(1, total + 1)) <= set(logged)
     assert all(logged.count(step) == 1 for step in range(1, latest + 1))
