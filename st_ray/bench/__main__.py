@@ -1,5 +1,6 @@
 """CLI: ``python -m st_ray.bench cache [--images N] [--family F] [--resolution PX] ...`` and
-``python -m st_ray.bench train [--steps N] [--warmup N] [--batch-size B] [--resolution PX] ...``.
+``python -m st_ray.bench train [--steps N] [--warmup N] [--batch-size B] [--resolution PX] ...``
+and ``python -m st_ray.bench sizing [--resolution PX ...] [--mfu F]``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--workdir", type=Path, default=None, help="default: a fresh temp folder")
     train.add_argument("--keep", action="store_true", help="keep the temp folder")
     train.add_argument("--json", type=Path, default=None, help="also save the figures here")
+    sizing = sub.add_parser(
+        "sizing",
+        help="SDXL caching vs training FLOPs (meta device) and per-GPU estimates from "
+        "published peaks",
+    )
+    sizing.add_argument("--resolution", type=int, nargs="+", default=[1024], help="square edge")
+    sizing.add_argument("--mfu", type=float, default=0.35, help="assumed fraction of peak")
     args = parser.parse_args(argv)
 
     if args.command == "cache":
@@ -61,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         from st_ray.bench import train as bench_train
 
         return bench_train.main(args)
+    if args.command == "sizing":
+        from st_ray.bench import sizing as bench_sizing
+
+        return bench_sizing.main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

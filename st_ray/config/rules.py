@@ -253,6 +253,13 @@ def _local_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def check_placement(loaded: LoadedConfig, problems: ProblemList) -> None:
+    from st_ray.placement import check_options
+
+    for key, problem in check_options(loaded.values):
+        problems.add(loaded.provenance.get(key, "configuration"), key, problem)
+
+
 RULES: tuple[Callable[[LoadedConfig, ProblemList], None], ...] = (
     check_exclusive,
     check_family,
@@ -262,6 +269,7 @@ RULES: tuple[Callable[[LoadedConfig, ProblemList], None], ...] = (
     check_validation_resolution,
     check_training_setup,
     check_quantization,
+    check_placement,
 )
 
 

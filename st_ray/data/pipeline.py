@@ -30,6 +30,7 @@ from st_ray.data.cache_store import CacheStore, Manifest
 from st_ray.data.captions import load_caption_filters, resolve_captions
 from st_ray.data.encoders import TextEncoder, VaeEncoder
 from st_ray.data.prepare import CACHED, OK, PrepareSettings, prepare_batch
+from st_ray.placement import ActorRequest, cache_actor_request, cluster_nodes
 from st_ray.storage import S3Settings
 
 EMPTY_CAPTION = ""
@@ -175,7 +176,6 @@ def build_caches(plan: Plan) -> CacheReport:
 
 def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[str]]:
     import ray.data
-    from ray.data import ActorPoolStrategy
 
     options = plan.options
     s3_data = S3Settings.from_entry(entry) if entry.backend == "aws" else None
@@ -186,7 +186,7 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
     cached = cached_hashes(store, manifest, options.get("vae_cache_scan_behaviour"))
     rows = discovery.discover(entry, s3_data)
     if entry.fields.get("captioning_model"):
-        rows = caption_missing(entry, rows, s3_data)
+        rows = caption_missing(entry, rows, s3_data, caching_actors(plan))
     report = DatasetReport(entry.id, store.root, seen=len(rows))
     if not rows:
         store.commit(manifest, [], 0)
@@ -209,7 +209,7 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
         delete_unwanted=bool(options.get("delete_unwanted_images")),
         caption_filters=tuple(load_caption_filters(entry.fields.get("caption_filter_list"))),
     )
-    gpus = _gpus()
+    actors = caching_actors(plan)
     run_uri, run_dir = store.new_run_dir()
     (
         ray.data.from_items(rows)
@@ -231,8 +231,7 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
                 "enable_tiling": bool(options.get("vae_enable_tiling")),
                 "seed": settings.seed,
             },
-            compute=ActorPoolStrategy(min_size=1, max_size=max(gpus, 1)),
-            num_gpus=1 if gpus else 0,
+            **actors.map_batches_args(),
             batch_size=int(options.get("vae_batch_size") or 4),
             batch_format="numpy",
         )
@@ -263,13 +262,15 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
 
 
 def caption_missing(
-    entry: DatasetEntry, rows: list[dict[str, Any]], s3: S3Settings | None
+    entry: DatasetEntry,
+    rows: list[dict[str, Any]],
+    s3: S3Settings | None,
+    actors: ActorRequest,
 ) -> list[dict[str, Any]]:
     """Caption, with the dataset's captioning_model, the images its caption_strategy leaves
     without a caption; save the captions beside the data so people can review them and later
     runs reuse them. Returns the rows with their new captions attached."""
     import ray.data
-    from ray.data import ActorPoolStrategy
 
     fields = entry.fields
     output = str(fields.get("caption_output") or "sidecar")
@@ -281,7 +282,6 @@ def caption_missing(
         row["generated_caption"] = saved.get(row["image_id"])
     todo = [row for row in rows if _lacks_caption(entry, row)]
     if todo:
-        gpus = _gpus()
         captioned = (
             ray.data.from_items(todo)
             .map_batches(_with_image_bytes, fn_kwargs={"s3": s3}, batch_format="numpy")
@@ -293,8 +293,7 @@ def caption_missing(
                     "max_new_tokens": int(fields.get("captioning_max_new_tokens") or 32),
                     "device": "auto",
                 },
-                compute=ActorPoolStrategy(min_size=1, max_size=max(gpus, 1)),
-                num_gpus=1 if gpus else 0,
+                **actors.map_batches_args(),
                 batch_size=int(fields.get("captioning_batch_size") or 8),
                 batch_format="numpy",
             )
@@ -383,7 +382,6 @@ def cache_text(plan: Plan, captions: set[str], root: str, s3: S3Settings | None)
     counted over ``captions``; the empty caption (what caption dropout trains with) is always
     cached too."""
     import ray.data
-    from ray.data import ActorPoolStrategy
 
     store = CacheStore(root, TEXT, s3)
     manifest = store.open(text_settings(plan), bool(plan.options.get("override_dataset_config")))
@@ -395,7 +393,7 @@ def cache_text(plan: Plan, captions: set[str], root: str, s3: S3Settings | None)
     if not todo:
         store.commit(manifest, [], 0)
         return len(captions), 0
-    gpus = _gpus()
+    actors = caching_actors(plan)
     run_uri, run_dir = store.new_run_dir()
     (
         ray.data.from_items([{"caption": c, "caption_hash": caption_hash(c)} for c in todo])
@@ -406,8 +404,7 @@ def cache_text(plan: Plan, captions: set[str], root: str, s3: S3Settings | None)
                 "model_path": plan.model,
                 "options": _plain(plan.options),
             },
-            compute=ActorPoolStrategy(min_size=1, max_size=max(gpus, 1)),
-            num_gpus=1 if gpus else 0,
+            **actors.map_batches_args(),
             batch_size=text_batch_size(plan),
             batch_format="numpy",
         )
@@ -435,7 +432,7 @@ def _plain(options: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if isinstance(v, str | int | float | bool | None)}
 
 
-def _gpus() -> int:
-    from st_ray.device import gpus_available
-
-    return gpus_available()
+def caching_actors(plan: Plan) -> ActorRequest:
+    """Each caching actor's resources and the pool bound (cache_* options), for the nodes
+    of the connected cluster."""
+    return cache_actor_request(plan.options, cluster_nodes())

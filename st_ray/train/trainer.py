@@ -11,6 +11,7 @@ from typing import Any
 
 from st_ray.config.plan import Plan
 from st_ray.device import pick_device
+from st_ray.placement import cluster_nodes, local_storage_warning, train_worker_resources
 from st_ray.train.checkpoints import Progress
 from st_ray.train.worker import WorkerContext, final_output_dir, train, train_worker
 
@@ -35,6 +36,9 @@ def fit(plan: Plan) -> TrainingResult:
     options = plan.options
     use_gpu = _use_gpu(options["use_gpu"])
     storage_path, storage_fs = run_storage(plan)
+    warning = local_storage_warning(plan.run_storage, len(cluster_nodes()))
+    if warning:
+        print(warning, flush=True)
     # Workers need the resolved plan, not the driver's environment (it may hold secrets).
     shipped = dataclasses.replace(plan, config=dataclasses.replace(plan.config, env={}))
     trainer = TorchTrainer(
@@ -43,10 +47,9 @@ def fit(plan: Plan) -> TrainingResult:
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(options["num_processes"]),
             use_gpu=use_gpu,
-            resources_per_worker={
-                "CPU": int(options["cpus_per_worker"]),
-                **({"GPU": 1} if use_gpu else {}),
-            },
+            resources_per_worker=train_worker_resources(options, use_gpu),
+            placement_strategy=str(options.get("placement_strategy") or "PACK"),
+            accelerator_type=options.get("train_accelerator_type") or None,
         ),
         run_config=ray.train.RunConfig(
             name=run_name(plan),

@@ -635,6 +635,8 @@ def ray_context() -> WorkerContext:
     if checkpoint is not None:
         resume_dir = Path(tempfile.mkdtemp(prefix="st_ray-resume-"))
         checkpoint.to_directory(str(resume_dir))
+        if context.get_world_rank() == 0:  # in the job's log: where this attempt starts
+            print(f"resuming from checkpoint {checkpoint.path}", flush=True)
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
         if directory is None:

@@ -1,6 +1,7 @@
 """st_ray's own options: how a run maps onto a Ray cluster, its storage and tracking."""
 
-from st_ray.config.schema import opt
+from st_ray.config.schema import Json, opt
+from st_ray.placement import PLACEMENT_STRATEGIES
 
 _NO_COMPILE = "torch.compile of the denoiser is not wired into st_ray yet"
 
@@ -36,6 +37,58 @@ OPTIONS = [
         int,
         1,
         "CPUs reserved for each Ray Train worker.",
+        minimum=1,
+    ),
+    opt(
+        "placement_strategy",
+        str,
+        "PACK",
+        "How Ray places the Train workers: PACK fills a node before the next (GPUs of one node "
+        "talk over NVLink), SPREAD spreads them over nodes; STRICT_* insist.",
+        choices=PLACEMENT_STRATEGIES,
+    ),
+    opt(
+        "train_accelerator_type",
+        str,
+        None,
+        "Run the Train workers only on nodes with this GPU type (Ray accelerator_type: H100, "
+        "A100, L40S, ...). Unset: any GPU.",
+    ),
+    opt(
+        "train_resources",
+        Json,
+        None,
+        'Custom Ray resources each Train worker asks for, e.g. {"trainer": 1} to keep '
+        "training on the nodes started with that resource.",
+    ),
+    opt(
+        "cache_num_gpus",
+        str,
+        "auto",
+        "GPUs per caching actor (VAE, text encoders, captioner): 'auto' gives each actor one "
+        "GPU when the cluster has GPUs and none otherwise; a number asks for that many (0.5 "
+        "puts two actors on a GPU, 0 keeps caching on CPUs).",
+    ),
+    opt(
+        "cache_accelerator_type",
+        str,
+        None,
+        "Run the caching actors only on nodes with this GPU type (Ray accelerator_type: T4, L4, "
+        "A10G, ...): cheap GPUs encode while big ones train. Unset: any GPU.",
+    ),
+    opt(
+        "cache_resources",
+        Json,
+        None,
+        'Custom Ray resources each caching actor asks for, e.g. {"cache_node": 1} to keep '
+        "caching on the nodes started with that resource.",
+    ),
+    opt(
+        "cache_max_actors",
+        int,
+        None,
+        "Most actors per caching pool. Unset: as many as the nodes up now can hold (at least "
+        "one); set it on autoscaling clusters, whose GPU nodes may not be up yet.",
         minimum=1,
     ),
     opt(

@@ -1,0 +1,185 @@
+"""Where Ray places st_ray's work on a cluster: the caching actors (VAE, text encoders,
+captioner) and the Ray Train workers, from the cluster options.
+
+The heterogeneous layout st_ray is built for: cheap GPUs encode the caches, big GPUs train.
+Caching actors target their nodes with ``cache_accelerator_type`` / ``cache_resources``;
+Train workers with ``train_accelerator_type`` / ``train_resources``. Everything here but
+``cluster_nodes`` is a pure function of the options and the cluster's node resources.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+# Ray's own resource names: custom resources may not take them (they have their own options).
+_BUILTIN = ("CPU", "GPU", "TPU", "memory", "object_store_memory")
+# What Ray asks of a node per accelerator_type request (the node holds 1.0 of it).
+ACCELERATOR_SHARE = 0.001
+
+
+@dataclass(frozen=True)
+class ActorRequest:
+    """What each caching actor asks of Ray, and how many of them a pool may run."""
+
+    num_gpus: float
+    resources: dict[str, float] = field(default_factory=dict)
+    accelerator_type: str | None = None
+    max_actors: int = 1
+
+    def map_batches_args(self) -> dict[str, Any]:
+        """Keyword arguments for ``Dataset.map_batches`` with an actor-class UDF."""
+        from ray.data import ActorPoolStrategy
+
+        args: dict[str, Any] = {
+            "compute": ActorPoolStrategy(min_size=1, max_size=self.max_actors),
+            "num_gpus": self.num_gpus,
+        }
+        if self.resources:
+            args["resources"] = dict(self.resources)
+        if self.accelerator_type:
+            args["accelerator_type"] = self.accelerator_type
+        return args
+
+    def node_demand(self) -> dict[str, float]:
+        """The resources one actor takes from a node (GPU, custom, accelerator share)."""
+        demand = {k: v for k, v in self.resources.items() if v > 0}
+        if self.num_gpus > 0:
+            demand["GPU"] = self.num_gpus
+        if self.accelerator_type:
+            demand[f"accelerator_type:{self.accelerator_type}"] = ACCELERATOR_SHARE
+        return demand
+
+
+def parse_resources(value: Any, key: str) -> dict[str, float]:
+    """A custom-resource request: a JSON object (or its text) of name -> amount >= 0."""
+    if value in (None, "", {}):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as err:
+            raise ValueError(
+                f'{key}: not JSON ({err}); accepted: an object such as {{"cache_node": 1}}'
+            ) from None
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"{key}: expected a JSON object of resource name -> amount, such as "
+            f'{{"cache_node": 1}}; got {type(value).__name__}'
+        )
+    parsed = {}
+    for name, amount in value.items():
+        if name in _BUILTIN:
+            raise ValueError(
+                f"{key}: '{name}' is one of Ray's built-in resources; set it with its own "
+                "option (cache_num_gpus, cpus_per_worker, ...), not as a custom resource"
+            )
+        if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
+            raise ValueError(f"{key}: '{name}' must be a number >= 0, got {amount!r}")
+        parsed[str(name)] = float(amount)
+    return parsed
+
+
+def parse_gpus(value: Any, key: str = "cache_num_gpus") -> float | None:
+    """``auto`` (None: decided from the cluster) or a number of GPUs >= 0."""
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        gpus = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{key}: '{value}' is not a number; accepted: auto, or GPUs per actor "
+            "(1, 0.5 to share a GPU between two actors, 0 for CPU only)"
+        ) from None
+    if gpus < 0 or not math.isfinite(gpus) or (gpus > 1 and gpus != int(gpus)):
+        raise ValueError(
+            f"{key}: {value} is not a valid GPU count; accepted: a fraction up to 1 or a "
+            "whole number"
+        )
+    return gpus
+
+
+def check_options(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(key, problem) for every placement option that Ray would refuse."""
+    problems = []
+    for key, parse in (
+        ("cache_num_gpus", parse_gpus),
+        ("cache_resources", parse_resources),
+        ("train_resources", parse_resources),
+    ):
+        try:
+            parse(values.get(key), key)
+        except ValueError as err:
+            problems.append((key, str(err).removeprefix(f"{key}: ")))
+    return problems
+
+
+def cache_actor_request(
+    options: Mapping[str, Any], nodes: Sequence[Mapping[str, float]]
+) -> ActorRequest:
+    """The request of every caching actor pool, for a cluster whose alive nodes hold
+    ``nodes`` (each node's total resources).
+
+    ``cache_num_gpus: auto`` gives each actor a GPU when any node has one. The pool may
+    grow to ``cache_max_actors``, else to as many actors as the nodes up now can hold (at
+    least one: an autoscaler brings up a node for it).
+    """
+    gpus = parse_gpus(options.get("cache_num_gpus"))
+    if gpus is None:
+        gpus = 1.0 if any(node.get("GPU", 0) > 0 for node in nodes) else 0.0
+    request = ActorRequest(
+        num_gpus=gpus,
+        resources=parse_resources(options.get("cache_resources"), "cache_resources"),
+        accelerator_type=options.get("cache_accelerator_type") or None,
+    )
+    wanted = options.get("cache_max_actors")
+    size = int(wanted) if wanted else max(actors_that_fit(request.node_demand(), nodes), 1)
+    return ActorRequest(request.num_gpus, request.resources, request.accelerator_type, size)
+
+
+def actors_that_fit(demand: Mapping[str, float], nodes: Sequence[Mapping[str, float]]) -> int:
+    """How many actors asking ``demand`` fit the nodes. A request for nothing special
+    (CPU only) counts as one: encoders on CPUs compete with the CPU stages of the pipeline."""
+    if not demand:
+        return 1
+    total = 0
+    for node in nodes:
+        total += min(
+            math.floor(node.get(name, 0.0) / amount + 1e-9) for name, amount in demand.items()
+        )
+    return total
+
+
+def train_worker_resources(options: Mapping[str, Any], use_gpu: bool) -> dict[str, float]:
+    """``resources_per_worker`` of the Train ScalingConfig."""
+    resources: dict[str, float] = {"CPU": int(options["cpus_per_worker"])}
+    if use_gpu:
+        resources["GPU"] = 1
+    resources.update(parse_resources(options.get("train_resources"), "train_resources"))
+    return resources
+
+
+def local_storage_warning(run_storage: str, node_count: int) -> str | None:
+    """Checkpoints on a local path are only visible to every node when the path is a shared
+    filesystem: say so when the cluster has more than one node."""
+    if node_count <= 1 or "://" in run_storage:
+        return None
+    return (
+        f"warning: run_storage_path '{run_storage}' is a local path and the Ray cluster has "
+        f"{node_count} nodes: a worker restarted on another node only finds the checkpoints if "
+        "that path is a filesystem every node mounts (NFS, ...); use s3://bucket/prefix "
+        "otherwise (see clusters/README.md)"
+    )
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    """Total resources of each alive node of the connected Ray cluster."""
+    import ray
+
+    if not ray.is_initialized():
+        return []
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
