@@ -103,9 +103,9 @@ CASES: list[tuple[str, Case, tuple[str, ...]]] = [
         ("model_family", "'sdxxl' is not allowed", "'sdxl'"),
     ),
     (
-        "family not built yet",
-        _set(model_family="sana"),
-        ("model_family", "'sana' is not available in st_ray yet", "sd1x"),
+        "video family",
+        _set(model_family="wan"),
+        ("model_family", "'wan'", "video families are not supported"),
     ),
     (
         "video family unsupported",
