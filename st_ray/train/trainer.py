@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,21 @@ def run_name(plan: Plan) -> str:
     return str(plan.options.get("tracker_run_name") or f"st_ray-{plan.family.name}")
 
 
-def fit(plan: Plan) -> TrainingResult:
-    """Train on the Ray cluster this process is connected to."""
+def fit(
+    plan: Plan,
+    *,
+    callbacks: Sequence[Any] = (),
+    storage: tuple[str, Any] | None = None,
+    resources_per_worker: dict[str, float] | None = None,
+) -> TrainingResult:
+    """Train on the Ray cluster this process is connected to. A Tune trial (st_ray.tune) adds
+    its report callback, the campaign's storage (path, filesystem) and its worker resources."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     options = plan.options
     use_gpu = _use_gpu(options["use_gpu"])
-    storage_path, storage_fs = run_storage(plan)
+    storage_path, storage_fs = storage or run_storage(plan)
     # Workers need the resolved plan, not the driver's environment (it may hold secrets).
     shipped = dataclasses.replace(plan, config=dataclasses.replace(plan.config, env={}))
     trainer = TorchTrainer(
@@ -43,10 +51,8 @@ def fit(plan: Plan) -> TrainingResult:
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(options["num_processes"]),
             use_gpu=use_gpu,
-            resources_per_worker={
-                "CPU": int(options["cpus_per_worker"]),
-                **({"GPU": 1} if use_gpu else {}),
-            },
+            resources_per_worker=resources_per_worker
+            or {"CPU": int(options["cpus_per_worker"]), **({"GPU": 1} if use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
             name=run_name(plan),
@@ -56,6 +62,7 @@ def fit(plan: Plan) -> TrainingResult:
                 num_to_keep=options.get("checkpoints_total_limit") or None,
             ),
             failure_config=ray.train.FailureConfig(max_failures=int(options["max_failures"])),
+            callbacks=list(callbacks),
         ),
     )
     result = trainer.fit()
