@@ -18,7 +18,9 @@ from st_ray.jobs.tune import prepare
 from st_ray.tune.sweep import SweepError, parse_sweep
 from tests.test_eval_loss import write_eval_config
 
-GOOD_LR, BAD_LR = 1e-3, 3.0
+# On the tiny sd1x model 3e-2 learns (eval loss 1.06 -> 1.01 in 6 steps); 1e4 diverges at once
+# (non-finite eval loss at step 2, reported as inf: stopped at the next report).
+GOOD_LR, BAD_LR = 3e-2, 1e4
 
 
 def _sweep(tmp: Path, **fields) -> Path:
@@ -207,7 +209,7 @@ def test_campaign_on_s3_stops_bad_trials_and_resumes(
     assert all(r["stopped_early"] and r["steps"] < 6 for r in bad), rows
     assert any(r["steps"] == 6 for r in good)
     assert rows[0]["config"]["learning_rate"] == GOOD_LR  # sorted by eval loss
-    assert rows[0]["metric"] < min(r["metric"] for r in bad)
+    assert all(r["metric"] == float("inf") for r in bad)  # diverged, ranked last
     assert rows[0]["checkpoint"].startswith(f"s3://{bucket}/campaigns/lr-rank/train/")
     print(
         f"\ncampaign wall time {elapsed:.1f}s; stopped early: "

@@ -165,9 +165,9 @@ class EvalLoss:
         metrics = {"eval_loss": sum(sums.values()) / max(sum(counts.values()), 1)}
         if not self.pooled and len(sums) > 1:
             metrics.update({f"eval_loss/{k}": sums[k] / counts[k] for k in sorted(sums)})
-        if not all(math.isfinite(v) for v in metrics.values()):
-            metrics = {k: float("nan") for k in metrics}
-        return metrics
+        # A diverged model (NaN/inf predictions) is infinitely bad, not "not measured": inf
+        # ranks it last and lets early stopping (ASHA) stop it; NaN would compare as neither.
+        return {k: v if math.isfinite(v) else math.inf for k, v in metrics.items()}
 
     def _level_loss(
         self,

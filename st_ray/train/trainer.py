@@ -34,9 +34,11 @@ def fit(
     callbacks: Sequence[Any] = (),
     storage: tuple[str, Any] | None = None,
     resources_per_worker: dict[str, float] | None = None,
+    stop_board: str | None = None,
 ) -> TrainingResult:
     """Train on the Ray cluster this process is connected to. A Tune trial (st_ray.tune) adds
-    its report callback, the campaign's storage (path, filesystem) and its worker resources."""
+    its report callback, the campaign's storage (path, filesystem), its worker resources and
+    the actor its early stop is requested on."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -47,7 +49,7 @@ def fit(
     shipped = dataclasses.replace(plan, config=dataclasses.replace(plan.config, env={}))
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"plan": shipped},
+        train_loop_config={"plan": shipped, "stop_board": stop_board},
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(options["num_processes"]),
             use_gpu=use_gpu,

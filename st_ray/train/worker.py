@@ -51,6 +51,12 @@ class WorkerContext:
     # the previous one waits, so reporting every step would cap training at a step per poll:
     # under Ray only checkpoint steps are reported (every step still goes to MLflow).
     report_each_step: bool = True
+    # A Tune campaign's early stop: asked after each report; True ends the loop (no export).
+    should_stop: Callable[[], bool] | None = None
+
+
+class StopRequested(Exception):
+    """The campaign stopped this run early (st_ray.tune.stopping)."""
 
 
 @dataclass
@@ -94,6 +100,10 @@ def train_worker(config: dict[str, Any]) -> None:
     ctx = ray_context()
     if ctx.resume_dir is None:
         ctx.resume_dir = explicit_checkpoint(plan)
+    if config.get("stop_board"):
+        from st_ray.tune.stopping import stop_check
+
+        ctx.should_stop = stop_check(config["stop_board"], str(plan.options["tracker_run_name"]))
     train(plan, ctx)
 
 
@@ -157,6 +167,9 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
                 progress.batches_in_epoch = 0
                 events.after_epoch(progress, generator, ran_batches=bool(batches))
         events.after_training(progress)
+    except StopRequested:
+        events.tracker.finish("KILLED")
+        return progress
     except BaseException:
         events.tracker.finish("FAILED")
         raise
@@ -230,11 +243,16 @@ class Events:
             )
         metrics["step"] = step
         self.last_metrics = metrics
+        reported = True
         if done or (self.checkpoint_steps and step % self.checkpoint_steps == 0):
             report_checkpoint(self.run, self.ctx, progress, metrics, generator)
             self.checkpointed_step = step
         elif self.ctx.report_each_step or evaluated:  # Tune ranks trials on eval steps
             self.ctx.report(metrics, None)
+        else:
+            reported = False
+        if reported and not done and self.ctx.should_stop and self.ctx.should_stop():
+            raise StopRequested(step)
         if self.clear_cache_steps and step % self.clear_cache_steps == 0:
             empty_device_cache(self.ctx.device)
         self.validate(step, self.validator and self.validator.is_due(step))

@@ -1,7 +1,8 @@
 """Driver-side bookkeeping of a campaign, kept in Tune's experiment state so that it survives
 an interruption: every trial's eval-loss curve, latest checkpoint, status and how often it was
-started, and the early-stopping rungs (Tune does not checkpoint its scheduler's state, so a
-resumed campaign would otherwise compare the remaining trials with nothing)."""
+started, and the early-stopping rungs and stop requests (Tune does not checkpoint its
+scheduler's state, so a resumed campaign would otherwise compare the remaining trials with
+nothing, and restart trials it had already stopped)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ class CampaignCallback(Callback):
             self.on_change(self)
 
     def get_state(self) -> dict[str, Any]:
-        return {"trials": self.trials, "rungs": _rungs(self.scheduler)}
+        stopping = sorted(getattr(self.scheduler, "stopping", ()))
+        return {"trials": self.trials, "rungs": _rungs(self.scheduler), "stopping": stopping}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.trials = state.get("trials", {})
@@ -68,6 +70,11 @@ class CampaignCallback(Callback):
         if rungs and self.scheduler is not None:
             for bracket, saved in zip(self.scheduler._brackets, rungs, strict=False):
                 bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in saved]
+        if state.get("stopping") and self.scheduler is not None:
+            # Stops asked for before the interruption still hold: the trial ends on restart.
+            self.scheduler.stopping = set(state["stopping"])
+            for trial_id in state["stopping"]:
+                self.scheduler.request_stop(trial_id)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

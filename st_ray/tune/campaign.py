@@ -18,7 +18,7 @@ from typing import Any
 from st_ray.config.plan import Plan
 from st_ray.config.redact import redact
 from st_ray.train import eval_loss
-from st_ray.tune import results, space
+from st_ray.tune import results, space, stopping
 from st_ray.tune.callbacks import CampaignCallback
 from st_ray.tune.sweep import Problem, Sweep, SweepError
 from st_ray.tune.trainable import TrialSetup, run_trial
@@ -112,11 +112,14 @@ def run(
     train_path, train_fs = storage(campaign, with_credentials=True)
     campaign.local_dir.mkdir(parents=True, exist_ok=True)
     parent = parent_run(campaign)
+    board = stopping.board_name(sweep.name)
+    stop_board = stopping.start_board(board)  # noqa: F841 -- alive while the campaign runs
     setup = TrialSetup(
         plan=dataclasses.replace(plan, config=dataclasses.replace(plan.config, env={})),
         train_storage=(f"{train_path}/train", train_fs),
         trials_dir=str((campaign.local_dir / "trials").resolve()),
         parent_run_id=parent,
+        stop_board=board,
         workers=sweep.workers,
         resources_per_worker=_worker_resources(plan, sweep),
     )
@@ -154,7 +157,7 @@ def run(
         callback = _campaign_callback(tuner)
     else:
         scheduler = space.scheduler(
-            sweep, max_steps=campaign.max_steps, eval_interval=campaign.eval_interval
+            sweep, max_steps=campaign.max_steps, eval_interval=campaign.eval_interval, board=board
         )
         callback = CampaignCallback(sweep.metric, scheduler)
         tuner = ray.tune.Tuner(
@@ -181,7 +184,8 @@ def run(
     finally:
         callback.on_change = None
     # Interrupted (Ctrl+C / SIGUSR1): Tune saved its state; trials left are run by --resume.
-    complete = grid.num_terminated + grid.num_errors == len(grid)
+    ended = [r for r in callback.trials.values() if r["status"] in ("TERMINATED", "ERROR")]
+    complete = len(ended) == len(grid)
     rows = publish(campaign, callback, train_fs, final=complete)
     if complete:
         finish_parent(campaign, parent, rows)

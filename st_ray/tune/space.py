@@ -25,15 +25,17 @@ def param_space(sweep: Sweep) -> dict[str, Any]:
     return {d.option: make[d.kind](d.values) for d in sweep.dimensions}
 
 
-def scheduler(sweep: Sweep, *, max_steps: int, eval_interval: int) -> Any:
+def scheduler(sweep: Sweep, *, max_steps: int, eval_interval: int, board: str) -> Any:
     """ASHA over steps (None for scheduler 'none'). Rungs start at grace_period (default: the
     eval interval, the first step with an eval loss); trials that reach the end finish on
-    their own (stop_last_trials off) so their final checkpoint and export complete."""
+    their own (stop_last_trials off) so their final checkpoint and export complete, and
+    stopped trials end themselves at their next report (see st_ray.tune.stopping)."""
     if sweep.scheduler == "none":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from st_ray.tune.stopping import GracefulASHA
 
-    return ASHAScheduler(
+    return GracefulASHA(
+        board=board,
         time_attr=TIME_ATTR,
         max_t=sweep.max_t or max_steps,
         grace_period=sweep.grace_period or max(eval_interval, 1),

@@ -25,6 +25,7 @@ class TrialSetup:
     train_storage: tuple[str, Any]  # (path, pyarrow filesystem) holding the trials' Train runs
     trials_dir: str  # each trial's output_dir is <trials_dir>/<trial id>
     parent_run_id: str | None  # the campaign's MLflow run
+    stop_board: str  # the named actor early stops are requested on (st_ray.tune.stopping)
     workers: int
     resources_per_worker: dict[str, float]
 
@@ -58,11 +59,15 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from st_ray.train.trainer import fit
+    from st_ray.tune.stopping import is_requested
 
     trial_id = ray.tune.get_context().get_trial_id()
+    if is_requested(setup.stop_board, trial_id):
+        return  # stopped early before the campaign was interrupted: nothing left to run
     fit(
         trial_plan(setup, config, trial_id),
         callbacks=[TuneReportCallback()],
         storage=setup.train_storage,
         resources_per_worker=setup.resources_per_worker,
+        stop_board=setup.stop_board,
     )
