@@ -99,6 +99,40 @@ def test_sweep_values_pass_the_run_configs_own_checks(
         parse_sweep({"search": "grid", "search_space": {"lora_rank": {"choice": [4, 8]}}})
 
 
+def test_early_stop_is_a_request_the_trial_acts_on(ray_local) -> None:
+    """ASHA's stop (and any diverged result) becomes a request on the stop board; Tune is
+    told to continue, so the trial ends itself and its Train run shuts down cleanly."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from st_ray.tune.stopping import GracefulASHA, board_name, is_requested, start_board
+
+    name = board_name("unit")
+    board = start_board(name)
+    scheduler = GracefulASHA(
+        board=name,
+        time_attr="step",
+        max_t=8,
+        grace_period=2,
+        reduction_factor=2,
+        stop_last_trials=False,
+    )
+    scheduler.set_search_properties("eval_loss", "min")
+    good, worse, diverged = (Trial("fn", trial_id=i, stub=True) for i in ("a", "b", "c"))
+    for trial in (good, worse, diverged):
+        scheduler.on_trial_add(None, trial)
+    assert scheduler.on_trial_result(None, good, {"step": 2, "eval_loss": 1.0}) == "CONTINUE"
+    assert scheduler.on_trial_result(None, worse, {"step": 2, "eval_loss": 2.0}) == (
+        TrialScheduler.CONTINUE
+    )
+    assert scheduler.on_trial_result(None, diverged, {"step": 2, "eval_loss": float("inf")}) == (
+        TrialScheduler.CONTINUE
+    )
+    assert [is_requested(name, t) for t in ("a", "b", "c")] == [False, True, True]
+    assert scheduler.stopping == {"b", "c"}
+    del board
+
+
 # ------------------------------------------------------------------------- the campaign
 
 
@@ -149,7 +183,7 @@ def test_campaign_on_s3_stops_bad_trials_and_resumes(
         model,
         example_dataset.images_dir,
         held_out.images_dir,
-        max_train_steps=6,
+        max_train_steps=10,
         eval_steps_interval=2,
         checkpoint_step_interval=2,
         eval_timesteps=4,
@@ -167,7 +201,7 @@ def test_campaign_on_s3_stops_bad_trials_and_resumes(
                     "lora_rank": {"grid": [4, 8]},
                 },
                 "search": "grid",
-                "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
+                "scheduler": {"type": "asha", "grace_period": 4, "reduction_factor": 2},
                 "max_concurrent_trials": 2,
                 "resources_per_trial": {"workers": 1, "cpus_per_worker": 0.9},
                 "storage_path": f"s3://{bucket}/campaigns",
@@ -206,8 +240,8 @@ def test_campaign_on_s3_stops_bad_trials_and_resumes(
         assert after == before[trial_id]
     bad = [r for r in rows if r["config"]["learning_rate"] == BAD_LR]
     good = [r for r in rows if r["config"]["learning_rate"] == GOOD_LR]
-    assert all(r["stopped_early"] and r["steps"] < 6 for r in bad), rows
-    assert any(r["steps"] == 6 for r in good)
+    assert all(r["stopped_early"] and r["steps"] < 10 for r in bad), rows
+    assert any(r["steps"] == 10 for r in good)
     assert rows[0]["config"]["learning_rate"] == GOOD_LR  # sorted by eval loss
     assert all(r["metric"] == float("inf") for r in bad)  # diverged, ranked last
     assert rows[0]["checkpoint"].startswith(f"s3://{bucket}/campaigns/lr-rank/train/")

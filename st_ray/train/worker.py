@@ -51,7 +51,7 @@ class WorkerContext:
     # the previous one waits, so reporting every step would cap training at a step per poll:
     # under Ray only checkpoint steps are reported (every step still goes to MLflow).
     report_each_step: bool = True
-    # A Tune campaign's early stop: asked after each report; True ends the loop (no export).
+    # A Tune campaign's early stop: asked after every step; True ends the loop (no export).
     should_stop: Callable[[], bool] | None = None
 
 
@@ -168,6 +168,8 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
                 events.after_epoch(progress, generator, ran_batches=bool(batches))
         events.after_training(progress)
     except StopRequested:
+        if ctx.rank == 0:
+            print(f"stopped early by the campaign at step {progress.global_step}", flush=True)
         events.tracker.finish("KILLED")
         return progress
     except BaseException:
@@ -243,15 +245,12 @@ class Events:
             )
         metrics["step"] = step
         self.last_metrics = metrics
-        reported = True
         if done or (self.checkpoint_steps and step % self.checkpoint_steps == 0):
             report_checkpoint(self.run, self.ctx, progress, metrics, generator)
             self.checkpointed_step = step
         elif self.ctx.report_each_step or evaluated:  # Tune ranks trials on eval steps
             self.ctx.report(metrics, None)
-        else:
-            reported = False
-        if reported and not done and self.ctx.should_stop and self.ctx.should_stop():
+        if not done and self.ctx.should_stop and self.ctx.should_stop():
             raise StopRequested(step)
         if self.clear_cache_steps and step % self.clear_cache_steps == 0:
             empty_device_cache(self.ctx.device)

@@ -40,11 +40,13 @@ def start_board(name: str) -> Any:
     """The campaign's board, owned by the campaign driver (it ends with the campaign)."""
     import ray
 
-    return (
+    handle = (
         ray.remote(num_cpus=0)(StopBoard)
         .options(name=name, namespace=NAMESPACE, get_if_exists=True)
         .remote()
     )
+    ray.get(handle.is_requested.remote(""))  # started and registered under its name
+    return handle
 
 
 class GracefulASHA(ASHAScheduler):
