@@ -3,57 +3,20 @@ training settings are measured on the same quantity; scheduled and reported like
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from st_ray import example_data, zoo
+from st_ray import zoo
 from st_ray.config.errors import ConfigError
 from st_ray.config.plan import build_plan
-from st_ray.data.pipeline import build_caches
 from st_ray.device import pick_device
 from st_ray.train import eval_loss
 from st_ray.train.trainer import fit_in_process
 from st_ray.train.worker import WorkerContext, build_run
 from tests.test_training import _write_config
-
-
-def write_eval_config(root: Path, model: Path, images: Path, eval_images: Path, **options) -> Path:
-    """The training test config plus an eval dataset (other images, never trained on)."""
-    config = _write_config(root, model, images, "sd1x", **options)
-    datasets_path = Path(json.loads(config.read_text())["data_backend_config"])
-    datasets = json.loads(datasets_path.read_text())
-    datasets.insert(
-        1,
-        {
-            "id": "held-out",
-            "dataset_type": "eval",
-            "type": "local",
-            "instance_data_dir": str(eval_images),
-            "caption_strategy": "textfile",
-            "resolution": 64,
-            "resolution_type": "pixel_area",
-            "minimum_image_size": 32,
-            "cache_dir_vae": str(root / "cache" / "sd1x" / "eval-vae"),
-        },
-    )
-    datasets_path.write_text(json.dumps(datasets))
-    return config
-
-
-@pytest.fixture(scope="module")
-def eval_setup(tmp_path_factory, zoo_root, example_dataset, ray_local):
-    root = tmp_path_factory.mktemp("eval-loss")
-    held_out = example_data.generate(root / "held-out-data", seed=11)  # other pixels
-    model = zoo.ensure("sd1x", zoo_root)
-    config = write_eval_config(
-        root, model, example_dataset.images_dir, held_out.images_dir, eval_timesteps=3
-    )
-    build_caches(build_plan(config, [], {}))
-    return root, config
 
 
 def _plan(config: Path, out: Path, *extra: str):
@@ -91,12 +54,12 @@ def test_eval_loss_is_the_same_quantity_for_every_training_setting(
 ) -> None:
     """Untrained LoRA weights equal the base model: every seed, loss weighting and rate must
     then give the same eval loss, and it is a real, finite number."""
-    _, config = eval_setup
+    config = eval_setup.config
     values = []
     for extra in (
         (),
-        ("--seed", "99", "--snr_gamma", "5", "--learning_rate", "1e-2"),
-        ("--train_batch_size", "1", "--lora_rank", "8"),
+        ("--seed", "99", "--snr_gamma", "5", "--learning_rate", "1e-2", "--lora_rank", "8"),
+        ("--train_batch_size", "1"),
     ):
         plan = _plan(config, tmp_path / "out", *extra)
         ctx = WorkerContext(0, 1, pick_device(), lambda m, d: None, None)
@@ -113,7 +76,7 @@ def test_eval_loss_is_the_same_quantity_for_every_training_setting(
 
 
 def test_eval_loss_reported_on_schedule_to_ray_and_mlflow(eval_setup, tmp_path: Path) -> None:
-    _, config = eval_setup
+    config = eval_setup.config
     plan = _plan(
         config,
         tmp_path / "out",

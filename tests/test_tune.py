@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from st_ray import example_data, zoo
+from st_ray import zoo
 from st_ray.jobs.tune import prepare
 from st_ray.tune.sweep import SweepError, parse_sweep
-from tests.test_eval_loss import write_eval_config
+from tests.eval_fixtures import write_eval_config
 
 # On the tiny sd1x model 3e-2 learns (eval loss 1.06 -> 1.01 in 6 steps); 1e4 diverges at once
 # (non-finite eval loss at step 2, reported as inf: stopped at the next report).
@@ -165,7 +165,7 @@ def _train_objects(client, bucket: str, prefix: str) -> dict[str, str]:
 
 
 def test_campaign_on_s3_stops_bad_trials_and_resumes(
-    tmp_path: Path, zoo_root, example_dataset, ray_local, s3_server, monkeypatch
+    tmp_path: Path, eval_setup, ray_local, s3_server, monkeypatch
 ) -> None:
     import diffusers
     import mlflow
@@ -176,16 +176,18 @@ def test_campaign_on_s3_stops_bad_trials_and_resumes(
 
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
-    held_out = example_data.generate(tmp_path / "held-out", seed=5)
-    model = zoo.ensure("sd1x", zoo_root)
+    model = eval_setup.model
     config = write_eval_config(
         tmp_path,
         model,
-        example_dataset.images_dir,
-        held_out.images_dir,
-        max_train_steps=10,
+        eval_setup.images,
+        eval_setup.eval_images,
+        cache_root=eval_setup.root,  # the caches are already built: the campaign reuses them
+        # Long enough for a stop decision to reach a trial (Tune sees a report ~seconds
+        # after the step that made it) even when the steps are fast.
+        max_train_steps=24,
         eval_steps_interval=2,
-        checkpoint_step_interval=2,
+        checkpoint_step_interval=8,
         eval_timesteps=4,
         caption_dropout_probability=0,
         validation_disable=True,
@@ -240,8 +242,8 @@ def test_campaign_on_s3_stops_bad_trials_and_resumes(
         assert after == before[trial_id]
     bad = [r for r in rows if r["config"]["learning_rate"] == BAD_LR]
     good = [r for r in rows if r["config"]["learning_rate"] == GOOD_LR]
-    assert all(r["stopped_early"] and r["steps"] < 10 for r in bad), rows
-    assert any(r["steps"] == 10 for r in good)
+    assert all(r["stopped_early"] and r["steps"] < 24 for r in bad), rows
+    assert any(r["steps"] == 24 for r in good)
     assert rows[0]["config"]["learning_rate"] == GOOD_LR  # sorted by eval loss
     assert all(r["metric"] == float("inf") for r in bad)  # diverged, ranked last
     assert rows[0]["checkpoint"].startswith(f"s3://{bucket}/campaigns/lr-rank/train/")
@@ -273,8 +275,20 @@ def test_campaign_on_s3_stops_bad_trials_and_resumes(
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert {r.info.run_name for r in children} == set(by_id)
 
-    # Early-stopped and finished trials gave their workers back.
+    # Early-stopped and finished trials ended their Train runs, which gave their workers back.
+    # Trials killed by the interruption lose their Ray Train controller with the trial actor;
+    # Ray Train's placement-group cleaner needs the State API (dashboard), off in the test
+    # cluster, so their reservations stay until this driver exits (a CLI run exits).
+    interrupted = sum(r["starts"] > 1 for r in rows)
     deadline = time.time() + 30
-    while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+    expected = 2 - 0.9 * interrupted
+    while ray.available_resources().get("CPU", 0) < expected - 1e-6 and time.time() < deadline:
         time.sleep(0.5)
-    assert ray.available_resources().get("CPU", 0) == pytest.approx(2)
+    assert ray.available_resources().get("CPU", 0) >= expected - 1e-6
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
+
+    for pg_id, info in ray.util.placement_group_table().items():
+        if info["state"] == "CREATED":  # give the session's other tests their CPUs back
+            pg = PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id)))
+            ray.util.remove_placement_group(pg)

@@ -39,7 +39,9 @@ class Campaign:
 
     @property
     def storage_uri(self) -> str:
-        root = self.sweep.storage_path or str((self.plan.output_dir / "tune").resolve())
+        root = self.sweep.storage_path or str(self.plan.output_dir / "tune")
+        if "://" not in root:  # Tune wants an absolute local path
+            root = str(Path(root).expanduser().resolve())
         return f"{root.rstrip('/')}/{self.sweep.name}"
 
     @property
@@ -309,7 +311,8 @@ def finish_parent(campaign: Campaign, run_id: str | None, rows: list[dict[str, A
 
 
 def _campaign_callback(tuner: Any) -> CampaignCallback:
-    """The restored campaign callback (Tune pickles the run config with the tuner)."""
+    """The restored campaign callback (Tune pickles the run config with the tuner; Tuner has
+    no public accessor for it, hence the private attribute)."""
     internal = tuner._local_tuner
     for callback in internal.get_run_config().callbacks or []:
         if isinstance(callback, CampaignCallback):

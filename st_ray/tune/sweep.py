@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,24 +148,6 @@ class Sweep:
     cpus_per_worker: float | None = None  # None: the config's cpus_per_worker
     storage_path: str | None = None  # None: <output_dir>/tune
     source: str = "sweep"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def categorical(self) -> list[tuple[str, Any]]:
-        """(option, value) of every value a trial may take from a choice, grid or fixed dim."""
-        return [
-            (d.option, v)
-            for d in self.dimensions
-            if d.kind in ("choice", "grid", "fixed")
-            for v in d.values
-        ]
-
-    def bounds(self) -> list[tuple[str, Any]]:
-        return [
-            (d.option, v)
-            for d in self.dimensions
-            if d.kind not in ("choice", "grid", "fixed")
-            for v in d.values
-        ]
 
 
 def load_sweep(
@@ -360,7 +342,9 @@ def _scheduler(spec: Any, add: Callable[[str | None, str], None]) -> dict[str, A
     for key in spec:
         if key not in SCHEDULER_KEYS:
             add(f"scheduler.{key}", unknown_key_message(key, SCHEDULER_KEYS, "scheduler key"))
-    out: dict[str, Any] = {"scheduler": _one_of(spec, "type", "asha", SCHEDULERS, add)}
+    out: dict[str, Any] = {
+        "scheduler": _one_of(spec, "type", "asha", SCHEDULERS, lambda k, m: add("scheduler", m))
+    }
     for key in ("grace_period", "max_t"):
         if spec.get(key) is not None:
             out[key] = _int(spec, key, 1, 1, lambda k, m: add(f"scheduler.{k}", m))
