@@ -17,8 +17,6 @@ REPO = Path(__file__).resolve().parent.parent
 CLUSTERS = REPO / "clusters"
 LAUNCHER = ["aws-gpu.yaml", "gcp-gpu.yaml"]
 KUBERAY = CLUSTERS / "kuberay"
-# Documented jobs that land from another branch (issue 5: Ray Tune sweeps); drop once merged.
-PENDING = {"jobs/tune.py"}
 
 
 def _load(path: Path) -> list[dict]:
@@ -136,7 +134,7 @@ def test_every_path_the_cluster_files_name_exists() -> None:
     for path in [*CLUSTERS.rglob("*.yaml"), CLUSTERS / "README.md", KUBERAY / "Dockerfile"]:
         named |= {(path.name, p) for p in pattern.findall(path.read_text())}
     assert named
-    missing = [(where, p) for where, p in named if not (REPO / p).exists() and p not in PENDING]
+    missing = [(where, p) for where, p in named if not (REPO / p).exists()]
     assert not missing, missing
     runtime_env = yaml.safe_load((CLUSTERS / "runtime-env.yaml").read_text())
     assert runtime_env["working_dir"] == "." and ".venv" in runtime_env["excludes"]

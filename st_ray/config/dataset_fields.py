@@ -56,8 +56,9 @@ _IDENTITY = _group(
             "dataset_type",
             str,
             "image",
-            "What the entry holds: 'image' training samples, or 'text_embeds', the cache that "
-            "stores text-encoder outputs (one entry with default true is needed).",
+            "What the entry holds: 'image' training samples, 'eval' images the evaluation loss "
+            "is measured on (cached like images, never trained on), or 'text_embeds', the cache "
+            "that stores text-encoder outputs (one entry with default true is needed).",
             choices=(
                 "image",
                 "text_embeds",
@@ -75,7 +76,6 @@ _IDENTITY = _group(
                 "conditioning": _CONDITIONING,
                 "video": _VIDEO,
                 "audio": _AUDIO,
-                "eval": "evaluation-loss datasets are not implemented yet",
                 "caption": "caption-only (text-only) datasets are not implemented yet",
             },
         ),

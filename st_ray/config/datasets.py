@@ -62,6 +62,11 @@ class DatasetEntry:
     def is_image(self) -> bool:
         return self.dataset_type == "image"
 
+    @property
+    def holds_images(self) -> bool:
+        """Image files to cache: training images, or eval images (never trained on)."""
+        return self.dataset_type in ("image", "eval")
+
 
 def load_datasets(
     path_or_entries: Path | list[Any],
@@ -249,7 +254,7 @@ def _check_collection(
                 "aws_bucket_name",
                 "is required for an 'aws' (S3) text_embeds cache",
             )
-    for entry in images:
+    for entry in [e for e in enabled if e.holds_images]:
         where = f"{source} [entry {entry.index}] (id '{entry.id}')"
         wanted = entry.fields.get("text_embeds")
         if wanted and wanted not in text_ids:

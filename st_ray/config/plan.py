@@ -93,6 +93,7 @@ def build_plan(
     model_is_local = bool(model) and looks_local(str(model))
 
     dataset_config, datasets = _load_dataset_config(loaded, problems, base_dir)
+    _check_eval(loaded, datasets, problems)
 
     output_dir = Path(str(values["output_dir"])).expanduser()
     if "://" in str(values["output_dir"]):
@@ -170,6 +171,33 @@ def _load_dataset_config(
         return path, []
 
 
+EVAL_SCHEDULE_OPTIONS = ("eval_steps_interval", "eval_epoch_interval", "eval_dataset_id")
+
+
+def _check_eval(loaded: LoadedConfig, datasets: list[DatasetEntry], problems: ProblemList) -> None:
+    """Eval-loss options need a dataset with "dataset_type": "eval" to measure on."""
+    if not datasets:
+        return  # the dataset file itself is already reported
+    values = loaded.values
+    eval_ids = sorted(d.id for d in datasets if d.dataset_type == "eval")
+    wanted = values.get("eval_dataset_id")
+    if wanted and wanted not in eval_ids:
+        problems.add(
+            loaded.provenance["eval_dataset_id"],
+            "eval_dataset_id",
+            f'\'{wanted}\' is not an enabled dataset with "dataset_type": "eval"; '
+            f"eval datasets: {', '.join(eval_ids) or 'none'}",
+        )
+    for name in EVAL_SCHEDULE_OPTIONS[:2]:
+        if values.get(name) and not eval_ids and not values.get("eval_loss_disable"):
+            problems.add(
+                loaded.provenance[name],
+                name,
+                'schedules the evaluation loss, but no dataset has "dataset_type": "eval"; '
+                "add one to the dataset config (its images are cached, never trained on)",
+            )
+
+
 def _check_paths(loaded: LoadedConfig, problems: ProblemList, base_dir: Path | None) -> None:
     values = loaded.values
     for name in MODEL_PATH_OPTIONS:
@@ -243,9 +271,10 @@ def format_plan(plan: Plan) -> str:
     ]
     for entry in plan.datasets:
         where = entry.fields.get("instance_data_dir") or entry.fields.get("aws_bucket_name") or ""
-        if entry.is_image:
+        if entry.holds_images:
+            kind = " (eval only)" if entry.dataset_type == "eval" else ""
             lines.append(
-                f"    - {entry.id}: {entry.backend} {where} resolution {entry['resolution']:g} "
+                f"    - {entry.id}{kind}: {entry.backend} {where} resolution {entry['resolution']:g} "
                 f"({entry['resolution_type']}), captions: {entry['caption_strategy']}, "
                 f"repeats {entry['repeats']}"
             )

@@ -85,7 +85,7 @@ def discover(
     ``parquet_caption_column`` fallbacks; ``base_dir`` (the config's folder) resolves relative
     local paths that do not exist from the working directory.
     """
-    if not entry.is_image:
+    if not entry.holds_images:
         raise DiscoveryError(
             f"dataset '{entry.id}': only image datasets are discovered, not '{entry.dataset_type}'"
         )

@@ -164,7 +164,7 @@ def build_caches(plan: Plan) -> CacheReport:
     s3 = S3Settings.from_options(plan.options)
     reports = []
     captions: set[str] = set()
-    for entry in [d for d in plan.datasets if d.is_image]:
+    for entry in [d for d in plan.datasets if d.holds_images]:
         report, dataset_captions = cache_dataset(plan, entry)
         reports.append(report)
         captions |= dataset_captions

@@ -49,7 +49,11 @@ class MlflowTracker(Tracker):
         mlflow.set_experiment(name)
         if run_id is not None and not _run_exists(mlflow, run_id):
             run_id = None  # resumed against another tracking store: start a fresh run there
-        active = mlflow.start_run(run_id=run_id, run_name=options.get("tracker_run_name"))
+        active = mlflow.start_run(
+            run_id=run_id,
+            run_name=options.get("tracker_run_name"),
+            parent_run_id=options.get("mlflow_parent_run_id") if run_id is None else None,
+        )
         self.run_id = active.info.run_id
         if run_id is None:  # a resumed run already has its params
             mlflow.log_params(flat_params(plan.to_dict()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,26 +29,36 @@ def run_name(plan: Plan) -> str:
     return str(plan.options.get("tracker_run_name") or f"st_ray-{plan.family.name}")
 
 
-def fit(plan: Plan) -> TrainingResult:
-    """Train on the Ray cluster this process is connected to."""
+def fit(
+    plan: Plan,
+    *,
+    callbacks: Sequence[Any] = (),
+    storage: tuple[str, Any] | None = None,
+    resources_per_worker: dict[str, float] | None = None,
+    stop_board: str | None = None,
+) -> TrainingResult:
+    """Train on the Ray cluster this process is connected to. A Tune trial (st_ray.tune) adds
+    its report callback, the campaign's storage (path, filesystem), its worker resources and
+    the actor its early stop is requested on."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     options = plan.options
     use_gpu = _use_gpu(options["use_gpu"])
-    storage_path, storage_fs = run_storage(plan)
-    warning = local_storage_warning(plan.run_storage, len(cluster_nodes()))
+    storage_path, storage_fs = storage or run_storage(plan)
+    # A campaign's storage (Tune) is checked by the campaign.
+    warning = None if storage else local_storage_warning(plan.run_storage, len(cluster_nodes()))
     if warning:
         print(warning, flush=True)
     # Workers need the resolved plan, not the driver's environment (it may hold secrets).
     shipped = dataclasses.replace(plan, config=dataclasses.replace(plan.config, env={}))
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"plan": shipped},
+        train_loop_config={"plan": shipped, "stop_board": stop_board},
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(options["num_processes"]),
             use_gpu=use_gpu,
-            resources_per_worker=train_worker_resources(options, use_gpu),
+            resources_per_worker=resources_per_worker or train_worker_resources(options, use_gpu),
             placement_strategy=str(options.get("placement_strategy") or "PACK"),
             accelerator_type=options.get("train_accelerator_type") or None,
         ),
@@ -59,6 +70,7 @@ def fit(plan: Plan) -> TrainingResult:
                 num_to_keep=options.get("checkpoints_total_limit") or None,
             ),
             failure_config=ray.train.FailureConfig(max_failures=int(options["max_failures"])),
+            callbacks=list(callbacks),
         ),
     )
     result = trainer.fit()

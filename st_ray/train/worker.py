@@ -33,6 +33,7 @@ from st_ray.train import (
     attention,
     checkpoints,
     data_feed,
+    eval_loss,
     lycoris_adapter,
     noise,
     timesteps,
@@ -60,6 +61,12 @@ class WorkerContext:
     # the previous one waits, so reporting every step would cap training at a step per poll:
     # under Ray only checkpoint steps are reported (every step still goes to MLflow).
     report_each_step: bool = True
+    # A Tune campaign's early stop: asked after every step; True ends the loop (no export).
+    should_stop: Callable[[], bool] | None = None
+
+
+class StopRequested(Exception):
+    """The campaign stopped this run early (st_ray.tune.stopping)."""
 
 
 @dataclass
@@ -107,6 +114,10 @@ def train_worker(config: dict[str, Any]) -> None:
     ctx = ray_context()
     if ctx.resume_dir is None:
         ctx.resume_dir = explicit_checkpoint(plan)
+    if config.get("stop_board"):
+        from st_ray.tune.stopping import stop_check
+
+        ctx.should_stop = stop_check(config["stop_board"], str(plan.options["tracker_run_name"]))
     train(plan, ctx)
 
 
@@ -170,6 +181,11 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
                 progress.batches_in_epoch = 0
                 events.after_epoch(progress, generator, ran_batches=bool(batches))
         events.after_training(progress)
+    except StopRequested:
+        if ctx.rank == 0:
+            print(f"stopped early by the campaign at step {progress.global_step}", flush=True)
+        events.tracker.finish("KILLED")
+        return progress
     except BaseException:
         events.tracker.finish("FAILED")
         raise
@@ -185,6 +201,8 @@ class Events:
     ctx: WorkerContext
     tracker: Any
     validator: Validator | None
+    evaluator: eval_loss.EvalLoss | None  # rank 0 only; every rank reports at its steps
+    eval_interval: int | None  # None: no eval loss
     checkpoint_steps: int
     checkpoint_epochs: int
     clear_cache_steps: int
@@ -203,11 +221,16 @@ class Events:
             validator = Validator(
                 run.plan, run.core, ctx.device, ema=run.ema, out_dir=final_output_dir(options)
             )
+        enabled = eval_loss.is_enabled(run.plan)
         return cls(
             run=run,
             ctx=ctx,
             tracker=tracker,
             validator=validator,
+            evaluator=eval_loss.EvalLoss.from_run(run) if enabled and ctx.rank == 0 else None,
+            eval_interval=eval_loss.step_interval(options, run.steps_per_epoch)
+            if enabled
+            else None,
             checkpoint_steps=int(options.get("checkpoint_step_interval") or 0),
             checkpoint_epochs=int(options.get("checkpoint_epoch_interval") or 0),
             clear_cache_steps=int(options.get("accelerator_cache_clear_interval") or 0),
@@ -222,23 +245,27 @@ class Events:
         self, progress: Progress, metrics: dict[str, Any], generator: torch.Generator
     ) -> None:
         step = progress.global_step
+        done = step >= self.run.total_steps
+        evaluated = self.evaluate(step, done, metrics)
         self.tracker.log_metrics(metrics, step)
         if self.ctx.rank == 0:
             print(
                 f"step {step}/{self.run.total_steps}  epoch {progress.epoch}  "
                 f"loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
                 f"{metrics['samples_per_s']:.1f} samples/s  "
-                f"data wait {metrics.get('data_wait_s', 0.0) * 1000:.0f} ms",
+                f"data wait {metrics.get('data_wait_s', 0.0) * 1000:.0f} ms"
+                + (f"  eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""),
                 flush=True,
             )
         metrics["step"] = step
         self.last_metrics = metrics
-        done = step >= self.run.total_steps
         if done or (self.checkpoint_steps and step % self.checkpoint_steps == 0):
             report_checkpoint(self.run, self.ctx, progress, metrics, generator)
             self.checkpointed_step = step
-        elif self.ctx.report_each_step:
+        elif self.ctx.report_each_step or evaluated:  # Tune ranks trials on eval steps
             self.ctx.report(metrics, None)
+        if not done and self.ctx.should_stop and self.ctx.should_stop():
+            raise StopRequested(step)
         if self.clear_cache_steps and step % self.clear_cache_steps == 0:
             empty_device_cache(self.ctx.device)
         self.validate(step, self.validator and self.validator.is_due(step))
@@ -254,6 +281,16 @@ class Events:
             progress.global_step, epoch_end=True, epoch=progress.epoch
         )
         self.validate(progress.global_step, due)
+
+    def evaluate(self, step: int, final: bool, metrics: dict[str, Any]) -> bool:
+        """Add the eval loss to ``metrics`` when due; True on eval steps (on every rank)."""
+        if self.eval_interval is None:
+            return False
+        due = final or (self.eval_interval > 0 and step % self.eval_interval == 0)
+        if due and self.evaluator is not None:
+            with evaluation_mode(self.run):
+                metrics.update(self.evaluator.compute(self.run))
+        return due
 
     def validate(self, step: int, due: bool | None) -> list[Path]:
         if not due or self.validator is None:

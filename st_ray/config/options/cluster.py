@@ -132,6 +132,13 @@ OPTIONS = [
         "MLflow experiment name. Unset: tracker_project_name.",
     ),
     opt(
+        "mlflow_parent_run_id",
+        str,
+        None,
+        "MLflow run this run is logged under as a child (jobs/tune.py sets it for each trial "
+        "to the campaign's run).",
+    ),
+    opt(
         "dynamo_backend",
         str,
         "no",

@@ -330,17 +330,17 @@ OPTIONS = [
         "num_eval_images",
         int,
         4,
-        "Samples drawn from the evaluation dataset for each evaluation-loss pass.",
+        "Samples of each evaluation dataset (the first N by content hash, always the same) "
+        "that the evaluation loss is measured on.",
         minimum=1,
-        unsupported="the evaluation loss is not implemented yet (planned with the Ray Tune campaigns)",
     ),
     opt(
         "eval_steps_interval",
         int,
         None,
-        "Compute the evaluation loss every N optimizer steps.",
+        "Compute the evaluation loss every N optimizer steps (it is always computed at the "
+        "last step when an evaluation dataset is configured).",
         minimum=1,
-        unsupported="the evaluation loss is not implemented yet (planned with the Ray Tune campaigns)",
     ),
     opt(
         "eval_epoch_interval",
@@ -349,7 +349,6 @@ OPTIONS = [
         "Compute the evaluation loss every N epochs; fractions such as 0.5 run it several "
         "times per epoch.",
         minimum=0,
-        unsupported="the evaluation loss is not implemented yet (planned with the Ray Tune campaigns)",
     ),
     opt(
         "eval_timesteps",
@@ -358,15 +357,13 @@ OPTIONS = [
         "Number of timesteps, spread across the schedule, at which the evaluation loss is "
         "measured.",
         minimum=1,
-        unsupported="the evaluation loss is not implemented yet (planned with the Ray Tune campaigns)",
     ),
     opt(
         "eval_dataset_id",
         str,
         None,
-        "Id of the dataset (from data_backend_config) that supplies evaluation samples. Unset: "
-        "every dataset marked for evaluation.",
-        unsupported="the evaluation loss is not implemented yet (planned with the Ray Tune campaigns)",
+        'Id of the dataset (from data_backend_config, with "dataset_type": "eval") that '
+        "supplies evaluation samples. Unset: every eval dataset.",
     ),
     opt(
         "eval_dataset_pooling",
@@ -374,13 +371,11 @@ OPTIONS = [
         False,
         "Report one combined evaluation loss over all evaluation datasets instead of one per "
         "dataset.",
-        unsupported="the evaluation loss is not implemented yet (planned with the Ray Tune campaigns)",
     ),
     opt(
         "eval_loss_disable",
         bool,
         False,
         "Do not compute the evaluation loss even when an evaluation dataset is configured.",
-        no_effect="the evaluation loss is not implemented yet, so there is nothing to disable",
     ),
 ]
