@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,6 +49,14 @@ from st_ray.train.tracking import tracker_for
 from st_ray.train.validation import Validator
 
 Report = Callable[[dict[str, Any], Path | None], None]
+
+
+def say(line: str) -> None:
+    """One line to the job's log. Under Ray Train, print() is patched to tee into Train's
+    logger whenever sys.stdout is wrapped, so each line would reach the driver twice; the
+    stream itself is forwarded once."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 @dataclass
@@ -183,7 +192,7 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
         events.after_training(progress)
     except StopRequested:
         if ctx.rank == 0:
-            print(f"stopped early by the campaign at step {progress.global_step}", flush=True)
+            say(f"stopped early by the campaign at step {progress.global_step}")
         events.tracker.finish("KILLED")
         return progress
     except BaseException:
@@ -249,13 +258,12 @@ class Events:
         evaluated = self.evaluate(step, done, metrics)
         self.tracker.log_metrics(metrics, step)
         if self.ctx.rank == 0:
-            print(
+            say(
                 f"step {step}/{self.run.total_steps}  epoch {progress.epoch}  "
                 f"loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
                 f"{metrics['samples_per_s']:.1f} samples/s  "
                 f"data wait {metrics.get('data_wait_s', 0.0) * 1000:.0f} ms"
-                + (f"  eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""),
-                flush=True,
+                + (f"  eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "")
             )
         metrics["step"] = step
         self.last_metrics = metrics
@@ -673,7 +681,7 @@ def ray_context() -> WorkerContext:
         resume_dir = Path(tempfile.mkdtemp(prefix="st_ray-resume-"))
         checkpoint.to_directory(str(resume_dir))
         if context.get_world_rank() == 0:  # in the job's log: where this attempt starts
-            print(f"resuming from checkpoint {checkpoint.path}", flush=True)
+            say(f"resuming from checkpoint {checkpoint.path}")
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
         if directory is None:
