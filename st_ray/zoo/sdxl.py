@@ -11,20 +11,10 @@ from . import parts
 ADD_TIME_DIM = 8  # real: 256
 
 
-def build(out_dir: Path, seed: int) -> None:
-    text_encoder = parts.clip_text_encoder(seed, "text_encoder")  # CLIP ViT-L
-    text_encoder_2 = parts.clip_text_encoder(  # OpenCLIP bigG, pooled projection
-        seed,
-        "text_encoder_2",
-        with_projection=True,
-        hidden_act="gelu",
-        pad_token=parts.OPENCLIP_PAD,
-    )
-    # Same wiring as the real model: cross-attn dim = concat of both encoders' hidden states;
-    # text_time embedding input = pooled projection + 6 micro-conditioning time embeddings.
-    cross_dim = text_encoder.config.hidden_size + text_encoder_2.config.hidden_size
-    add_in = text_encoder_2.config.projection_dim + 6 * ADD_TIME_DIM
-    unet = parts.seeded(
+def unet_for(seed: int, *, cross_dim: int, pooled_dim: int, **extra) -> UNet2DConditionModel:
+    """The tiny SDXL-layout UNet (also Kolors'): its text_time embedding takes the pooled text
+    projection plus 6 micro-conditioning time embeddings; ``extra`` adds config (text_proj)."""
+    return parts.seeded(
         seed,
         "unet",
         lambda: UNet2DConditionModel(
@@ -41,10 +31,25 @@ def build(out_dir: Path, seed: int) -> None:
             cross_attention_dim=cross_dim,
             addition_embed_type="text_time",
             addition_time_embed_dim=ADD_TIME_DIM,
-            projection_class_embeddings_input_dim=add_in,
+            projection_class_embeddings_input_dim=pooled_dim + 6 * ADD_TIME_DIM,
             norm_num_groups=32,
+            **extra,
         ).eval(),
     )
+
+
+def build(out_dir: Path, seed: int) -> None:
+    text_encoder = parts.clip_text_encoder(seed, "text_encoder")  # CLIP ViT-L
+    text_encoder_2 = parts.clip_text_encoder(  # OpenCLIP bigG, pooled projection
+        seed,
+        "text_encoder_2",
+        with_projection=True,
+        hidden_act="gelu",
+        pad_token=parts.OPENCLIP_PAD,
+    )
+    # Same wiring as the real model: cross-attn dim = concat of both encoders' hidden states.
+    cross_dim = text_encoder.config.hidden_size + text_encoder_2.config.hidden_size
+    unet = unet_for(seed, cross_dim=cross_dim, pooled_dim=text_encoder_2.config.projection_dim)
     scheduler = EulerDiscreteScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
