@@ -25,7 +25,7 @@ import torch
 
 from st_ray.config.plan import Plan
 from st_ray.data.pipeline import EMPTY_CAPTION, text_cache_root
-from st_ray.device import pick_device
+from st_ray.device import pick_device, use_worker_cpus
 from st_ray.models import quantize
 from st_ray.models.family import get_family_module
 from st_ray.storage import S3Settings
@@ -120,6 +120,7 @@ def train_worker(config: dict[str, Any]) -> None:
     # st_ray prints one progress line per step from rank 0; Ray Train's own per-report lines
     # would double every step in the driver's log.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    use_worker_cpus()  # torch threads = the worker's CPUs (cpus_per_worker)
     ctx = ray_context()
     if ctx.resume_dir is None:
         ctx.resume_dir = explicit_checkpoint(plan)
@@ -268,6 +269,7 @@ class Events:
         metrics["step"] = step
         self.last_metrics = metrics
         if done or (self.checkpoint_steps and step % self.checkpoint_steps == 0):
+            self.tracker.flush()  # a run resumed from this checkpoint has every step logged
             report_checkpoint(self.run, self.ctx, progress, metrics, generator)
             self.checkpointed_step = step
         elif self.ctx.report_each_step or evaluated:  # Tune ranks trials on eval steps
@@ -283,6 +285,7 @@ class Events:
     ) -> None:
         epoch_due = self.checkpoint_epochs and progress.epoch % self.checkpoint_epochs == 0
         if epoch_due and ran_batches and self.checkpointed_step != progress.global_step:
+            self.tracker.flush()
             report_checkpoint(self.run, self.ctx, progress, self.last_metrics, generator)
             self.checkpointed_step = progress.global_step
         due = self.validator and self.validator.is_due(
@@ -684,6 +687,7 @@ def ray_context() -> WorkerContext:
             say(f"resuming from checkpoint {checkpoint.path}")
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
+        metrics = {**metrics, "torch_threads": torch.get_num_threads()}
         if directory is None:
             ray.train.report(metrics)
             return
