@@ -1,10 +1,17 @@
-"""The fields of a multidatabackend.json dataset entry and its parquet/huggingface blocks."""
+"""The fields of a multidatabackend.json dataset entry and its parquet/huggingface blocks.
+
+Fields an entry inherits from the run-wide option of the same name (``resolution``,
+``caption_strategy``, ``write_batch_size``...) are not declared here: the option carries
+``dataset_field=True`` and the field is derived from it (same type, choices, default and help).
+Only fields that exist per dataset alone are declared below.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
-from st_ray.config.schema import Json, Option, opt
+from st_ray.config.options import OPTIONS
+from st_ray.config.schema import Json, Option, Support, opt
 
 # Reasons shared by several unsupported fields or values.
 _VIDEO = "video datasets are not implemented yet"
@@ -182,14 +189,6 @@ _AWS = _group(
             "dataloader guide).",
             secret=True,
         ),
-        opt(
-            "aws_max_pool_connections",
-            int,
-            None,
-            "Most simultaneous connections to the bucket. Unset: the run-wide "
-            "aws_max_pool_connections.",
-            minimum=1,
-        ),
     ],
 )
 
@@ -230,7 +229,13 @@ _HUB = _group(
             "the huggingface block).",
         ),
         opt("split", str, "train", "Dataset split to load."),
-        opt("revision", str, None, "Dataset revision (branch, tag or commit); unset: main."),
+        opt(
+            "revision",
+            str,
+            None,
+            "Revision (branch, tag or commit) of the Hub dataset; unset: main. Not inherited: "
+            "the run-wide revision is the base model's.",
+        ),
         opt("image_column", str, "image", "Column holding the images."),
         opt(
             "caption_column",
@@ -296,48 +301,6 @@ _METADATA = _group(
             None,
             "Parquet/JSONL metadata table for metadata_backend 'parquet' or caption_strategy "
             "'parquet' (see PARQUET_FIELDS).",
-        ),
-        opt(
-            "caption_strategy",
-            str,
-            None,
-            "Where captions come from: 'textfile' (a .txt next to each image, one caption per "
-            "line), 'filename' (the cleaned-up file name), 'instanceprompt' (instance_prompt "
-            "for every image), 'parquet' (the parquet table; needs metadata_backend "
-            "'parquet'), 'csv' (csv_caption_column) or 'huggingface' (the Hub dataset's "
-            "columns). Unset: the run-wide caption_strategy, or 'huggingface' for type "
-            "'huggingface'.",
-            choices=(
-                None,
-                "textfile",
-                "filename",
-                "instanceprompt",
-                "parquet",
-                "csv",
-                "huggingface",
-                "webshart",
-            ),
-            unsupported_values={"webshart": _WEBSHART},
-        ),
-        opt(
-            "instance_prompt",
-            str,
-            None,
-            "Fixed caption or trigger phrase: every caption with caption_strategy "
-            "'instanceprompt', a prefix with prepend_instance_prompt. Unset: the run-wide "
-            "instance_prompt.",
-        ),
-        opt(
-            "prepend_instance_prompt",
-            bool,
-            False,
-            "Put instance_prompt in front of every caption.",
-        ),
-        opt(
-            "only_instance_prompt",
-            bool,
-            False,
-            "Ignore the captions found and use instance_prompt alone for every image.",
         ),
         opt(
             "disable_multiline_split",
@@ -409,47 +372,6 @@ _SIZES = _group(
     "Resolution, bucketing and cropping",
     [
         opt(
-            "resolution",
-            float,
-            None,
-            "Training size: megapixels for resolution_type 'area' (1.0), the edge of an "
-            "equal-area square in pixels for 'pixel_area' (1024), the shorter edge in pixels "
-            "for 'pixel'. Unset: the run-wide resolution.",
-            minimum=0,
-        ),
-        opt(
-            "resolution_type",
-            str,
-            None,
-            "Unit of resolution and of the size limits: 'pixel_area', 'area' (megapixels) or "
-            "'pixel' (shorter edge). Unset: the run-wide resolution_type.",
-            choices=(None, "pixel_area", "area", "pixel"),
-        ),
-        opt(
-            "minimum_image_size",
-            float,
-            None,
-            "Images smaller than this are skipped, in resolution_type's unit (shorter edge for "
-            "'pixel', area otherwise). Unset: the run-wide minimum_image_size.",
-            minimum=0,
-        ),
-        opt(
-            "maximum_image_size",
-            float,
-            None,
-            "Images larger than this are first downscaled to target_downsample_size before "
-            "cropping (requires target_downsample_size). Unset: the run-wide value.",
-            minimum=0,
-        ),
-        opt(
-            "target_downsample_size",
-            float,
-            None,
-            "Size oversized images are downscaled to before cropping, in resolution_type's "
-            "unit. Unset: the run-wide value.",
-            minimum=0,
-        ),
-        opt(
             "minimum_aspect_ratio",
             float,
             None,
@@ -462,15 +384,6 @@ _SIZES = _group(
             None,
             "Skip images whose width/height is above this.",
             minimum=0,
-        ),
-        opt(
-            "max_upscale_threshold",
-            float,
-            None,
-            "With crop_aspect 'closest' or 'random', drop buckets that would upscale an image "
-            "by more than this fraction (0.2 = 20%). Unset: any upscaling is allowed.",
-            minimum=0,
-            maximum=1,
         ),
         opt(
             "crop",
@@ -532,14 +445,6 @@ _SAMPLING = _group(
             unsupported="dataset subsetting is not implemented yet",
         ),
         opt(
-            "train_batch_size",
-            int,
-            None,
-            "Batch size for this dataset, overriding the run-wide train_batch_size.",
-            minimum=1,
-            unsupported="every dataset uses the run-wide train_batch_size",
-        ),
-        opt(
             "start_epoch",
             int,
             1,
@@ -597,15 +502,16 @@ _CACHES = _group(
             str,
             None,
             "image only: folder (or S3 prefix on 'aws') for this dataset's VAE latents; must "
-            "differ between datasets. SimpleTuner's fallback: "
-            "<output_dir>/cache/vae/<model_family>/<id>.",
+            "differ between datasets. Unset: <run-wide cache_dir_vae>/<id>, or "
+            "<output_dir>/cache/vae/<model_family>/<id> (SimpleTuner's fallback).",
         ),
         opt(
             "cache_dir",
             str,
             None,
-            "text_embeds: folder for the text-encoder outputs (SimpleTuner's fallback: the "
-            "run-wide cache_dir_text). On 'huggingface' datasets: the local download cache.",
+            "text_embeds: folder for the text-encoder outputs (unset: the run-wide "
+            "cache_dir_text, as in SimpleTuner). On 'huggingface' datasets: the local download "
+            "cache. Not the run-wide cache_dir (the model download cache).",
         ),
         opt(
             "cache_file_suffix",
@@ -623,22 +529,6 @@ _CACHES = _group(
             "re-drawn. Unset: on when crop_style or crop_aspect is 'random'.",
         ),
         opt(
-            "skip_file_discovery",
-            str,
-            "",
-            "Space- or comma-separated stages not to rescan at start-up once cached: 'vae', "
-            "'aspect', 'metadata', 'text'. For very large datasets only.",
-            unsupported="st_ray lists every dataset on each run; reusing a stale listing is not implemented yet",
-        ),
-        opt(
-            "preserve_data_backend_cache",
-            bool,
-            False,
-            "Keep the cached file listing instead of relisting the storage at start-up (slow "
-            "or billed listings, e.g. S3). New files then go unseen.",
-            unsupported="st_ray lists every dataset on each run; reusing a stale listing is not implemented yet",
-        ),
-        opt(
             "hash_filenames",
             bool,
             True,
@@ -647,19 +537,11 @@ _CACHES = _group(
             unsupported_values={False: "cache file names are always hashed, as in SimpleTuner"},
         ),
         opt(
-            "write_batch_size",
-            int,
-            None,
-            "Cache entries written per batch for this dataset. Unset: the run-wide "
-            "write_batch_size.",
-            minimum=1,
-        ),
-        opt(
             "text_encoder_batch_size",
             int,
             None,
             "text_embeds only: captions encoded per text-encoder call while filling this cache. "
-            "Unset: the run-wide text_encoder_batch_size.",
+            "Unset: this dataset's write_batch_size.",
             minimum=1,
         ),
         opt(
@@ -670,28 +552,6 @@ _CACHES = _group(
             "mismatches (per vae_cache_scan_behaviour).",
             unsupported="cache consistency scans are not implemented yet; delete the cache "
             "folder to rebuild it",
-        ),
-        opt(
-            "metadata_update_interval",
-            int,
-            None,
-            "Seconds between metadata refreshes while training (for datasets that change mid-run).",
-            minimum=1,
-            unsupported="metadata is read once per run",
-        ),
-        opt(
-            "vae_cache_ondemand",
-            bool,
-            False,
-            "Encode missing latents during training instead of before it.",
-            unsupported=_ONDEMAND,
-        ),
-        opt(
-            "vae_cache_disable",
-            bool,
-            False,
-            "Encode latents during training and never write them to disk.",
-            unsupported=_ONDEMAND,
         ),
         opt(
             "text_cache_ondemand",
@@ -714,48 +574,6 @@ _CACHES = _group(
             "Compress this dataset's cache files (per-dataset form of compress_disk_cache; in "
             "SimpleTuner's code, not its dataloader guide).",
             unsupported="cache compression is not implemented yet",
-        ),
-        opt(
-            "read_batch_size",
-            int,
-            None,
-            "Files read per batch while caching (code only).",
-            unsupported=_BATCHING,
-        ),
-        opt(
-            "vae_batch_size",
-            int,
-            None,
-            "Images per VAE call while caching (code only).",
-            unsupported=_BATCHING,
-        ),
-        opt(
-            "image_processing_batch_size",
-            int,
-            None,
-            "Images resized/cropped per batch while caching (code only).",
-            unsupported=_BATCHING,
-        ),
-        opt(
-            "max_workers",
-            int,
-            None,
-            "Threads used while caching (code only).",
-            unsupported=_BATCHING,
-        ),
-        opt(
-            "delete_unwanted_images",
-            bool,
-            False,
-            "Delete source images that fail the size or aspect filters.",
-            unsupported=_DELETE,
-        ),
-        opt(
-            "delete_problematic_images",
-            bool,
-            False,
-            "Delete source images that fail to encode.",
-            unsupported=_DELETE,
         ),
         opt(
             "delete_nsfw_images",
@@ -896,6 +714,21 @@ _UNSUPPORTED_KINDS = _group(
     ],
 )
 
+# Declared above under the name of a run-wide option that means something else for one dataset,
+# so the entry does not inherit that option.
+SAME_NAME_OTHER_MEANING = frozenset({"revision", "cache_dir", "cache_dir_vae"})
+INHERITED_GROUP = "Run-wide options a dataset may set for itself (unset: the run-wide value)"
+
+
+def inherited_field(option: Option) -> Option:
+    """The dataset field of a run-wide option marked ``dataset_field``: the option itself,
+    listed under the dataset group, unsupported where an entry's own value is not honoured."""
+    field = dataclasses.replace(option, group=INHERITED_GROUP)
+    if option.dataset_unsupported and option.support is Support.YES:
+        field = dataclasses.replace(field, support=Support.NO, note=option.dataset_unsupported)
+    return field
+
+
 FIELDS: list[Option] = [
     *_IDENTITY,
     *_LOCAL,
@@ -907,7 +740,28 @@ FIELDS: list[Option] = [
     *_SAMPLING,
     *_CACHES,
     *_UNSUPPORTED_KINDS,
+    *(inherited_field(o) for o in OPTIONS if o.dataset_field),
 ]
+
+
+def _check_declared_once(fields: list[Option]) -> None:
+    """Each name once; a field named like a run-wide option is that option's derived field,
+    unless it is one of the few that mean something else per dataset."""
+    catalog = {key for o in OPTIONS for key in (o.name, *o.aliases)}
+    seen: set[str] = set()
+    for field in fields:
+        for key in (field.name, *field.aliases):
+            if key in seen:
+                raise RuntimeError(f"dataset field {key!r} is declared twice")
+            seen.add(key)
+            if key in catalog and not field.dataset_field and key not in SAME_NAME_OTHER_MEANING:
+                raise RuntimeError(
+                    f"dataset field {key!r} is also a run-wide option: mark the option "
+                    "dataset_field=True instead of declaring the field again"
+                )
+
+
+_check_declared_once(FIELDS)
 
 PARQUET_FIELDS: list[Option] = _group(
     "parquet block",
