@@ -65,6 +65,8 @@ def options_help() -> str:
             details.append(
                 f"also a dataset field, not honoured per dataset yet: {option.dataset_unsupported}"
             )
+        elif option.dataset_field and option.no_effect:
+            details.append("also a dataset field (with no effect there either)")
         elif option.dataset_field:
             details.append("also a dataset field: an entry's own value wins for that dataset")
         if option.name == "model_family":
