@@ -17,6 +17,9 @@ OPTIONS = [
         "Samples per forward/backward pass on each GPU. The effective batch is this times "
         "gradient_accumulation_steps times the number of workers.",
         minimum=1,
+        dataset_field=True,
+        dataset_unsupported="every dataset uses the run-wide train_batch_size; per-dataset "
+        "batch sizes are not implemented yet",
     ),
     opt(
         "gradient_accumulation_steps",
