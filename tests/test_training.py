@@ -106,6 +106,7 @@ def test_lora_trains_exports_and_tracks(sd1x_setup, tmp_path: Path) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.data.params["lora_rank"] == "4"
+    assert run.data.params["derived.learning_rate"] == "0.001"  # no lr_scale: as configured
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
 
@@ -175,16 +176,23 @@ def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path) -> None:
         str(storage),
         "--tracker_run_name",
         "ddp",
+        "--lr_scale",
     )
     first = fit(_plan(config, tmp_path / "out", *extra))
     assert first.metrics["step"] == 4
-    assert (Path(first.checkpoint) / "checkpoint_manifest.json").is_file()
+    # lr_scale: 1e-3 x (2 workers x 2 per batch): what ran, recorded beside the options
+    assert first.metrics["lr"] == pytest.approx(4e-3)
+    manifest = json.loads((Path(first.checkpoint) / "checkpoint_manifest.json").read_text())
+    assert manifest["derived"]["learning_rate"] == pytest.approx(4e-3)
+    assert manifest["derived"]["world_size"] == 2
     # The same run name and storage again, asked for more steps: it continues from step 4.
     second = fit(_plan(config, tmp_path / "out", *extra, "--max_train_steps", "6"))
     assert second.metrics["step"] == 6
     manifest = json.loads((Path(second.checkpoint) / "checkpoint_manifest.json").read_text())
     assert manifest["progress"]["global_step"] == 6
     assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| Learning rate | 0.004 (learning_rate 0.001, lr_scale) |" in card
 
 
 def test_flow_matching_family_trains(tmp_path: Path, example_dataset) -> None:

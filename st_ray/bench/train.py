@@ -139,13 +139,13 @@ class BareLoop:
         from st_ray.models.family import get_family_module
         from st_ray.train import adapters, noise
         from st_ray.train.optimizers import build_optimizer
-        from st_ray.train.worker import _weight_dtype
+        from st_ray.train.settings import weight_dtype
 
         options = self.options = plan.options
         device = self.device = pick_device()
         seed = int(options.get("seed") or 0)
         family = self.family = get_family_module(plan.family.name)
-        dtype = self.dtype = _weight_dtype(options, device)
+        dtype = self.dtype = weight_dtype(options, device)
         # Built while st_ray's loop runs: seed the LoRA init without touching its global RNG.
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -190,7 +190,7 @@ class BareLoop:
         import torch.nn.functional as F
 
         from st_ray.train import noise
-        from st_ray.train.worker import _autocast
+        from st_ray.train.step import autocast
 
         x0, device, gen = self.x0, self.device, self.on_device
         self._sync()  # st_ray's step may still be running on the GPU
@@ -204,7 +204,7 @@ class BareLoop:
             t = torch.randint(0, self.num_timesteps, (self.batch,), generator=gen, device=device)
             noisy = noise.add_noise(x0, eps, t, self.alphas)
             target = noise.ddpm_target(self.prediction_type, x0, eps, t, self.alphas)
-        with _autocast(self.options, self.dtype, self.core):
+        with autocast(self.dtype, self.core):
             pred = self.family.predict(
                 self.core, noisy.to(self.dtype), t, self.inputs, self.options, generator=self.on_cpu
             )

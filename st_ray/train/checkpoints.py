@@ -45,7 +45,10 @@ def write_manifest(
     family: str,
     files: list[str],
     fingerprint: str,
+    derived: dict[str, Any] | None = None,
 ) -> None:
+    """``derived``: what the run computed from its options (the learning rate after lr_scale,
+    the schedule that ran...), recorded beside the config fingerprint."""
     manifest = {
         "version": FORMAT_VERSION,
         "progress": asdict(progress),
@@ -53,6 +56,7 @@ def write_manifest(
         "family": family,
         "files": files,
         "config_fingerprint": fingerprint,
+        "derived": derived or {},
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     tmp = directory / f".{MANIFEST}.tmp"

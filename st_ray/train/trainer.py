@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +35,12 @@ def fit(
     callbacks: Sequence[Any] = (),
     storage: tuple[str, Any] | None = None,
     resources_per_worker: dict[str, float] | None = None,
-    stop_board: str | None = None,
+    stop_check: Callable[[], Callable[[], bool]] | None = None,
 ) -> TrainingResult:
     """Train on the Ray cluster this process is connected to. A Tune trial (st_ray.tune) adds
     its report callback, the campaign's storage (path, filesystem), its worker resources and
-    the actor its early stop is requested on."""
+    ``stop_check``: a picklable factory, called once on every worker, of the question asked
+    after each step (True ends the run early, at the same step on every rank)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -54,7 +55,7 @@ def fit(
     shipped = dataclasses.replace(plan, config=dataclasses.replace(plan.config, env={}))
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"plan": shipped, "stop_board": stop_board},
+        train_loop_config={"plan": shipped, "stop_check": stop_check},
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(options["num_processes"]),
             use_gpu=use_gpu,
