@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# The composition root: the option catalog with every family's options, and every component's
+# checks (tests that load configs through st_ray.config directly rely on it).
+import st_ray.plan  # noqa: F401
+
 pytest_plugins = ["tests.s3_server", "tests.eval_fixtures"]
 
 # Nothing in the tests may reach a model hub.

@@ -11,6 +11,7 @@ import pytest
 
 from st_ray.data.cache_store import CacheMismatch, CacheStore
 from st_ray.data.pipeline import cached_hashes
+from st_ray.models.family import get_family
 
 
 def _shard(store: CacheStore, rows: list[dict]) -> str:
@@ -53,8 +54,9 @@ def test_scan_behaviour_recreate_and_sync(tmp_path: Path) -> None:
     manifest = store.open({"resolution": 64}, override=False)
     store.commit(manifest, [_shard(store, ROWS)], 2)
     manifest = store.open({"resolution": 64}, override=False)
-    assert cached_hashes(store, manifest, "recreate") == {"a" * 64}
-    assert cached_hashes(store, manifest, "sync") == {"a" * 64, "b" * 64}
+    sd = get_family("sd1x")
+    assert cached_hashes(store, manifest, "recreate", sd) == {"a" * 64}
+    assert cached_hashes(store, manifest, "sync", sd) == {"a" * 64, "b" * 64}
 
 
 def test_settings_change_and_override(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from st_ray import zoo
-from st_ray.config.plan import build_plan
 from st_ray.data.pipeline import build_caches
+from st_ray.plan import build_plan
 from st_ray.train.trainer import fit, fit_in_process
 
 pytestmark = pytest.mark.usefixtures("ray_local")

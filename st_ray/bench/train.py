@@ -47,7 +47,7 @@ from typing import Any, TextIO
 from st_ray import zoo
 from st_ray.bench.cache import _fresh, _ray_session, generate_images, write_config
 from st_ray.bench.workdir import run_and_report
-from st_ray.config.plan import Plan, build_plan
+from st_ray.plan import Plan, build_plan
 
 
 @dataclass
@@ -207,7 +207,7 @@ class BareLoop:
         with _autocast(self.options, self.dtype, self.core):
             pred = self.family.predict(
                 self.core, noisy.to(self.dtype), t, self.inputs, self.options, generator=self.on_cpu
-            )
+            ).output
             loss = F.mse_loss(pred.float(), target.float())
         loss.backward()
         self.optimizer.step()

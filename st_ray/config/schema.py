@@ -56,6 +56,9 @@ class Option:
     # Why a SimpleTuner knob does nothing under Ray (e.g. worker counts Ray manages itself);
     # setting it is accepted and reported in the plan's notes, never silently dropped.
     no_effect: str = ""
+    # Caches a changed value makes stale: "text" (text embeddings) and/or "latent" (latents);
+    # their settings fingerprints include the option.
+    caches: tuple[str, ...] = ()
 
 
 def opt(
@@ -74,6 +77,7 @@ def opt(
     multiple: bool = False,
     unsupported_values: dict[Any, str] | None = None,
     no_effect: str = "",
+    caches: tuple[str, ...] = (),
 ) -> Option:
     """Declare an option. ``unsupported`` holds the reason st_ray does not implement it yet.
 
@@ -96,4 +100,5 @@ def opt(
         multiple=multiple,
         unsupported_values=tuple((unsupported_values or {}).items()),
         no_effect=no_effect,
+        caches=caches,
     )

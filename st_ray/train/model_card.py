@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from st_ray.config.redact import redact
 
 if TYPE_CHECKING:
-    from st_ray.config.plan import Plan
+    from st_ray.plan import Plan
 
 CARD = "README.md"
 
@@ -40,7 +40,7 @@ def write_model_card(
     ``image_counts`` maps dataset id to its number of training images (the loop knows them);
     ``validation_images`` are referenced relative to ``output_dir``.
     """
-    from st_ray.config.plan import SECRET_OPTIONS
+    from st_ray.plan import SECRET_OPTIONS
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from st_ray.train import attention, lycoris_adapter
 if TYPE_CHECKING:
     import torch
 
-    from st_ray.config.plan import Plan
+    from st_ray.plan import Plan
     from st_ray.train.ema import EMAModel
 
 log = logging.getLogger(__name__)

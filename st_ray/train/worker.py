@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from st_ray.config.plan import Plan
 from st_ray.data.pipeline import EMPTY_CAPTION, text_cache_root
 from st_ray.device import pick_device
 from st_ray.models import quantize
-from st_ray.models.family import get_family_module
+from st_ray.models.family import Family, get_family_module
+from st_ray.plan import Plan
 from st_ray.storage import S3Settings
 from st_ray.train import (
     adapters,
@@ -83,7 +83,7 @@ class Run:
     """Everything the loop touches, built once per worker."""
 
     plan: Plan
-    family: Any  # the family module (st_ray.models.<family>)
+    family: Family  # the family's hooks
     denoiser: torch.nn.Module  # DDP-wrapped when world size > 1
     core: torch.nn.Module  # the unwrapped denoiser
     optimizer: torch.optim.Optimizer
@@ -417,7 +417,7 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
 
 
 def load_denoiser(
-    plan: Plan, family: Any, dtype: torch.dtype, device: torch.device
+    plan: Plan, family: Family, dtype: torch.dtype, device: torch.device
 ) -> torch.nn.Module:
     """The family's denoiser, quantised once here when base_model_precision asks for it
     (quantize_via 'pipeline': diffusers quantises while loading)."""
@@ -522,9 +522,10 @@ def batch_loss(
         **{k: v.to(device) for k, v in batch["text_embeds"].items()},
         **{k: batch[k].to(device) for k in ("original_size", "crop_top_left", "target_size")},
     }
-    pred = run.family.predict(
+    prediction = run.family.predict(
         run.denoiser, noisy.to(run.dtype), t, inputs, run.plan.options, generator=generator
-    ).float()
+    )
+    pred = prediction.output.float()
     loss = compute_loss(
         run.loss_config,
         pred,
@@ -534,8 +535,8 @@ def batch_loss(
         prediction_type="flow_matching" if draw.sigmas is not None else run.prediction_type,
         num_train_timesteps=run.timestep_sampler.num_train_timesteps,
     )
-    # A family's own loss term from that forward pass (HiDream's MoE load balancing).
-    extra = run.family.aux_loss(run.denoiser, run.plan.options)
+    # A family's own loss term from that forward pass (e.g. a MoE load-balancing loss).
+    extra = prediction.aux_loss
     return loss if extra is None else loss + extra.to(loss.device, loss.dtype)
 
 

@@ -228,6 +228,7 @@ OPTIONS = [
         "Override the text encoder's token limit. Unset keeps the model's own length; changing "
         "it invalidates cached text embeddings.",
         minimum=1,
+        caches=("text",),
     ),
     # Caches
     opt(
