@@ -347,7 +347,7 @@ def run_benchmark(
     workdir: Path,
     *,
     images: int = 64,
-    family: str = "sd1x",
+    family: str = zoo.DEMO_FAMILY,
     resolution: int = 128,
     cpus: int | None = None,
     warmup: int = 4,

@@ -28,9 +28,9 @@ Export, ``pytorch_lora_weights.safetensors`` in ``out_dir`` (``save_lora``):
   ``inject_adapter_in_model(LoraConfig(**metadata), transformer)`` then
   ``set_peft_model_state_dict``.
 - ``comfyui``: the keys ComfyUI maps for each family (SimpleTuner's per-family conversion):
-  UNet families (sd1x, sd2x, sdxl) use Kohya names, ``lora_unet_<module with . -> _>``
+  UNet families (``SPEC.denoiser`` "unet") use Kohya names, ``lora_unet_<module with . -> _>``
   + ``.lora_down.weight`` (A) / ``.lora_up.weight`` (B) / ``.alpha``; transformer families
-  (flux, sd3, pixart_sigma) keep ``transformer.<module>`` + ``.lora_A.weight`` /
+  keep ``transformer.<module>`` + ``.lora_A.weight`` /
   ``.lora_B.weight`` / ``.alpha``. ``.alpha`` is a float32 scalar; the update is
   (alpha / rank) * B @ A. A bare ``diffusion_model.<diffusers module>`` prefix is not used:
   ComfyUI maps ``diffusion_model.*`` to its own (LDM / BFL) module names, so such keys would not
@@ -514,7 +514,7 @@ def save_lora(
             weight_name=WEIGHT_NAME,
             **{f"{component}_lora_layers": state, f"{component}_lora_adapter_metadata": config},
         )
-    else:  # PixArt-Sigma: the layout diffusers' SD3/Flux loaders read, written directly
+    else:  # no LoRA loader: the layout diffusers' transformer loaders read, written directly
         save_file({f"{component}.{k}": v for k, v in state.items()}, path, header)
     if metadata:
         _add_header(path, metadata)

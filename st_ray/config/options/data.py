@@ -70,9 +70,9 @@ OPTIONS = [
         "data_aesthetic_score",
         float,
         7.0,
-        "Fixed aesthetic score fed to the SDXL refiner's conditioning for every image.",
+        "Fixed aesthetic score fed to the refiner model's conditioning for every image.",
         minimum=0,
-        unsupported="only used by SDXL refiner training, which st_ray does not implement",
+        unsupported="only used by refiner training, which st_ray does not implement",
     ),
     # Resolution and image sizes
     opt(
@@ -216,8 +216,8 @@ OPTIONS = [
         "caption_dropout_probability",
         float,
         0.1,
-        "Chance that a sample is trained with an empty caption (and, for SDXL, without size "
-        "conditioning), which keeps unconditional guidance working.",
+        "Chance that a sample is trained with an empty caption (and, for families conditioned on "
+        "image size, without size conditioning), which keeps unconditional guidance working.",
         minimum=0,
         maximum=1,
     ),

@@ -57,7 +57,8 @@ OPTIONS = [
         str,
         None,
         "What the denoiser is trained to predict. Leave unset to use the family's native "
-        "objective; override only for checkpoints trained differently (e.g. a v-prediction SDXL).",
+        "objective; override only for checkpoints trained differently (e.g. a v-prediction "
+        "fine-tune of an epsilon model).",
         choices=(None, "epsilon", "v_prediction", "sample", "flow_matching"),
     ),
     # --- checkpoint locations ---
@@ -66,14 +67,14 @@ OPTIONS = [
         str,
         None,
         "Hugging Face repo id or local path of the base model. Unset uses the flavour's default "
-        "repository; single-file .safetensors checkpoints work for SDXL, Flux and SD3.",
+        "repository; or a single-file .safetensors checkpoint.",
     ),
     opt(
         "pretrained_transformer_model_name_or_path",
         str,
         None,
         "Load the transformer (denoiser) from a different repo or path than the rest of the "
-        "pipeline, e.g. a fine-tuned Flux transformer.",
+        "pipeline, e.g. a fine-tuned transformer.",
     ),
     opt(
         "pretrained_transformer_subfolder",
@@ -86,7 +87,7 @@ OPTIONS = [
         "pretrained_unet_model_name_or_path",
         str,
         None,
-        "Load the UNet (SD 1.x/2.x, SDXL, Kolors, DeepFloyd) from a different repo or path than "
+        "Load the UNet (of the UNet families) from a different repo or path than "
         "the rest of the pipeline.",
     ),
     opt(
@@ -101,21 +102,23 @@ OPTIONS = [
         str,
         None,
         "Load the VAE from another repo or path instead of the one bundled with the base "
-        "model, e.g. madebyollin/sdxl-vae-fp16-fix for SDXL trained in fp16.",
+        "model, e.g. an fp16-safe fine-tune of the VAE for training in fp16.",
     ),
     opt(
         "pretrained_t5_model_name_or_path",
         str,
         None,
         "Load the T5 text encoder from a separate repo or path, e.g. to share one local T5 "
-        "copy between PixArt, SD3 or Flux runs instead of downloading it per model.",
+        "copy between the runs of several T5-conditioned families instead of downloading it per "
+        "model.",
         caches=("text",),
     ),
     opt(
         "pretrained_gemma_model_name_or_path",
         str,
         None,
-        "Load the Gemma text encoder (Sana, Lumina2) from a separate repo or path instead of "
+        "Load the Gemma text encoder (of the Gemma-conditioned families) from a separate repo or "
+        "path instead of "
         "the base model's repository.",
         caches=("text",),
     ),
@@ -156,7 +159,7 @@ OPTIONS = [
         "text_encoder_2_precision",
         str,
         "no_change",
-        "Quantise the second text encoder (if the family has one), e.g. T5 for Flux or SD3.",
+        "Quantise the second text encoder (if the family has one), e.g. a T5.",
         choices=_PRECISIONS,
         caches=("text",),
     ),
@@ -164,7 +167,7 @@ OPTIONS = [
         "text_encoder_3_precision",
         str,
         "no_change",
-        "Quantise the third text encoder (if the family has one), e.g. T5 for SD3.",
+        "Quantise the third text encoder (if the family has one), e.g. a T5.",
         choices=_PRECISIONS,
         caches=("text",),
     ),
@@ -172,7 +175,7 @@ OPTIONS = [
         "text_encoder_4_precision",
         str,
         "no_change",
-        "Quantise the fourth text encoder (if the family has one), e.g. Llama for HiDream.",
+        "Quantise the fourth text encoder (if the family has one), e.g. a Llama.",
         choices=_PRECISIONS,
         caches=("text",),
     ),
@@ -336,8 +339,8 @@ OPTIONS = [
         "offload_during_startup",
         bool,
         False,
-        "Keep the text encoders on the CPU while latents are cached, so large models (e.g. "
-        "HiDream) do not run out of GPU memory at startup. Slows startup down.",
+        "Keep the text encoders on the CPU while latents are cached, so models with large text "
+        "encoders do not run out of GPU memory at startup. Slows startup down.",
         no_effect="text encoders and the VAE live only in the caching stage's actors",
     ),
     opt(

@@ -522,7 +522,7 @@ OPTIONS = [
         bool,
         False,
         "Use a smooth soft-min instead of a hard cap for Min-SNR weighting. Mainly helps pixel "
-        "models such as DeepFloyd; may blur latent models.",
+        "(pixel-space) models; may blur latent models.",
     ),
     opt(
         "soft_min_snr_sigma_data",
