@@ -40,6 +40,13 @@ def zoo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def family_cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the family tests keep each family's caches of the example dataset: built once
+    (by whichever test needs a family first) and reused by the others, warm."""
+    return tmp_path_factory.mktemp("family-caches")
+
+
+@pytest.fixture(scope="session")
 def example_dataset(tmp_path_factory: pytest.TempPathFactory):
     from st_ray import example_data
 

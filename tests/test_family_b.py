@@ -36,7 +36,7 @@ VALIDATION = {
 
 
 @pytest.fixture(scope="module")
-def setups(tmp_path_factory, zoo_root, example_dataset):
+def setups(tmp_path_factory, zoo_root, example_dataset, family_cache_root):
     """(model, config) per family with caches built once (caching dominates the time)."""
     made: dict[str, tuple[Path, Path]] = {}
 
@@ -49,6 +49,7 @@ def setups(tmp_path_factory, zoo_root, example_dataset):
                 model,
                 example_dataset.images_dir,
                 family,
+                family_cache_root,
                 checkpoint_step_interval=None,
                 **VALIDATION,
             )

@@ -31,7 +31,7 @@ VALIDATION = {
 
 
 @pytest.fixture(scope="module")
-def setups(tmp_path_factory, zoo_root, example_dataset):
+def setups(tmp_path_factory, zoo_root, example_dataset, family_cache_root):
     """(model, config) per family, caches built once per module."""
     made: dict[str, tuple[Path, Path]] = {}
 
@@ -40,7 +40,12 @@ def setups(tmp_path_factory, zoo_root, example_dataset):
             root = tmp_path_factory.mktemp(f"group-c-{family}")
             model = zoo.ensure(family, zoo_root)
             config = _write_config(
-                root, model, example_dataset.images_dir, family, max_train_steps=2
+                root,
+                model,
+                example_dataset.images_dir,
+                family,
+                family_cache_root,
+                max_train_steps=2,
             )
             build_caches(build_plan(config, [], {}))
             made[family] = (model, config)

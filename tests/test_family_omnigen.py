@@ -36,13 +36,19 @@ VALIDATION = {
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, zoo_root, example_dataset) -> tuple[Path, Path]:
+def setup(tmp_path_factory, zoo_root, example_dataset, family_cache_root) -> tuple[Path, Path]:
     """(model, config) with the caches built once."""
     root = tmp_path_factory.mktemp("omnigen")
     model = zoo.ensure("omnigen", zoo_root)
     extra = VALIDATION if HAS_TORCHVISION else {"validation_disable": True}
     config = _write_config(
-        root, model, example_dataset.images_dir, "omnigen", checkpoint_step_interval=None, **extra
+        root,
+        model,
+        example_dataset.images_dir,
+        "omnigen",
+        family_cache_root,
+        checkpoint_step_interval=None,
+        **extra,
     )
     build_caches(build_plan(config, [], {}))
     return model, config

@@ -331,9 +331,7 @@ def test_sdxl_refuses_a_unet_with_other_added_conditioning(setup) -> None:
     s = setup("sdxl")
     wrong = s.batch | {"pooled_prompt_embeds": torch.zeros(2, 40)}  # 40 + 6 * 8 != 32 + 48
     with pytest.raises(ValueError, match="refiner"):
-        s.module.predict(
-            s.denoiser, torch.zeros(2, 4, 8, 8), torch.tensor([1, 2]), wrong, OPTIONS
-        )
+        s.module.predict(s.denoiser, torch.zeros(2, 4, 8, 8), torch.tensor([1, 2]), wrong, OPTIONS)
 
 
 @pytest.mark.parametrize("family", zoo.FAMILIES)
