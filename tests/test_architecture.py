@@ -23,15 +23,15 @@ def _sources(root: Path) -> list[Path]:
 
 
 def test_no_family_name_outside_models_and_zoo() -> None:
-    """grep -iw for every family name (code, strings, comments and docstrings alike): a fact
-    about one family belongs in its FamilySpec or module, so adding a family touches no other
-    file."""
+    """grep -iw for every family name in st_ray and jobs (code, strings, comments and
+    docstrings alike): a fact about one family belongs in its FamilySpec or module, so adding
+    a family touches no other file."""
     names = sorted({*FAMILIES, *UNAVAILABLE_FAMILIES})
     # Whole words, as grep -w: flux_schedule_shift (a generic option) is not 'flux'.
     pattern = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(names) + r")(?![A-Za-z0-9_])", re.I)
     found = []
-    for path in _sources(PACKAGE):
-        if path.relative_to(PACKAGE).parts[0] in FAMILY_HOMES:
+    for path in [*_sources(PACKAGE), *_sources(PACKAGE.parent / "jobs")]:
+        if path.is_relative_to(PACKAGE) and path.relative_to(PACKAGE).parts[0] in FAMILY_HOMES:
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if match := pattern.search(line):
