@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 from st_ray import example_data, zoo
-
-DEMO_FAMILY = "sd1x"
+from st_ray.zoo import DEMO_FAMILY
 
 
 def prepare(root: str | Path) -> Path:

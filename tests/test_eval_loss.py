@@ -11,8 +11,8 @@ import torch
 
 from st_ray import zoo
 from st_ray.config.errors import ConfigError
-from st_ray.config.plan import build_plan
 from st_ray.device import pick_device
+from st_ray.plan import build_plan
 from st_ray.train import eval_loss
 from st_ray.train.build import build_run
 from st_ray.train.context import WorkerContext

@@ -91,8 +91,8 @@ def test_missing_config_flag(tmp_path: Path) -> None:
 
 
 def test_run_saves_redacted_config(tmp_path: Path, example_dataset) -> None:
-    from st_ray.config.plan import build_plan
     from st_ray.jobs.train import save_resolved_config
+    from st_ray.plan import build_plan
 
     config = _write_run(tmp_path, example_dataset)
     plan = build_plan(config, ["--hub_model_id", "me/model"], {})

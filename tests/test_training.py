@@ -12,14 +12,25 @@ import torch
 from safetensors.torch import load_file
 
 from st_ray import zoo
-from st_ray.config.plan import build_plan
 from st_ray.data.pipeline import build_caches
+from st_ray.plan import build_plan
 from st_ray.train.trainer import fit, fit_in_process
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
-def _write_config(root: Path, model: Path, images: Path, family: str, **options) -> Path:
+def _write_config(
+    root: Path,
+    model: Path,
+    images: Path,
+    family: str,
+    cache_root: Path | None = None,
+    **options,
+) -> Path:
+    """config.json + datasets for ``family`` in ``root``; the caches go under ``cache_root``
+    (default ``root``): pass the session's ``family_cache_root`` to share one family's caches
+    between test modules (same dataset, same cache settings)."""
+    caches = (cache_root or root) / "cache" / family
     datasets = [
         {
             "id": "photos",
@@ -29,14 +40,14 @@ def _write_config(root: Path, model: Path, images: Path, family: str, **options)
             "resolution": 64,
             "resolution_type": "pixel_area",
             "minimum_image_size": 32,
-            "cache_dir_vae": str(root / "cache" / family / "vae"),
+            "cache_dir_vae": str(caches / "vae"),
         },
         {
             "id": "text",
             "dataset_type": "text_embeds",
             "default": True,
             "type": "local",
-            "cache_dir": str(root / "cache" / family / "text"),
+            "cache_dir": str(caches / "text"),
         },
     ]
     (root / f"{family}-datasets.json").write_text(json.dumps(datasets))
@@ -63,10 +74,10 @@ def _write_config(root: Path, model: Path, images: Path, family: str, **options)
 
 
 @pytest.fixture(scope="module")
-def sd1x_setup(tmp_path_factory, example_dataset):
+def sd1x_setup(tmp_path_factory, zoo_root, example_dataset, family_cache_root):
     root = tmp_path_factory.mktemp("train-sd1x")
-    model = zoo.ensure("sd1x", root / "zoo")
-    config = _write_config(root, model, example_dataset.images_dir, "sd1x")
+    model = zoo.ensure("sd1x", zoo_root)
+    config = _write_config(root, model, example_dataset.images_dir, "sd1x", family_cache_root)
     build_caches(build_plan(config, [], {}))
     return root, model, config
 
@@ -195,15 +206,18 @@ def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path) -> None:
     assert "| Learning rate | 0.004 (learning_rate 0.001, lr_scale) |" in card
 
 
-def test_flow_matching_family_trains(tmp_path: Path, example_dataset) -> None:
+def test_flow_matching_family_trains(
+    tmp_path: Path, zoo_root, example_dataset, family_cache_root
+) -> None:
     from diffusers import FluxPipeline
 
-    model = zoo.ensure("flux", tmp_path / "zoo")
+    model = zoo.ensure("flux", zoo_root)
     config = _write_config(
         tmp_path,
         model,
         example_dataset.images_dir,
         "flux",
+        family_cache_root,
         flux_lora_target="all",
         max_train_steps=2,
     )

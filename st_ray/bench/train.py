@@ -47,7 +47,7 @@ from typing import Any, TextIO
 from st_ray import zoo
 from st_ray.bench.cache import _fresh, _ray_session, generate_images, write_config
 from st_ray.bench.workdir import run_and_report
-from st_ray.config.plan import Plan, build_plan
+from st_ray.plan import Plan, build_plan
 
 
 @dataclass
@@ -170,10 +170,12 @@ class BareLoop:
 
         batch = self.batch = int(options["train_batch_size"])
         self.on_device = torch.Generator(device=device).manual_seed(seed)
-        self.on_cpu = torch.Generator().manual_seed(seed)  # for per-step draws (Flux)
+        self.on_cpu = torch.Generator().manual_seed(
+            seed
+        )  # for per-step draws (e.g. random guidance)
         self.x0 = torch.randn((batch, *shapes.latent), generator=self.on_device, device=device)
         width, height = shapes.bucket
-        # What collate gives SDXL's time ids: (height, width), crops at (0, 0).
+        # What collate gives the size-conditioning inputs: (height, width), crops at (0, 0).
         sizes = torch.tensor([[height, width]] * batch, dtype=torch.long, device=device)
         self.inputs = {
             **{
@@ -207,7 +209,7 @@ class BareLoop:
         with autocast(self.dtype, self.core):
             pred = self.family.predict(
                 self.core, noisy.to(self.dtype), t, self.inputs, self.options, generator=self.on_cpu
-            )
+            ).output
             loss = F.mse_loss(pred.float(), target.float())
         loss.backward()
         self.optimizer.step()
@@ -229,7 +231,7 @@ def run_benchmark(
     warmup: int = 5,
     batch_size: int = 2,
     resolution: int = 64,
-    family: str = "sd1x",
+    family: str = zoo.DEMO_FAMILY,
     images: int | None = None,
     threads: int | None = None,
     zoo_root: Path | None = None,

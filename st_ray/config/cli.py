@@ -70,9 +70,9 @@ def options_help() -> str:
         elif option.dataset_field:
             details.append("also a dataset field: an entry's own value wins for that dataset")
         if option.name == "model_family":
-            from st_ray.models import FAMILIES
-
-            details.append("available in st_ray now: " + ", ".join(FAMILIES))
+            refused = {value for value, _ in option.unsupported_values}
+            available = [str(c) for c in option.choices or () if c not in refused]
+            details.append("available in st_ray now: " + ", ".join(available))
         lines.append(flag)
         lines += [f"        {text}" for text in details]
     return "\n".join(lines)

@@ -62,6 +62,9 @@ class Option:
     dataset_field: bool = False
     # Why an entry's own value is not honoured yet (every dataset uses the run-wide value).
     dataset_unsupported: str = ""
+    # Caches a changed value makes stale: "text" (text embeddings) and/or "latent" (latents);
+    # their settings fingerprints include the option.
+    caches: tuple[str, ...] = ()
 
 
 def opt(
@@ -82,6 +85,7 @@ def opt(
     no_effect: str = "",
     dataset_field: bool = False,
     dataset_unsupported: str | None = None,
+    caches: tuple[str, ...] = (),
 ) -> Option:
     """Declare an option. ``unsupported`` holds the reason st_ray does not implement it yet.
 
@@ -110,4 +114,5 @@ def opt(
         no_effect=no_effect,
         dataset_field=dataset_field,
         dataset_unsupported=dataset_unsupported or "",
+        caches=caches,
     )

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from st_ray.config.cli import job_parser, print_help, split_args
 from st_ray.config.errors import ConfigError
-from st_ray.config.plan import Plan, build_plan, format_plan
 from st_ray.config.redact import redact
+from st_ray.plan import Plan, build_plan, format_plan
 
 DESCRIPTION = """Train a LoRA or full fine-tune of a diffusion model on Ray.
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from st_ray.config.plan import Plan
 from st_ray.data.pipeline import EMPTY_CAPTION, text_cache_root
 from st_ray.models import quantize
-from st_ray.models.family import get_family_module
+from st_ray.models.family import Family, get_family_module
+from st_ray.plan import Plan
 from st_ray.storage import S3Settings
 from st_ray.train import data_feed, noise, timesteps
 from st_ray.train.checkpoints import Progress
@@ -37,7 +37,7 @@ class Run:
     derived: Derived  # what the run derived from it (the rate after lr_scale, its schedule...)
     loop: LoopSettings
     trainable: Trainable
-    family: Any  # the family module (st_ray.models.<family>)
+    family: Family  # the family's hooks
     denoiser: torch.nn.Module  # DDP-wrapped when world size > 1
     core: torch.nn.Module  # the unwrapped denoiser
     optimizer: torch.optim.Optimizer
@@ -148,7 +148,7 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
 
 
 def load_denoiser(
-    plan: Plan, family: Any, dtype: torch.dtype, device: torch.device
+    plan: Plan, family: Family, dtype: torch.dtype, device: torch.device
 ) -> torch.nn.Module:
     """The family's denoiser, quantised once here when base_model_precision asks for it
     (quantize_via 'pipeline': diffusers quantises while loading)."""

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from st_ray.config.plan import Plan
 from st_ray.device import pick_device
+from st_ray.plan import Plan
 from st_ray.storage import S3Settings
 
 Report = Callable[[dict[str, Any], Path | None], None]

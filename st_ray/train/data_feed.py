@@ -505,9 +505,9 @@ def collate(
 
     Returns ``latents`` (B, C, h, w) in the cached dtype; ``text_embeds`` {key: (B, ...)};
     ``original_size`` and ``target_size`` (B, 2) as (height, width) and ``crop_top_left``
-    (B, 2) as (top, left), what SDXL's time ids are built from (diffusers' SDXL script: the
-    source image's size; SimpleTuner uses the resized size instead); ``caption_dropped`` (B,)
-    bool (SimpleTuner also zeroes SDXL's time ids for those); ``captions`` (the text used,
+    (B, 2) as (top, left), what size-conditioned UNets build their time ids from (diffusers'
+    training script: the source image's size; SimpleTuner uses the resized size instead);
+    ``caption_dropped`` (B,) bool (SimpleTuner also zeroes those time ids for them); ``captions`` (the text used,
     "" when dropped), ``dataset_id`` and ``bucket`` (width, height).
     """
     if not batch_samples:

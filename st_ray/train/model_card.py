@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from st_ray.config.redact import redact
 
 if TYPE_CHECKING:
-    from st_ray.config.plan import Plan
+    from st_ray.plan import Plan
 
 CARD = "README.md"
 
@@ -43,7 +43,7 @@ def write_model_card(
     run's derived values (st_ray.train.settings.Derived.as_dict): the learning rate, schedule
     and batch that ran, where they differ from the options.
     """
-    from st_ray.config.plan import SECRET_OPTIONS
+    from st_ray.plan import SECRET_OPTIONS
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

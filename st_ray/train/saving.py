@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from st_ray.config.plan import Plan
+from st_ray.plan import Plan
 from st_ray.train import checkpoints
 from st_ray.train.checkpoints import Progress
 from st_ray.train.context import WorkerContext

@@ -83,9 +83,10 @@ def batch_loss(
         **{k: v.to(device) for k, v in batch["text_embeds"].items()},
         **{k: batch[k].to(device) for k in ("original_size", "crop_top_left", "target_size")},
     }
-    pred = run.family.predict(
+    prediction = run.family.predict(
         run.denoiser, noisy.to(run.dtype), t, inputs, run.plan.options, generator=generator
-    ).float()
+    )
+    pred = prediction.output.float()
     loss = compute_loss(
         run.loss_config,
         pred,
@@ -95,8 +96,8 @@ def batch_loss(
         prediction_type="flow_matching" if draw.sigmas is not None else run.prediction_type,
         num_train_timesteps=run.timestep_sampler.num_train_timesteps,
     )
-    # A family's own loss term from that forward pass (HiDream's MoE load balancing).
-    extra = run.family.aux_loss(run.denoiser, run.plan.options)
+    # A family's own loss term from that forward pass (e.g. a MoE load-balancing loss).
+    extra = prediction.aux_loss
     return loss if extra is None else loss + extra.to(loss.device, loss.dtype)
 
 

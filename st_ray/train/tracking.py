@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from st_ray.config.plan import Plan
+from st_ray.plan import Plan
 
 # MLflow caps a param value at 6000 characters; long values (prompt libraries...) are cut.
 _MAX_PARAM = 500

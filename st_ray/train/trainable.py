@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from st_ray.config.plan import Plan
+from st_ray.plan import Plan
 from st_ray.train import adapters, lycoris_adapter
 
 State = dict[str, torch.Tensor] | None

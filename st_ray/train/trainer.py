@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from st_ray.config.plan import Plan
 from st_ray.device import pick_device
 from st_ray.placement import cluster_nodes, local_storage_warning, train_worker_resources
+from st_ray.plan import Plan
 from st_ray.train.checkpoints import Progress
 from st_ray.train.worker import WorkerContext, final_output_dir, train, train_worker
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from st_ray.config.plan import Plan
+from st_ray.plan import Plan
 from st_ray.train import data_feed
 from st_ray.train.build import Run, build_run, plan_for
 from st_ray.train.checkpoints import Progress

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from st_ray.config.options import CANONICAL
-from st_ray.config.plan import Plan
 from st_ray.config.values import coerce
+from st_ray.plan import Plan
 
 
 @dataclass(frozen=True)

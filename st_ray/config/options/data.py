@@ -78,9 +78,9 @@ OPTIONS = [
         "data_aesthetic_score",
         float,
         7.0,
-        "Fixed aesthetic score fed to the SDXL refiner's conditioning for every image.",
+        "Fixed aesthetic score fed to the refiner model's conditioning for every image.",
         minimum=0,
-        unsupported="only used by SDXL refiner training, which st_ray does not implement",
+        unsupported="only used by refiner training, which st_ray does not implement",
     ),
     # Resolution and image sizes
     opt(
@@ -253,8 +253,8 @@ OPTIONS = [
         "caption_dropout_probability",
         float,
         0.1,
-        "Chance that a sample is trained with an empty caption (and, for SDXL, without size "
-        "conditioning), which keeps unconditional guidance working.",
+        "Chance that a sample is trained with an empty caption (and, for families conditioned on "
+        "image size, without size conditioning), which keeps unconditional guidance working.",
         minimum=0,
         maximum=1,
     ),
@@ -265,6 +265,7 @@ OPTIONS = [
         "Override the text encoder's token limit. Unset keeps the model's own length; changing "
         "it invalidates cached text embeddings.",
         minimum=1,
+        caches=("text",),
     ),
     # Caches
     opt(
