@@ -41,6 +41,7 @@ from st_ray.train import (
 )
 from st_ray.train.checkpoints import Progress
 from st_ray.train.ema import EMAModel
+from st_ray.train.feed import Feed, rank_planner
 from st_ray.train.losses import LossConfig, compute_loss
 from st_ray.train.lr_schedules import build_scheduler, scaled_learning_rate
 from st_ray.train.model_card import write_model_card
@@ -93,6 +94,7 @@ class Run:
     latents: dict[str, data_feed.LatentStore]
     texts: data_feed.TextEmbedStore
     empty_caption: dict[str, torch.Tensor]
+    feed: Feed  # reads the next batches' rows while the step computes
     noise_sampler: noise.NoiseSampler
     timestep_sampler: timesteps.TimestepSampler
     loss_config: LossConfig
@@ -167,6 +169,7 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
         events.before_training(progress)
         while progress.global_step < run.total_steps and progress.epoch < run.num_epochs:
             batches = plan_for(run, progress, ctx).batches(ctx.rank)[progress.batches_in_epoch :]
+            run.feed.expect(progress.epoch, batches)
             for start in range(0, len(batches), grad_accum):
                 group = batches[start : start + grad_accum]
                 started = time.perf_counter()
@@ -370,6 +373,8 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
     latents = {d.id: data_feed.LatentStore(str(d["cache_dir_vae"]), s3) for d in images}
     texts = data_feed.TextEmbedStore(text_cache_root(plan), s3)
     empty = next(iter(texts.load_captions([EMPTY_CAPTION]).values()))
+    planner = rank_planner(datasets, options, seed=seed, world_size=ctx.world_size, rank=ctx.rank)
+    feed = Feed.from_options(latents, texts, options, planner)
 
     scheduler_config = family.noise_scheduler_config(plan.model, options)
     flow = plan.family.flow_matching
@@ -399,6 +404,7 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
         latents=latents,
         texts=texts,
         empty_caption=empty,
+        feed=feed,
         noise_sampler=noise.NoiseSampler.from_options(options, flow_matching=flow),
         timestep_sampler=timesteps.TimestepSampler.from_options(
             options,
@@ -487,9 +493,7 @@ def train_step(
 def load_batch(
     run: Run, samples: list[data_feed.Sample], generator: torch.Generator
 ) -> dict[str, Any]:
-    dataset_id = samples[0].dataset_id
-    latents = run.latents[dataset_id].load(s.content_hash for s in samples)
-    texts = run.texts.load_captions(data_feed.batch_captions(samples))
+    latents, texts = run.feed.rows(samples)
     return data_feed.collate(
         samples,
         latents,
