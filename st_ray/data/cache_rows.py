@@ -110,8 +110,10 @@ class CacheRows:
             raise shard_error(self.store.root, self._shard(shard), error) from error
         with self._lock:
             self._files[shard] = handle
+            # Not closed here: another thread may be reading through it; a dropped handle
+            # closes when its last user lets go of it.
             while len(self._files) > OPEN_FILES:
-                self._files.popitem(last=False)[1].close()
+                self._files.popitem(last=False)
         return handle
 
     def _read_direct(self, position: int) -> dict[str, torch.Tensor]:
