@@ -244,3 +244,19 @@ def test_s3_cache_is_read_by_byte_ranges(tmp_path: Path, s3_server) -> None:
     assert len(got) == 12 and latents.rows.bytes_read == 12 * (32 + 4)
     embeds = texts.load_captions(["caption 1"])
     assert embeds[data_feed.caption_hash("caption 1")]["prompt_embeds"].shape == (77, 8)
+
+
+def test_feed_options_size_the_read_ahead(caches: dict) -> None:
+    latents, texts = stores(caches)
+    feed = Feed.from_options(
+        {"bench": latents}, texts, {"feed_prefetch_mib": 3, "dataloader_prefetch_qlen": 2}
+    )
+    try:
+        assert (feed.budget_bytes, feed.depth) == (3 * 1024 * 1024, 2)
+        feed.expect(0, plan_batches(caches))
+        assert len(feed._ahead) == 2  # depth bounds the batches read ahead
+    finally:
+        feed.close()
+    defaults = Feed.from_options({"bench": latents}, texts, {})
+    assert (defaults.budget_bytes, defaults.depth) == (256 * 1024 * 1024, 10)
+    defaults.close()

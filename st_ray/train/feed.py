@@ -188,8 +188,8 @@ class Feed:
                 upcoming = self._pool.submit(self.planner, epoch + 1)
             for i, batch in enumerate(batches):
                 yield batch, epoch, len(batches) - 1 - i
-            if upcoming is None:
-                return
+            if upcoming is None or upcoming.exception() is not None:
+                return  # the loop plans that epoch itself and reports the error there
             epoch, batches = epoch + 1, upcoming.result()
 
     def _top_up(self) -> None:
