@@ -213,6 +213,7 @@ def test_lost_shard_stops_the_run_naming_it_and_keeps_its_checkpoint(
     import shutil
 
     from st_ray.data.cache_index import ShardReadError
+    from st_ray.data.cache_store import CacheStore
 
     root, model, _ = sd1x_setup
     shutil.copytree(root / "cache", tmp_path / "cache")  # this test damages its copy
@@ -220,6 +221,10 @@ def test_lost_shard_stops_the_run_naming_it_and_keeps_its_checkpoint(
     fit_in_process(_plan(config, tmp_path / "a", "--max_train_steps", "2"), tmp_path / "ck")
     kept = tmp_path / "ck" / "checkpoint-2"
     before = {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()}
+    # The caching stage (Ray Data) wrote rows the feed reads by byte range.
+    vae = CacheStore(str(tmp_path / "cache" / "sd1x" / "vae"), "latents")
+    index = vae.row_index(vae.read_manifest())
+    assert len(index) and (index.offset["latent"] >= 0).all()
     shards = sorted((tmp_path / "cache" / "sd1x" / "vae" / "shards").rglob("*.parquet"))
     for shard in shards:
         shard.write_bytes(shard.read_bytes()[:64])  # cut short, as a failed copy leaves it
