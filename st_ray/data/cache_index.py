@@ -242,7 +242,7 @@ def decode(data: bytes, shards: Sequence[str]) -> tuple[pa.Table, list[str]]:
     except (OSError, pa.ArrowException) as error:
         raise ValueError(f"unreadable ({error})") from error
     meta = table.schema.metadata or {}
-    if _META_SHA not in meta or _META_ROWS not in meta:
+    if not {_META_SHA, _META_ROWS, _META_SHARDS, _META_PAYLOAD} <= set(meta):
         raise ValueError("no checksum")
     if int(meta[_META_ROWS]) != table.num_rows:
         raise ValueError(f"{table.num_rows} rows, the file says {int(meta[_META_ROWS])}")
