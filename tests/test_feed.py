@@ -23,7 +23,7 @@ ROWS, CAPTIONS, SHARD = 40, 10, 16
 
 
 @pytest.fixture
-def caches(tmp_path: Path) -> dict:
+def caches(tmp_path: Path, request) -> dict:
     return write_caches(
         str(tmp_path / "cache"),
         ROWS,
@@ -31,6 +31,7 @@ def caches(tmp_path: Path) -> dict:
         latent_side=2,
         text_scale=256,
         rows_per_shard=SHARD,
+        compression=getattr(request, "param", "none"),
     )
 
 
@@ -53,6 +54,8 @@ def plan_batches(caches: dict, epoch: int = 0) -> list[list[data_feed.Sample]]:
     return data_feed.plan_epoch([data], epoch=epoch, seed=5, batch_size=3, world_size=1).batches(0)
 
 
+# zstd: compress_disk_cache (the default); snappy: Ray Data's default (text caches).
+@pytest.mark.parametrize("caches", ["none", "zstd", "snappy"], indirect=True)
 def test_commit_writes_the_row_index_and_reads_fetch_only_the_rows(caches: dict) -> None:
     vae = CacheStore(caches["vae"], LATENTS)
     manifest = vae.read_manifest()
@@ -68,8 +71,11 @@ def test_commit_writes_the_row_index_and_reads_fetch_only_the_rows(caches: dict)
     for key in keys:
         assert got[key].dtype == torch.float16 and tuple(got[key].shape) == (4, 2, 2)
         assert got[key].numpy().tobytes() == expected[key]
-    # Each latent: its 32 bytes plus the 4-byte length Parquet stores before it.
-    assert latents.rows.bytes_read == len(keys) * (32 + 4)
+    # One ranged read per row: no row group read, and for uncompressed shards exactly the
+    # 32 bytes of each latent plus the 4-byte length Parquet stores before it.
+    assert latents.rows.group_reads == 0 and latents.rows.rows_read == len(keys)
+    if latents.rows.index.codec["latent"][0] == 0:
+        assert latents.rows.bytes_read == len(keys) * (32 + 4)
     embeds = texts.load_captions(["caption 3", ""])
     reference = shard_values(caches["text"], "caption_hash", "prompt_embeds")
     assert (
@@ -92,6 +98,7 @@ def test_cache_without_row_index_gets_one_built_from_its_shards(caches: dict) ->
     expected = shard_values(caches["vae"], "content_hash", "latent")
     got = latents.load(sorted(expected))
     assert all(got[k].numpy().tobytes() == v for k, v in expected.items())
+    assert latents.rows.group_reads == ROWS  # no byte ranges in that layout
     assert (Path(caches["vae"]) / cache_index.index_name(manifest.shards)).is_file()
 
 
@@ -236,7 +243,14 @@ def test_s3_cache_is_read_by_byte_ranges(tmp_path: Path, s3_server) -> None:
     s3 = s3_server.settings()
     root = f"s3://{s3_server.create_bucket()}/cache"
     caches = write_caches(
-        root, 12, captions=4, latent_side=2, text_scale=256, s3=s3, rows_per_shard=5
+        root,
+        12,
+        captions=4,
+        latent_side=2,
+        text_scale=256,
+        s3=s3,
+        rows_per_shard=5,
+        compression="none",
     )
     latents, texts = stores(caches, s3)
     keys = sorted(latents.rows.index.position)

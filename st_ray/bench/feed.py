@@ -68,14 +68,14 @@ OLD_WRITE_ARGS = {"row_group_size": 4}
 
 
 def _write_shard(
-    store: CacheStore, run_dir: str, part: int, table: pa.Table, old: bool = False
+    store: CacheStore, run_dir: str, part: int, table: pa.Table, old: bool, compression: str
 ) -> str:
     relative = f"{run_dir}/part-{part:05d}.parquet"
     pq.write_table(
         table,
         f"{store.path}/{relative}",
         filesystem=store.pyarrow_filesystem(),
-        compression="none",
+        compression=compression,
         **(OLD_WRITE_ARGS if old else SHARD_WRITE_ARGS),
     )
     return relative
@@ -97,6 +97,7 @@ def write_caches(
     rows_per_shard: int = 1000,
     s3: S3Settings | None = None,
     old_layout: bool = False,
+    compression: str = "zstd",
 ) -> dict[str, Any]:
     """A latent cache (``root``/vae) of ``rows`` images in one 8*side px bucket and a text
     cache (``root``/text) of ``captions`` distinct captions (image i uses caption i mod
@@ -129,7 +130,7 @@ def write_caches(
                 "latent_dtype": ["float16"] * len(ids),
             }
         )
-        shards.append(_write_shard(vae, run_dir, part, table, old_layout))
+        shards.append(_write_shard(vae, run_dir, part, table, old_layout, compression))
     manifest.index = vae.write_index(
         pa.table(
             {
@@ -174,7 +175,9 @@ def write_caches(
             )
             columns[f"{key}_shape"] = [list(array.shape)] * len(chunk)
             columns[f"{key}_dtype"] = ["float16"] * len(chunk)
-        text_shards.append(_write_shard(text, text_dir, part, pa.table(columns), old_layout))
+        text_shards.append(
+            _write_shard(text, text_dir, part, pa.table(columns), old_layout, compression)
+        )
     text.commit(text_manifest, text_shards, len(names))
     text_row = sum(int(np.prod(v)) * 2 for v in dims.values())
     return {
@@ -389,6 +392,7 @@ def _case(
         rows_per_shard=args.rows_per_shard,
         s3=s3,
         old_layout=reader == "old",
+        compression=args.compression,
     )
     build_s = time.perf_counter() - built
     s3_fields = None
@@ -518,6 +522,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--old", action="store_true", help="also measure the reader the feed replaced"
+    )
+    parser.add_argument(
+        "--compression",
+        default="zstd",
+        help="shard codec: zstd as compress_disk_cache (the default) writes, or none",
     )
     parser.add_argument(
         "--old-max-rows", type=int, default=10000, help="largest size the old reader runs at"

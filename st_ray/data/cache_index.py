@@ -5,12 +5,12 @@ A committed cache (``cache_store``) gets one row-index file per set of committed
 on first use for caches written before it existed). For each key (a latent cache's content
 hash with status "ok", a text cache's caption hash) it records the shard, row group and row,
 and for each payload column (``latent``; or every ``<name>`` beside ``<name>_shape`` and
-``<name>_dtype``) its shape, dtype, size and -- when the value lies verbatim in the file -- its
-byte offset. New shards are written so that every row does (``SHARD_WRITE_ARGS``: one row per
-row group, no dictionary; uncompressed unless compress_disk_cache): a PLAIN-encoded
-``BYTE_ARRAY`` value of a one-row column chunk is its last ``nbytes`` bytes, preceded by its
-4-byte little-endian length. So a read fetches exactly the payload (``cache_rows``); other
-layouts (older caches, compressed ones) fall back to reading the row's row group.
+``<name>_dtype``) its shape, dtype, size and -- when the column chunk holds just that value --
+the chunk's byte range and codec. New shards are written so that every row does
+(``SHARD_WRITE_ARGS``: one row per row group, no dictionary): the chunk is one data page whose
+(decompressed) content ends with the PLAIN-encoded value, preceded by its 4-byte
+little-endian length. So a read fetches the row's payload and a few header bytes
+(``cache_rows``); other layouts (older caches) fall back to reading the row's row group.
 
 The file carries its row count and a SHA-256 of its content in the Parquet schema metadata: a
 truncated or corrupt index is detected and rebuilt from the shards, never trusted.
@@ -38,6 +38,8 @@ OK = "ok"
 # pyarrow): rows readable by byte range. Footers grow by ~1 KiB a row; only the index
 # builder reads them.
 SHARD_WRITE_ARGS = {"row_group_size": 1, "use_dictionary": False}
+# Column-chunk codecs a direct read decodes (pyarrow.Codec names, lower case); index = code.
+CODECS = ("UNCOMPRESSED", "ZSTD", "SNAPPY", "GZIP", "BROTLI", "LZ4_RAW")
 _META_ROWS = b"st_ray.rows"
 _META_SHA = b"st_ray.sha256"
 _META_SHARDS = b"st_ray.shards"
@@ -85,6 +87,8 @@ class RowIndex:
         self.row_group = self.table.column("row_group").to_numpy()
         self.row = self.table.column("row").to_numpy()
         self.offset = {c: self.table.column(f"{c}.offset").to_numpy() for c in self.payload}
+        self.length = {c: self.table.column(f"{c}.length").to_numpy() for c in self.payload}
+        self.codec = {c: self.table.column(f"{c}.codec").to_numpy() for c in self.payload}
         self.nbytes = {c: self.table.column(f"{c}.nbytes").to_numpy() for c in self.payload}
         # Shapes and dtypes repeat (one per bucket): keep the distinct ones and an id per row.
         self.layouts: list[tuple[tuple[int, ...], str]] = []
@@ -151,6 +155,8 @@ def _schema(payload: Sequence[str]) -> pa.Schema:
     for c in payload:
         fields += [
             pa.field(f"{c}.offset", pa.int64()),
+            pa.field(f"{c}.length", pa.int64()),
+            pa.field(f"{c}.codec", pa.int8()),
             pa.field(f"{c}.nbytes", pa.int64()),
             pa.field(f"{c}.shape", pa.list_(pa.int64())),
             pa.field(f"{c}.dtype", pa.string()),
@@ -189,12 +195,13 @@ def _shard_entries(
                 chunk = meta.column(leaf[c])
                 direct = (
                     meta.num_rows == 1
-                    and chunk.compression == "UNCOMPRESSED"
+                    and chunk.compression in CODECS
                     and not chunk.has_dictionary_page
                     and chunk.physical_type == "BYTE_ARRAY"
                 )
-                end = chunk.data_page_offset + chunk.total_compressed_size
-                out[f"{c}.offset"].append(end - nbytes if direct else -1)
+                out[f"{c}.offset"].append(chunk.data_page_offset if direct else -1)
+                out[f"{c}.length"].append(chunk.total_compressed_size)
+                out[f"{c}.codec"].append(CODECS.index(chunk.compression) if direct else -1)
                 out[f"{c}.nbytes"].append(nbytes)
                 out[f"{c}.shape"].append(list(shapes[c][i]))
                 out[f"{c}.dtype"].append(dtypes[c][i])

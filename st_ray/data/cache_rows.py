@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from st_ray.data.cache_index import RowIndex, ShardReadError, shard_error
+from st_ray.data.cache_index import CODECS, RowIndex, ShardReadError, shard_error
 from st_ray.data.cache_store import CacheStore
 
 OPEN_FILES = 32  # shard handles kept open per reader
@@ -47,9 +47,10 @@ class CacheRows:
         self._fs = store.pyarrow_filesystem()
         self._lock = threading.Lock()
         self._files: OrderedDict[int, Any] = OrderedDict()
-        self._parquet: OrderedDict[int, pq.ParquetFile] = OrderedDict()
+        self._parquet: OrderedDict[int, tuple[pq.ParquetFile, threading.Lock]] = OrderedDict()
         self.rows_read = 0  # rows fetched from storage
         self.bytes_read = 0  # bytes requested from storage (ranges and row groups)
+        self.group_reads = 0  # rows read with their row group (layouts without byte ranges)
 
     @property
     def payload(self) -> list[str]:
@@ -83,13 +84,18 @@ class CacheRows:
         out = {}
         fallback: dict[tuple[int, int], list[tuple[str, int]]] = {}
         for key, position in self.positions(keys).items():
+            row = None
             if all(self.index.offset[c][position] >= 0 for c in self.payload):
-                out[key] = self._read_direct(position)
+                row = self._read_direct(position)
+            if row is not None:
+                out[key] = row
             else:
                 group = (int(self.index.shard[position]), int(self.index.row_group[position]))
                 fallback.setdefault(group, []).append((key, position))
         for (shard, group), rows in fallback.items():
             out.update(self._read_group(shard, group, rows))
+            with self._lock:
+                self.group_reads += len(rows)
         with self._lock:
             self.rows_read += len(out)
         return out
@@ -116,18 +122,24 @@ class CacheRows:
                 self._files.popitem(last=False)
         return handle
 
-    def _read_direct(self, position: int) -> dict[str, torch.Tensor]:
+    def _read_direct(self, position: int) -> dict[str, torch.Tensor] | None:
+        """The row's payload by one ranged read; None when a chunk is not laid out as its
+        index says it is (then the caller reads the row group)."""
         shard = int(self.index.shard[position])
-        spans = {
-            c: (int(self.index.offset[c][position]), int(self.index.nbytes[c][position]))
-            for c in self.payload
-        }
-        if not spans:
+        chunks = {}
+        for c in self.payload:
+            start = int(self.index.offset[c][position])
+            end = start + int(self.index.length[c][position])
+            codec = CODECS[int(self.index.codec[c][position])]
+            nbytes = int(self.index.nbytes[c][position])
+            # Uncompressed: just the value and its 4-byte length, at the chunk's end.
+            first = end - nbytes - 4 if codec == "UNCOMPRESSED" else start
+            chunks[c] = (first, end, codec, nbytes)
+        if not chunks:
             return {}
-        # One read covers the row's payload columns (they sit in one row group), each value
-        # with the 4-byte length Parquet writes before it.
-        low = min(offset - 4 for offset, _ in spans.values())
-        high = max(offset + nbytes for offset, nbytes in spans.values())
+        # One read covers the row's payload columns (they sit in one row group).
+        low = min(first for first, *_ in chunks.values())
+        high = max(end for _, end, *_ in chunks.values())
         try:
             data = self._file(shard).read_at(high - low, low)
         except (OSError, pa.ArrowException) as error:
@@ -140,16 +152,13 @@ class CacheRows:
                 self.store.root, self._shard(shard), EOFError(f"short read at byte {low}")
             )
         row = {}
-        for c, (offset, nbytes) in spans.items():
-            start = offset - low
-            if int.from_bytes(view[start - 4 : start], "little") != nbytes:
-                raise shard_error(
-                    self.store.root,
-                    self._shard(shard),
-                    ValueError(f"{c} of a row is not at byte {offset} as its row index says"),
-                )
+        for c, (first, end, codec, nbytes) in chunks.items():
+            chunk = view[first - low : end - low]
+            value = chunk if codec == "UNCOMPRESSED" else _page_values(chunk, codec)
+            if value is None or int.from_bytes(value[-nbytes - 4 : -nbytes], "little") != nbytes:
+                return None
             shape, dtype = self.index.layouts[self.index.layout[c][position]]
-            row[c] = tensor(view[start : start + nbytes], shape, dtype)
+            row[c] = tensor(value[len(value) - nbytes :], shape, dtype)
         return row
 
     def _read_group(
@@ -160,13 +169,15 @@ class CacheRows:
             with self._lock:
                 parquet = self._parquet.get(shard)
             if parquet is None:
-                parquet = pq.ParquetFile(self._file(shard))
+                parquet = (pq.ParquetFile(self._file(shard)), threading.Lock())
                 with self._lock:
                     self._parquet[shard] = parquet
                     while len(self._parquet) > OPEN_FILES:
                         self._parquet.popitem(last=False)
-            table = parquet.read_row_group(group, columns=columns)
-            meta = parquet.metadata.row_group(group)
+            # A ParquetFile is not safe to read from two threads at once.
+            with parquet[1]:
+                table = parquet[0].read_row_group(group, columns=columns)
+                meta = parquet[0].metadata.row_group(group)
         except (OSError, pa.ArrowException) as error:
             raise shard_error(self.store.root, self._shard(shard), error) from error
         with self._lock:
@@ -189,3 +200,45 @@ class CacheRows:
 
 
 __all__ = ["CacheRows", "ShardReadError", "tensor"]
+
+
+_DATA_PAGE = 0  # PageType.DATA_PAGE (v1)
+
+
+def _varint(data: memoryview, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def _page_values(chunk: memoryview, codec: str) -> bytes | None:
+    """The decompressed content of a column chunk made of one v1 data page, or None when it
+    is not that. The page header is Thrift compact: its first three fields are type,
+    uncompressed size and compressed size (i32, zigzag varints, field header 0x15 each); the
+    compressed page is the chunk's tail."""
+    fields = []
+    at = 0
+    try:
+        for _ in range(3):
+            if chunk[at] != 0x15:
+                return None
+            raw, at = _varint(chunk, at + 1)
+            fields.append((raw >> 1) ^ -(raw & 1))
+    except IndexError:
+        return None
+    kind, uncompressed, compressed = fields
+    if kind != _DATA_PAGE or not 0 < compressed <= len(chunk) - at:
+        return None
+    try:
+        return (
+            pa.Codec(codec.lower())
+            .decompress(chunk[len(chunk) - compressed :], decompressed_size=uncompressed)
+            .to_pybytes()
+        )
+    except (OSError, pa.ArrowException):
+        return None
