@@ -255,9 +255,12 @@ def decode(data: bytes, shards: Sequence[str]) -> tuple[pa.Table, list[str]]:
         raise ValueError(f"{table.num_rows} rows, the file says {int(meta[_META_ROWS])}")
     if json.loads(meta[_META_SHARDS]) != list(shards):
         raise ValueError("made for other shards")
+    payload = json.loads(meta[_META_PAYLOAD])
+    if set(table.column_names) != set(_schema(payload).names):
+        raise ValueError("written by another st_ray version")
     if _checksum(table) != meta[_META_SHA].decode():
         raise ValueError("checksum mismatch")
-    return table.replace_schema_metadata(None), json.loads(meta[_META_PAYLOAD])
+    return table.replace_schema_metadata(None), payload
 
 
 def update(
