@@ -227,3 +227,29 @@ def test_flow_matching_family_trains(
     assert progress.global_step == 2 and all(np.isfinite(r["loss"]) for r in reported)
     pipe = FluxPipeline.from_pretrained(model)
     pipe.load_lora_weights(tmp_path / "out")
+
+
+def test_lost_shard_stops_the_run_naming_it_and_keeps_its_checkpoint(
+    sd1x_setup, tmp_path: Path, example_dataset
+) -> None:
+    import shutil
+
+    from st_ray.data.cache_index import ShardReadError
+    from st_ray.data.cache_store import CacheStore
+
+    root, model, _ = sd1x_setup
+    shutil.copytree(root / "cache", tmp_path / "cache")  # this test damages its copy
+    config = _write_config(tmp_path, model, example_dataset.images_dir, "sd1x")
+    fit_in_process(_plan(config, tmp_path / "a", "--max_train_steps", "2"), tmp_path / "ck")
+    kept = tmp_path / "ck" / "checkpoint-2"
+    before = {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()}
+    # The caching stage (Ray Data) wrote rows the feed reads by byte range.
+    vae = CacheStore(str(tmp_path / "cache" / "sd1x" / "vae"), "latents")
+    index = vae.row_index(vae.read_manifest())
+    assert len(index) and (index.offset["latent"] >= 0).all()
+    shards = sorted((tmp_path / "cache" / "sd1x" / "vae" / "shards").rglob("*.parquet"))
+    for shard in shards:
+        shard.write_bytes(shard.read_bytes()[:64])  # cut short, as a failed copy leaves it
+    with pytest.raises(ShardReadError, match=r"shard shards/.*\.parquet is missing or unread"):
+        fit_in_process(_plan(config, tmp_path / "b"), tmp_path / "ck2", resume_from=kept)
+    assert {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()} == before

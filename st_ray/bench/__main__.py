@@ -1,6 +1,7 @@
 """CLI: ``python -m st_ray.bench cache [--images N] [--family F] [--resolution PX] ...`` and
 ``python -m st_ray.bench train [--steps N] [--warmup N] [--batch-size B] [--resolution PX] ...``
-and ``python -m st_ray.bench sizing [--resolution PX ...] [--mfu F]``.
+and ``python -m st_ray.bench sizing [--resolution PX ...] [--mfu F]``
+and ``python -m st_ray.bench feed [--rows N ...] [--s3-rows N ...] [--step-ms MS] [--old]``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     sizing.add_argument("--resolution", type=int, nargs="+", default=[1024], help="square edge")
     sizing.add_argument("--mfu", type=float, default=0.35, help="assumed fraction of peak")
+    feed = sub.add_parser(
+        "feed",
+        help="training feed on synthetic SDXL caches (local and S3): data wait per step, "
+        "bytes read / used, worker peak RSS at each size",
+    )
+    from st_ray.bench.feed import add_arguments as feed_arguments
+
+    feed_arguments(feed)
     args = parser.parse_args(argv)
 
     if args.command == "cache":
@@ -73,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         from st_ray.bench import train as bench_train
 
         return bench_train.main(args)
+    if args.command == "feed":
+        from st_ray.bench import feed as bench_feed
+
+        return bench_feed.main(args)
     if args.command == "sizing":
         from st_ray.bench import sizing as bench_sizing
 

@@ -26,6 +26,7 @@ from st_ray.config.datasets import DatasetEntry
 from st_ray.config.options import CORE_OPTIONS
 from st_ray.data import captioning, discovery
 from st_ray.data.bucketing import BucketSettings
+from st_ray.data.cache_index import SHARD_WRITE_ARGS
 from st_ray.data.cache_store import CacheStore, Manifest
 from st_ray.data.captions import load_caption_filters, resolve_captions
 from st_ray.data.encoders import TextEncoder, VaeEncoder
@@ -233,6 +234,7 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
             run_uri,
             filesystem=store.pyarrow_filesystem(),
             compression="zstd" if options.get("compress_disk_cache") else "none",
+            **SHARD_WRITE_ARGS,  # one row per row group: the feed reads rows by byte range
         )
     )
     shards = store.shard_files(run_dir)
@@ -406,7 +408,7 @@ def cache_text(plan: Plan, captions: set[str], root: str, s3: S3Settings | None)
             batch_size=text_batch_size(plan),
             batch_format="numpy",
         )
-        .write_parquet(run_uri, filesystem=store.pyarrow_filesystem())
+        .write_parquet(run_uri, filesystem=store.pyarrow_filesystem(), **SHARD_WRITE_ARGS)
     )
     shards = store.shard_files(run_dir)
     store.commit(manifest, shards, len(todo))

@@ -22,6 +22,7 @@ from st_ray.train import data_feed, noise, timesteps
 from st_ray.train.checkpoints import Progress
 from st_ray.train.context import WorkerContext
 from st_ray.train.ema import EMAModel
+from st_ray.train.feed import Feed, rank_planner
 from st_ray.train.losses import LossConfig
 from st_ray.train.lr_schedules import schedule_scheduler
 from st_ray.train.optimizers import build_optimizer
@@ -47,6 +48,7 @@ class Run:
     latents: dict[str, data_feed.LatentStore]
     texts: data_feed.TextEmbedStore
     empty_caption: dict[str, torch.Tensor]
+    feed: Feed  # reads the next batches' rows while the step computes
     noise_sampler: noise.NoiseSampler
     timestep_sampler: timesteps.TimestepSampler
     loss_config: LossConfig
@@ -93,6 +95,8 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
     latents = {d.id: data_feed.LatentStore(str(d["cache_dir_vae"]), s3) for d in images}
     texts = data_feed.TextEmbedStore(text_cache_root(plan), s3)
     empty = next(iter(texts.load_captions([EMPTY_CAPTION]).values()))
+    planner = rank_planner(datasets, options, seed=seed, world_size=ctx.world_size, rank=ctx.rank)
+    feed = Feed.from_options(latents, texts, options, planner)
     first_epoch = plan_epoch(plan, datasets, epoch=0, seed=seed, world_size=ctx.world_size)
     derived = derive(
         options,
@@ -133,6 +137,7 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
         latents=latents,
         texts=texts,
         empty_caption=empty,
+        feed=feed,
         noise_sampler=noise.NoiseSampler.from_options(options, flow_matching=flow),
         timestep_sampler=timesteps.TimestepSampler.from_options(
             options,

@@ -48,9 +48,7 @@ def train_step(
 def load_batch(
     run: Run, samples: list[data_feed.Sample], generator: torch.Generator
 ) -> dict[str, Any]:
-    dataset_id = samples[0].dataset_id
-    latents = run.latents[dataset_id].load(s.content_hash for s in samples)
-    texts = run.texts.load_captions(data_feed.batch_captions(samples))
+    latents, texts = run.feed.rows(samples)
     return data_feed.collate(
         samples,
         latents,

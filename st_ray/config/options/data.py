@@ -427,15 +427,26 @@ OPTIONS = [
         False,
         "Fetch upcoming batches (latents, text embeddings, metadata) in the background so the "
         "GPU does not wait on storage. Mostly matters for fast GPUs at low resolution.",
-        no_effect="the data feed reads cached latents directly; there is no loader queue",
+        no_effect="st_ray's feed always reads ahead (dataloader_prefetch_qlen batches within "
+        "feed_prefetch_mib)",
     ),
     opt(
         "dataloader_prefetch_qlen",
         int,
         10,
-        "Batches each worker keeps ready when dataloader_prefetch is on.",
+        "Batches each worker keeps ready when dataloader_prefetch is on. st_ray's feed always "
+        "reads this many batches ahead, as far as feed_prefetch_mib allows.",
         minimum=1,
-        no_effect="the data feed reads cached latents directly; there is no loader queue",
+    ),
+    opt(
+        "feed_prefetch_mib",
+        int,
+        256,
+        "st_ray: most MiB of cached latents and text embeddings each training worker holds "
+        "read ahead (in flight or ready; at least one batch). The feed keeps no other row "
+        "cache, so worker memory does not grow with the dataset. Raise it for high-latency "
+        "storage with large rows (e.g. Flux T5 embeddings, 4 MiB per caption).",
+        minimum=1,
     ),
     # Debugging output
     opt(
