@@ -45,7 +45,10 @@ def write_manifest(
     family: str,
     files: list[str],
     fingerprint: str,
+    run_identity: dict[str, Any] | None = None,
 ) -> None:
+    """``run_identity``: the settings the run was trained with (st_ray.train.run_identity),
+    compared with a new config before it continues this checkpoint."""
     manifest = {
         "version": FORMAT_VERSION,
         "progress": asdict(progress),
@@ -53,6 +56,7 @@ def write_manifest(
         "family": family,
         "files": files,
         "config_fingerprint": fingerprint,
+        "run_identity": run_identity,
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     tmp = directory / f".{MANIFEST}.tmp"

@@ -37,6 +37,7 @@ from st_ray.train import (
     eval_loss,
     lycoris_adapter,
     noise,
+    run_identity,
     timesteps,
 )
 from st_ray.train.checkpoints import Progress
@@ -578,6 +579,7 @@ def report_checkpoint(
             family=run.plan.family.name,
             files=[*files, checkpoints.STATE],
             fingerprint=config_fingerprint(run.plan),
+            run_identity=run_identity.record(run.plan, run.steps_per_epoch),
         )
     ctx.report(metrics, directory)
 
