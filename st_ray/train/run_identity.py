@@ -222,11 +222,11 @@ def _continue(plan: Plan, target: RunTarget, checkpoint: str) -> RunTarget:
         raise RunRefused(target.name, checkpoint, changes)
     total = _total_steps(plan, saved)
     target.finished = total is not None and target.step >= total
-    if target.finished:
-        target.notes.append(f"nothing left to train: step {target.step} is the last step")
     target.notes.append(
         f"run folder {redact(target.folder)}: continues {redact(checkpoint)} (step {target.step})"
     )
+    if target.finished:
+        target.notes.append(f"nothing left to train: step {target.step} is the last step")
     if saved is None:
         target.notes.append(
             "that checkpoint has no record of its settings (written before st_ray kept one): "
