@@ -130,6 +130,27 @@ def test_changed_learning_rate_resumes_and_is_noted(first_run, capsys) -> None:
     assert {name: _digest(first_run.storage / name) for name in others} == others
 
 
+def test_s3_run_storage_is_read_the_same_way(
+    first_run, s3_server, monkeypatch, capsys, no_training
+) -> None:
+    """The first run's folder (Ray's snapshot and checkpoints) on S3 run storage: the driver
+    finds the same checkpoint there, refuses the same change, and dates a fresh run's folder."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = s3_server.create_bucket()
+    s3_server.upload_folder(first_run.storage / RUN, bucket, f"runs/{RUN}")
+    runs = f"s3://{bucket}/runs"
+    storage = ("--run_storage_path", runs, "--s3_endpoint_url", s3_server.endpoint_url)
+    assert _train(first_run, *storage, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert f"run folder {runs}/{RUN}: continues {runs}/{RUN}/checkpoint-4 (step 4)" in out
+    assert "nothing left to train: step 4 is the last step" in out
+    assert _train(first_run, *storage, "--lora_rank", "8") == 2
+    assert "  lora_rank: 4 -> 8\n" in capsys.readouterr().err
+    assert _train(first_run, *storage, "--resume_from_checkpoint", "", "--dry-run") == 0
+    assert re.search(rf"run folder {runs}/{DATED}: a fresh run", capsys.readouterr().out)
+
+
 def run_folders_here(first_run) -> list[str]:
     from fsspec.implementations.local import LocalFileSystem
 
