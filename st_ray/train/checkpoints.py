@@ -46,9 +46,12 @@ def write_manifest(
     files: list[str],
     fingerprint: str,
     derived: dict[str, Any] | None = None,
+    run_identity: dict[str, Any] | None = None,
 ) -> None:
     """``derived``: what the run computed from its options (the learning rate after lr_scale,
-    the schedule that ran...), recorded beside the config fingerprint."""
+    the schedule that ran...), recorded beside the config fingerprint. ``run_identity``: the
+    settings the run was trained with (st_ray.train.run_identity), compared with a new config
+    before it continues this checkpoint."""
     manifest = {
         "version": FORMAT_VERSION,
         "progress": asdict(progress),
@@ -57,6 +60,7 @@ def write_manifest(
         "files": files,
         "config_fingerprint": fingerprint,
         "derived": derived or {},
+        "run_identity": run_identity,
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     tmp = directory / f".{MANIFEST}.tmp"

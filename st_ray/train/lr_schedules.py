@@ -149,12 +149,26 @@ def check_schedule_options(options: Mapping[str, Any], *, world_size: int) -> No
 class ResumableLambdaLR(LambdaLR):
     """A ``LambdaLR`` whose ``load_state_dict`` also puts the restored step's rates back into
     the optimizer, so the first update after a resume uses them even when the optimizer's own
-    state was not restored (its ``param_groups`` hold the rates otherwise)."""
+    state was not restored (its ``param_groups`` hold the rates otherwise).
+
+    The peak rates stay this run's (``base_lrs``, from its options): a run resumed with a new
+    ``learning_rate`` continues at the new rate times the schedule's multiplier at the restored
+    step. (SimpleTuner applies a new rate on resume for 'constant' only; its other schedules
+    silently keep the checkpoint's.)"""
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        peaks = list(self.base_lrs)
         super().load_state_dict(state_dict)
-        for group, lr in zip(self.optimizer.param_groups, self.get_last_lr(), strict=True):
+        self.base_lrs = peaks
+        self._last_lr = self._rates_at(self.last_epoch)
+        for group, lr, peak in zip(self.optimizer.param_groups, self._last_lr, peaks, strict=True):
             group["lr"] = lr
+            group["initial_lr"] = peak
+
+    def _rates_at(self, step: int) -> list[float]:
+        return [
+            base * rule(step) for base, rule in zip(self.base_lrs, self.lr_lambdas, strict=True)
+        ]
 
 
 @dataclass(frozen=True)

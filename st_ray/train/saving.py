@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from st_ray.plan import Plan
-from st_ray.train import checkpoints
+from st_ray.train import checkpoints, run_identity
 from st_ray.train.checkpoints import Progress
 from st_ray.train.context import WorkerContext
 from st_ray.train.optimizers import set_train_mode
@@ -64,6 +64,7 @@ def report_checkpoint(
             files=[*files, checkpoints.STATE],
             fingerprint=config_fingerprint(run.plan),
             derived=run.derived.as_dict(),
+            run_identity=run_identity.record(run.plan, run.steps_per_epoch),
         )
     ctx.report(metrics, directory)
 

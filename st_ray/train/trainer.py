@@ -14,6 +14,7 @@ from st_ray.device import pick_device
 from st_ray.placement import cluster_nodes, local_storage_warning, train_worker_resources
 from st_ray.plan import Plan
 from st_ray.train.checkpoints import Progress
+from st_ray.train.run_identity import run_name
 from st_ray.train.worker import WorkerContext, final_output_dir, train, train_worker
 
 
@@ -24,11 +25,6 @@ class TrainingResult:
     output_dir: Path
 
 
-def run_name(plan: Plan) -> str:
-    """The Ray Train run name: the same name and storage resume the same run."""
-    return str(plan.options.get("tracker_run_name") or f"st_ray-{plan.family.name}")
-
-
 def fit(
     plan: Plan,
     *,
@@ -36,11 +32,14 @@ def fit(
     storage: tuple[str, Any] | None = None,
     resources_per_worker: dict[str, float] | None = None,
     stop_check: Callable[[], Callable[[], bool]] | None = None,
+    name: str | None = None,
 ) -> TrainingResult:
     """Train on the Ray cluster this process is connected to. A Tune trial (st_ray.tune) adds
     its report callback, the campaign's storage (path, filesystem), its worker resources and
     ``stop_check``: a picklable factory, called once on every worker, of the question asked
-    after each step (True ends the run early, at the same step on every rank)."""
+    after each step (True ends the run early, at the same step on every rank). ``name``: the
+    Ray Train run (folder in run storage) when the job chose one (st_ray.train.run_identity);
+    ``run_name(plan)`` otherwise."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -64,7 +63,7 @@ def fit(
             accelerator_type=options.get("train_accelerator_type") or None,
         ),
         run_config=ray.train.RunConfig(
-            name=run_name(plan),
+            name=name or run_name(plan),
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(
