@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     sizing.add_argument("--mfu", type=float, default=0.35, help="assumed fraction of peak")
     feed = sub.add_parser(
         "feed",
-        help="training feed on synthetic SDXL caches (local and S3): data wait per step, "
+        help="training feed on synthetic 1024-px caches (local and S3): data wait per step, "
         "bytes read / used, worker peak RSS at each size",
     )
     from st_ray.bench.feed import add_arguments as feed_arguments

@@ -3,7 +3,7 @@
 For each size (and storage: local disk, the in-process S3 test server) it writes a latent
 cache and a text-embedding cache in st_ray's real layout -- ``CacheStore`` shards with
 ``cache_index.SHARD_WRITE_ARGS`` row groups, the dataset index, commit (which writes the row
-index) -- no VAE: SDXL-1024 latents (4x128x128 fp16, 128 KiB) and SDXL text embeddings
+index) -- no VAE: 1024-px latents (4x128x128 fp16, 128 KiB) and dual-encoder text embeddings
 (77x2048 + 1280 fp16). It then consumes the cache in a fresh process, like a Train worker,
 with the real feed and a simulated step (a sleep, default 300 ms), and reports:
 
@@ -487,7 +487,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         nargs="+",
         default=[1000, 10000, 100000],
-        help="local cache sizes (100k SDXL rows: 12.8 GB of latents on disk)",
+        help="local cache sizes (100k 1024-px rows: 12.8 GB of latents on disk)",
     )
     parser.add_argument(
         "--s3-rows",

@@ -445,7 +445,7 @@ OPTIONS = [
         "st_ray: most MiB of cached latents and text embeddings each training worker holds "
         "read ahead (in flight or ready; at least one batch). The feed keeps no other row "
         "cache, so worker memory does not grow with the dataset. Raise it for high-latency "
-        "storage with large rows (e.g. Flux T5 embeddings, 4 MiB per caption).",
+        "storage with large rows (e.g. 512-token T5-XXL embeddings, 4 MiB per caption).",
         minimum=1,
     ),
     # Debugging output
