@@ -230,15 +230,16 @@ def test_flow_matching_family_trains(
 
 
 def test_lost_shard_stops_the_run_naming_it_and_keeps_its_checkpoint(
-    sd1x_setup, tmp_path: Path, example_dataset
+    sd1x_setup, tmp_path: Path, example_dataset, family_cache_root
 ) -> None:
     import shutil
 
     from st_ray.data.cache_index import ShardReadError
     from st_ray.data.cache_store import CacheStore
 
-    root, model, _ = sd1x_setup
-    shutil.copytree(root / "cache", tmp_path / "cache")  # this test damages its copy
+    _, model, _ = sd1x_setup
+    # This test damages its own copy of the session's sd1x caches.
+    shutil.copytree(family_cache_root / "cache" / "sd1x", tmp_path / "cache" / "sd1x")
     config = _write_config(tmp_path, model, example_dataset.images_dir, "sd1x")
     fit_in_process(_plan(config, tmp_path / "a", "--max_train_steps", "2"), tmp_path / "ck")
     kept = tmp_path / "ck" / "checkpoint-2"
