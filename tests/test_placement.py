@@ -108,7 +108,7 @@ def test_auto_cpus_per_worker_divides_each_node_among_its_workers() -> None:
 )
 def test_bad_placement_options_are_refused_before_ray(tmp_path, override, message) -> None:
     from st_ray.config.errors import ConfigError
-    from st_ray.config.plan import build_plan
+    from st_ray.plan import build_plan
 
     (tmp_path / "data").mkdir()
     (tmp_path / "datasets.json").write_text(

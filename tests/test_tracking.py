@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from st_ray.config.plan import build_plan
+from st_ray.plan import build_plan
 from st_ray.train.tracking import MlflowTracker
 
 

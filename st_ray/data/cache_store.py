@@ -8,6 +8,8 @@ Layout of one cache folder::
                            bucket, captions; the manifest names the current one
     listing-<id>.parquet   (latent caches) each listed file's stamp and what caching made
                            of it (st_ray.data.listing); the manifest names the current one
+    rows-<digest>.parquet  key -> shard, row group, row and payload byte ranges of the
+                           committed shards (``cache_index``), written before the manifest
 
 A run writes its shards first and commits them by rewriting the manifest last (an atomic
 replace locally, a single PUT on S3). A run killed midway leaves shards that no manifest
@@ -28,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from st_ray import storage
+from st_ray.data import cache_index
 from st_ray.storage import S3Settings
 
 MANIFEST = "manifest.json"
@@ -152,11 +155,18 @@ class CacheStore:
         return sorted(f[len(self.path) + 1 :] for f in files)
 
     def commit(self, manifest: Manifest, new_shards: Iterable[str], new_rows: int) -> None:
+        old_shards = list(manifest.shards)
         manifest.shards = [*manifest.shards, *new_shards]
         manifest.rows += new_rows
+        cache_index.commit(self, old_shards, manifest.shards)
         storage.atomic_write_bytes(
             storage.join(self.root, MANIFEST), manifest.to_json().encode(), self.s3
         )
+        cache_index.remove_stale(self, manifest.shards)
+
+    def row_index(self, manifest: Manifest) -> cache_index.RowIndex:
+        """Where each committed row lives (built from the shards when absent or bad)."""
+        return cache_index.load(self, manifest.shards)
 
     def remove_uncommitted(self, manifest: Manifest | None) -> None:
         """Delete shards and index files no manifest names: leftovers of an interrupted run."""
@@ -171,11 +181,13 @@ class CacheStore:
             for path in self.fs.glob(self._p(f"{prefix}*.parquet")):
                 if path.rsplit("/", 1)[-1] not in current:
                     self.fs.rm(path)
+        cache_index.remove_stale(self, manifest.shards if manifest else None)
 
     def clear(self) -> None:
         for name in ("shards", MANIFEST):
             if self.fs.exists(self._p(name)):
                 self.fs.rm(self._p(name), recursive=True)
+        cache_index.remove_stale(self, None)
         for prefix in (INDEX_PREFIX, LISTING_PREFIX):
             for path in self.fs.glob(self._p(f"{prefix}*.parquet")):
                 self.fs.rm(path)

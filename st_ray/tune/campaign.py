@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from st_ray.config.plan import Plan
 from st_ray.config.redact import redact
 from st_ray.placement import parse_cpus
+from st_ray.plan import Plan
 from st_ray.train import eval_loss
 from st_ray.tune import results, space, stopping
 from st_ray.tune.callbacks import CampaignCallback
