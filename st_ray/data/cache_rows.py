@@ -57,23 +57,19 @@ class CacheRows:
         return self.index.payload
 
     def __contains__(self, key: str) -> bool:
-        return key in self.index.position
+        return key in self.index
 
     def positions(self, keys: Iterable[str]) -> dict[str, int]:
         """Index positions of ``keys``; KeyError naming the cache for unknown ones."""
-        found, unknown = {}, []
-        for key in dict.fromkeys(keys):
-            position = self.index.position.get(key)
-            if position is None:
-                unknown.append(key)
-            else:
-                found[key] = position
+        wanted = list(dict.fromkeys(keys))
+        found = self.index.find(wanted).tolist()
+        unknown = [key for key, position in zip(wanted, found, strict=True) if position < 0]
         if unknown:
             raise KeyError(
                 f"{len(unknown)} key(s) not in the {self.store.kind} cache {self.store.root} "
                 f"(e.g. {unknown[0]}); rerun the caching stage to bring it up to date"
             )
-        return found
+        return dict(zip(wanted, found, strict=True))
 
     def nbytes(self, keys: Iterable[str]) -> int:
         """Payload bytes of ``keys`` (distinct): what fetching them reads (and holds)."""

@@ -20,7 +20,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,3 +212,13 @@ class CacheStore:
             return None
         with self.fs.open(self._p(manifest.index), "rb") as handle:
             return pq.read_table(handle)
+
+    def iter_index(
+        self, manifest: Manifest, columns: list[str], batch_rows: int = 16384
+    ) -> Iterator[pa.RecordBatch]:
+        """The current index's ``columns`` (those it has) in record batches: a reader that
+        keeps a compact form of each batch never holds the whole decoded table."""
+        with self.fs.open(self._p(manifest.index), "rb") as handle:
+            file = pq.ParquetFile(handle)
+            present = [c for c in columns if c in file.schema_arrow.names]
+            yield from file.iter_batches(batch_size=batch_rows, columns=present, use_threads=False)

@@ -42,7 +42,7 @@ DEFAULT_DEPTH = 10
 READER_THREADS = 4  # reads in flight at once (ranged GETs on S3)
 
 Rows = tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]
-Planner = Callable[[int], list[list[Sample]]]
+Planner = Callable[[int], Sequence[list[Sample]]]
 
 
 def rank_planner(
@@ -56,7 +56,7 @@ def rank_planner(
     """epoch -> this rank's batches of that epoch (what the loop will train on)."""
     kwargs = plan_options(options)
 
-    def plan(epoch: int) -> list[list[Sample]]:
+    def plan(epoch: int) -> Sequence[list[Sample]]:
         return plan_epoch(
             datasets, epoch=epoch, seed=seed, world_size=world_size, **kwargs
         ).batches(rank)
@@ -129,14 +129,13 @@ class Feed:
         """The loop trains on ``batches`` next (the rest of ``epoch``, in order). Keeps what
         was read ahead when it is exactly that (the planner already crossed into this
         epoch), else starts over from here."""
-        batches = [list(b) for b in batches]
         head = self._ahead[0] if self._ahead else None
         if (
             head is not None
             and batches
             and head.epoch == epoch
             and head.left + 1 == len(batches)
-            and head.samples == batches[0]
+            and head.samples == list(batches[0])
         ):
             return
         self._drop()
@@ -164,8 +163,16 @@ class Feed:
             ahead.future.exception()
 
     def close(self) -> None:
+        """Drop what was read ahead and end the reader threads (after their read in flight:
+        at most one per thread). The feed reads nothing after this."""
         self._drop()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Feed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- figures -------------------------------------------------------------------------
 
@@ -178,7 +185,7 @@ class Feed:
     # -- internals -----------------------------------------------------------------------
 
     def _walk(
-        self, epoch: int, batches: list[list[Sample]]
+        self, epoch: int, batches: Sequence[list[Sample]]
     ) -> Iterator[tuple[list[Sample], int, int]]:
         """(batch, epoch, batches left in its epoch after it): this epoch's rest, then the
         planner's next epochs (each planned in a reader thread while the previous is read)."""
@@ -187,7 +194,7 @@ class Feed:
             if self.planner is not None:
                 upcoming = self._pool.submit(self.planner, epoch + 1)
             for i, batch in enumerate(batches):
-                yield batch, epoch, len(batches) - 1 - i
+                yield list(batch), epoch, len(batches) - 1 - i
             if upcoming is None or upcoming.exception() is not None:
                 return  # the loop plans that epoch itself and reports the error there
             epoch, batches = epoch + 1, upcoming.result()
