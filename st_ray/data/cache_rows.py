@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,9 @@ class CacheRows:
         self.rows_read = 0  # rows fetched from storage
         self.bytes_read = 0  # bytes requested from storage (ranges and row groups)
         self.group_reads = 0  # rows read with their row group (layouts without byte ranges)
+        # Called before each row is read (the feed pauses its reader threads there while
+        # the training thread assembles a batch).
+        self.before_row: Callable[[], None] | None = None
 
     @property
     def payload(self) -> list[str]:
@@ -80,6 +83,8 @@ class CacheRows:
         out = {}
         fallback: dict[tuple[int, int], list[tuple[str, int]]] = {}
         for key, position in self.positions(keys).items():
+            if self.before_row is not None:
+                self.before_row()
             row = None
             if all(self.index.offset[c][position] >= 0 for c in self.payload):
                 row = self._read_direct(position)
