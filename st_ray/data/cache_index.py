@@ -31,6 +31,8 @@ import pyarrow.parquet as pq
 
 from st_ray.data.row_index import CHUNK_ROWS, RowIndex
 
+READ_ROWS = CHUNK_ROWS  # rows decoded at once when loading an index file (its row groups)
+
 ROWS_PREFIX = "rows-"
 # Latent caches: key column and whether only status "ok" rows count; text caches.
 KEY_COLUMNS = {"latents": ("content_hash", True), "text_embeds": ("caption_hash", False)}
@@ -237,7 +239,7 @@ def encode(table: pa.Table, shards: Sequence[str], payload: Sequence[str]) -> by
         _META_PAYLOAD: json.dumps(list(payload)).encode(),
     }
     sink = pa.BufferOutputStream()
-    pq.write_table(table.replace_schema_metadata(metadata), sink)
+    pq.write_table(table.replace_schema_metadata(metadata), sink, row_group_size=CHUNK_ROWS)
     return sink.getvalue().to_pybytes()
 
 
@@ -331,7 +333,7 @@ def _scan(store, shards: Sequence[str]) -> RowIndex | None:
 
     def batches() -> Iterator[pa.RecordBatch]:
         try:
-            raw = file.iter_batches(batch_size=CHUNK_ROWS, use_threads=False)
+            raw = file.iter_batches(batch_size=READ_ROWS, use_threads=False)
             for batch in _rebatch(raw, CHUNK_ROWS):
                 batch = pa.Table.from_batches([batch]).cast(schema).to_batches()[0]
                 digest.update([batch])

@@ -33,6 +33,7 @@ from st_ray.storage import S3Settings
 
 MANIFEST = "manifest.json"
 INDEX_PREFIX = "index-"
+INDEX_GROUP_ROWS = 16384  # rows per row group of index files
 FORMAT_VERSION = 1
 
 
@@ -201,7 +202,8 @@ class CacheStore:
         """Write a new index file; it becomes current when the manifest naming it is committed."""
         name = f"{INDEX_PREFIX}{uuid.uuid4().hex[:12]}.parquet"
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
+        # Row groups of INDEX_GROUP_ROWS: a worker decodes it a group at a time.
+        pq.write_table(table, sink, row_group_size=INDEX_GROUP_ROWS)
         storage.atomic_write_bytes(
             storage.join(self.root, name), sink.getvalue().to_pybytes(), self.s3
         )
@@ -214,7 +216,7 @@ class CacheStore:
             return pq.read_table(handle)
 
     def iter_index(
-        self, manifest: Manifest, columns: list[str], batch_rows: int = 16384
+        self, manifest: Manifest, columns: list[str], batch_rows: int = 4096
     ) -> Iterator[pa.RecordBatch]:
         """The current index's ``columns`` (those it has) in record batches: a reader that
         keeps a compact form of each batch never holds the whole decoded table."""
