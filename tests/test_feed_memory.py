@@ -215,3 +215,43 @@ def test_feed_close_ends_its_reader_threads(tmp_path: Path) -> None:
         feed.rows(batches[0])
         assert any(t.name.startswith("st-ray-feed") for t in threading.enumerate())
     assert not any(t.name.startswith("st-ray-feed") for t in threading.enumerate())
+
+
+def test_readers_pause_for_a_quiet_window_after_each_batch(tmp_path: Path, monkeypatch) -> None:
+    from st_ray.train import feed as feed_module
+
+    clock = {"now": 100.0, "slept": []}
+
+    def sleep(seconds: float) -> None:
+        clock["slept"].append(threading.current_thread().name)
+        clock["now"] += seconds
+
+    monkeypatch.setattr(feed_module.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(feed_module.time, "sleep", sleep)
+    caches = write_caches(
+        str(tmp_path / "c"), 12, captions=3, latent_side=2, text_scale=256, rows_per_shard=6
+    )
+    latents = data_feed.LatentStore(caches["vae"])
+    feed = Feed({"bench": latents}, data_feed.TextEmbedStore(caches["text"]))
+    try:
+        feed._quiet(next_ready=True)  # the first batch: no interval known yet
+        assert feed._quiet_until == 0
+        clock["now"] += 0.05  # a 50 ms step: 5 ms quiet
+        feed._quiet(next_ready=True)
+        assert feed._quiet_until == pytest.approx(100.055)
+        feed._yield_to_loop()  # the loop's own thread never pauses
+        assert clock["slept"] == []
+        reader = threading.Thread(target=feed._yield_to_loop, name="st-ray-feed_0")
+        reader.start()
+        reader.join()
+        assert clock["slept"] == ["st-ray-feed_0"] and clock["now"] == pytest.approx(100.055)
+        clock["now"] += 10.0  # a long step: the window is capped
+        feed._quiet(next_ready=True)
+        assert feed._quiet_until - clock["now"] == pytest.approx(feed_module.QUIET_MAX_S)
+        clock["now"] += 1.0
+        feed._quiet(next_ready=False)  # the next batch is not read: no pause
+        assert feed._quiet_until < clock["now"]
+        # The readers pause before every row they read.
+        assert latents.rows.before_row == feed._yield_to_loop
+    finally:
+        feed.close()
