@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from st_ray.config.redact import redact
 from st_ray.notify.disk_guard import DiskGuard, parse_size
 from st_ray.notify.hooks import ScriptRunner, UploadHook, context_values
 from st_ray.notify.webhooks import Event, WebhookSender, parse_targets
@@ -44,8 +46,12 @@ class RunNotifier:
         self.options = dict(options or {})
         self.values = dict(values or {})  # the hooks' placeholders from the options
         self.progress_every_s = progress_every_s
-        self.last_progress = time.monotonic()
+        self.last_progress: float | None = None  # the first step reports at once
         self.last_checkpoint: str | None = None  # where the last good one was saved
+        # Checkpoints handed to Ray Train whose upload has not called checkpoint_saved yet.
+        self._pending_saves = 0
+        self._saved = threading.Condition()
+        self.upload_wait_s = 600.0  # how long close waits for them
         self.upload_hook = (
             UploadHook(str(self.options["post_upload_script"]), self.values, runner)
             if runner is not None and self.options.get("post_upload_script")
@@ -112,7 +118,7 @@ class RunNotifier:
         if self.sender is None or not self.progress_every_s:
             return
         now = time.monotonic()
-        if now - self.last_progress < self.progress_every_s:
+        if self.last_progress is not None and now - self.last_progress < self.progress_every_s:
             return
         self.last_progress = now
         numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
@@ -141,12 +147,36 @@ class RunNotifier:
         if self.guard is not None:
             self.guard.check(folders, step=step, last_checkpoint=self.last_checkpoint)
 
+    def expect_saved(self) -> None:
+        """A checkpoint was handed to Ray Train, which calls ``checkpoint_saved(reported=True)``
+        from its upload thread; ``close`` waits for it."""
+        with self._saved:
+            self._pending_saves += 1
+
     def checkpoint_saved(
-        self, step: int, staging: Path, saved: str, *, saved_is_local: bool, series: str
+        self,
+        step: int,
+        staging: Path,
+        saved: str,
+        *,
+        saved_is_local: bool,
+        series: str,
+        reported: bool = False,
     ) -> None:
         """A checkpoint is in run storage (``saved``): the webhook event and the
         post_checkpoint_script. ``staging`` is the worker's local copy: the script reads it when
         run storage is remote, and it is deleted once no one needs it."""
+        try:
+            self._checkpoint_saved(step, staging, saved, saved_is_local, series)
+        finally:
+            if reported:
+                with self._saved:
+                    self._pending_saves -= 1
+                    self._saved.notify_all()
+
+    def _checkpoint_saved(
+        self, step: int, staging: Path, saved: str, saved_is_local: bool, series: str
+    ) -> None:
         self.last_checkpoint = saved
         self._send(
             Event(
@@ -177,10 +207,11 @@ class RunNotifier:
             self.upload_hook(local_path, remote_path, step)
 
     def failed(self, error: BaseException, step: int) -> None:
+        self.upload_wait_s = min(self.upload_wait_s, 30.0)  # the run is over: do not linger
         self._send(
             Event(
                 "training.error",
-                f"training failed at step {step}: {type(error).__name__}: {error}",
+                f"training failed at step {step}: {type(error).__name__}: {redact(str(error))}",
                 severity="error",
                 data={"global_step": step, "error": type(error).__name__},
             )
@@ -196,7 +227,11 @@ class RunNotifier:
         )
 
     def close(self) -> None:
-        """Deliver what is queued and wait for running hook scripts (bounded)."""
+        """Wait for checkpoints still uploading, deliver what is queued and wait for running
+        hook scripts (each bounded)."""
+        with self._saved:
+            if not self._saved.wait_for(lambda: self._pending_saves <= 0, self.upload_wait_s):
+                say(f"notifications: {self._pending_saves} checkpoint upload(s) did not finish")
         if self.sender is not None:
             self.sender.close()
         if self.runner is not None:

@@ -58,9 +58,11 @@ def report_checkpoint(
                 storage_uri(ctx, saved),
                 saved_is_local=ctx.local_run_folder is not None,
                 series="checkpoint",
+                reported=True,
             )
 
         ctx.report(metrics, directory, on_saved=on_saved)
+        notifier.expect_saved()  # after: a report that raised has no upload to wait for
     if notifier is not None and ctx.run_folder is not None:
         notifier.last_checkpoint = storage_uri(ctx, f"{ctx.run_folder}/checkpoint-{step}")
 

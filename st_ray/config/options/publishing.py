@@ -90,7 +90,8 @@ OPTIONS = [
         "webhook_reporting_interval",
         int,
         None,
-        "Seconds between progress events sent to 'raw' webhooks (Discord gets none). Unset or "
+        "Seconds between progress events sent to 'raw' webhooks (Discord gets none): the first "
+        "step reports at once, then one every N seconds. Unset or "
         "0: no progress events.",
         minimum=0,
     ),
