@@ -272,3 +272,48 @@ def test_disk_guard_script(tmp_path: Path) -> None:
     guard.threshold = 1024
     guard.check([tmp_path], step=2, last_checkpoint=None)
     assert not ballast.exists()
+
+
+# ---------------------------------------------------------------------------- the run's notifier
+
+
+def test_checkpoint_hook_reads_the_staging_copy_when_storage_is_remote(tmp_path: Path) -> None:
+    from st_ray.notify.hooks import ScriptRunner
+    from st_ray.train.notifications import RunNotifier
+
+    seen = tmp_path / "seen.txt"
+    hook = _script(tmp_path / "hook.sh", f'ls "$1" > "{seen}"\necho "$2" >> "{seen}"\n')
+    lines: list[str] = []
+    notifier = RunNotifier(
+        runner=ScriptRunner(lines.append),
+        options={"post_checkpoint_script": f"{hook} {{local_checkpoint_path}} {{global_step}}"},
+    )
+    staging = tmp_path / "st_ray-ckpt-x"
+    staging.mkdir()
+    (staging / "checkpoint_manifest.json").write_text("{}")
+    notifier.expect_saved()  # handed to Ray Train; its upload thread calls back
+    notifier.checkpoint_saved(
+        8,
+        staging,
+        "s3://bucket/run/checkpoint-8",
+        saved_is_local=False,
+        series="checkpoint",
+        reported=True,
+    )
+    notifier.close()
+    assert seen.read_text().split() == ["checkpoint_manifest.json", "8"]
+    assert not staging.exists()  # deleted once the script ended
+    assert notifier.last_checkpoint == "s3://bucket/run/checkpoint-8"
+    # Local run storage: the script gets the saved folder, the staging copy goes at once.
+    saved = tmp_path / "run" / "checkpoint-9"
+    saved.mkdir(parents=True)
+    (saved / "weights.safetensors").write_text("w")
+    staging.mkdir()
+    notifier = RunNotifier(
+        runner=ScriptRunner(lines.append),
+        options={"post_checkpoint_script": f"{hook} {{local_checkpoint_path}} {{global_step}}"},
+    )
+    notifier.checkpoint_saved(9, staging, str(saved), saved_is_local=True, series="checkpoint")
+    assert not staging.exists()
+    notifier.close()
+    assert seen.read_text().split() == ["weights.safetensors", "9"]
