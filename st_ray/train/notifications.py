@@ -66,7 +66,7 @@ class RunNotifier:
         sender = None
         if options.get("webhook_config"):
             sender = WebhookSender(
-                parse_targets(options["webhook_config"]),
+                parse_targets(options["webhook_config"], _config_dir(plan)),
                 job_id=ctx.job_id,
                 run_name=run_name(plan),
                 log=say,
@@ -236,3 +236,9 @@ class RunNotifier:
             self.sender.close()
         if self.runner is not None:
             self.runner.close()
+
+
+def _config_dir(plan: Plan) -> Path | None:
+    """A webhook_config file is read relative to the config file's folder, as at --dry-run."""
+    path = plan.config.config_path
+    return path.parent if path is not None else None
