@@ -249,6 +249,17 @@ def _shown(option, value: str) -> str:
     return "the value (not shown: it may be secret)" if option.secret else f"'{value}'"
 
 
+def describe_recovery(values: Mapping[str, Any]) -> str:
+    """What happens when a worker dies: the restart budget and where a restart resumes."""
+    failures = int(values.get("max_failures") or 0)
+    if failures == 0:
+        return "none (max_failures 0: the first worker failure ends the run)"
+    budget = "unlimited restarts" if failures < 0 else f"up to {failures} restart(s)"
+    interval = values.get("checkpoint_step_interval")
+    since = f"every {interval} steps" if interval else "none by step interval"
+    return f"{budget} from the latest checkpoint (checkpoints: {since}; none yet: from step 0)"
+
+
 def format_plan(plan: Plan) -> str:
     """A short human summary of what the run will do (secrets redacted)."""
     values = plan.options
@@ -266,6 +277,7 @@ def format_plan(plan: Plan) -> str:
         f"lr {values.get('learning_rate'):g}, optimizer {values.get('optimizer')}",
         f"  output_dir    {plan.output_dir}",
         f"  run storage   {redact(plan.run_storage)}",
+        f"  recovery      {describe_recovery(values)}",
         f"  MLflow        {redact(plan.tracking_uri)}",
         f"  datasets      {plan.dataset_config}",
     ]

@@ -115,8 +115,10 @@ OPTIONS = [
     opt(
         "max_failures",
         int,
-        0,
-        "How many times Ray Train restarts a failed run from its latest checkpoint.",
+        3,
+        "How many times Ray Train restarts a failed run (a worker killed by OOM, a node "
+        "reclaimed) from its latest checkpoint (checkpoint_step_interval), or from the start "
+        "when none exists yet. 0: fail at the first error; -1: retry without limit.",
         minimum=-1,
     ),
     opt(
