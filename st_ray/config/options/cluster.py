@@ -96,7 +96,9 @@ OPTIONS = [
         str,
         None,
         "Ray cluster to join ('auto' or ray://host:port). Unset: join RAY_ADDRESS or the "
-        "running cluster, else start a local Ray instance.",
+        "running cluster, else start a local Ray instance. The address is probed first: a "
+        "named one that does not answer is an error; a recorded one whose head has died is "
+        "skipped with a warning.",
     ),
     opt(
         "run_storage_path",
