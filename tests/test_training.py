@@ -125,6 +125,30 @@ def test_resume_continues_exactly(sd1x_setup, tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_regularisation_samples_train_towards_the_base_models_prediction(
+    sd1x_setup, tmp_path: Path
+) -> None:
+    """is_regularisation_data: the target is the denoiser's prediction with the LoRA off. A
+    fresh LoRA (B = 0) predicts exactly what the base model does, so every step's loss is 0
+    and nothing moves; trained against the images (test above) the loss is not 0."""
+    root, _, config = sd1x_setup
+    datasets = json.loads((root / "sd1x-datasets.json").read_text())
+    datasets[0]["is_regularisation_data"] = True
+    (tmp_path / "datasets.json").write_text(json.dumps(datasets))
+    plan = _plan(
+        config,
+        tmp_path / "out",
+        "--data_backend_config",
+        str(tmp_path / "datasets.json"),
+        "--max_train_steps",
+        "2",
+    )
+    assert plan.datasets[0].fields["is_regularisation_data"] is True
+    _, reported = fit_in_process(plan, tmp_path / "ckpt")
+    assert [r["loss"] for r in reported] == [0.0, 0.0]
+    assert [r["grad_norm"] for r in reported] == [0.0, 0.0]
+
+
 def test_interrupted_checkpoint_is_refused(sd1x_setup, tmp_path: Path) -> None:
     from st_ray.train.checkpoints import MANIFEST, IncompleteCheckpoint
 

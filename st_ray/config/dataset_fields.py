@@ -620,7 +620,12 @@ _CACHES = _group(
             bool,
             None,
             "Delete this dataset's cached latents after each pass so random crops are "
-            "re-drawn. Unset: on when crop_style or crop_aspect is 'random'.",
+            "re-drawn (SimpleTuner). st_ray caches one crop per image and reuses it every "
+            "epoch; only false (or unset) is accepted.",
+            unsupported_values={
+                True: "st_ray encodes each image once (one crop) and every epoch reads that "
+                "cache; re-encoding a dataset at each epoch boundary is not implemented",
+            },
         ),
         opt(
             "skip_file_discovery",
@@ -998,6 +1003,7 @@ HUGGINGFACE_FIELDS: list[Option] = _group(
             str,
             "description",
             "Column with a longer description some caption modes use.",
+            no_effect="st_ray captions from caption_column and fallback_caption_column only",
         ),
         opt(
             "width_column",
@@ -1017,7 +1023,14 @@ HUGGINGFACE_FIELDS: list[Option] = _group(
             None,
             "Local folder for downloaded dataset files. Unset: <cache_dir>/huggingface/<id>.",
         ),
-        opt("num_proc", int, 16, "Processes used when filtering the dataset.", minimum=1),
+        opt(
+            "num_proc",
+            int,
+            16,
+            "Processes used when filtering the dataset.",
+            minimum=1,
+            no_effect="Ray Data parallelises the work instead of datasets' worker processes",
+        ),
         opt(
             "file_extension",
             str,
@@ -1029,6 +1042,7 @@ HUGGINGFACE_FIELDS: list[Option] = _group(
             bool,
             False,
             "Load the dataset as soon as the backend is created instead of on first use.",
+            no_effect="st_ray loads the dataset when the caching stage lists it, once per run",
         ),
         opt(
             "streaming",

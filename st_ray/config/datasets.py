@@ -191,6 +191,8 @@ def _load_block(name: str, value: Any, where: str, problems: ProblemList) -> dic
             block[key] = coerce(option, raw)
         except ValueError as err:
             problems.add(where, f"{name}.{key}", safe_error(option, key, err))
+            continue
+        _check_support(option, block[key], f"{where} {name} block", problems)
     return block
 
 

@@ -94,6 +94,7 @@ def build_plan(
 
     dataset_config, datasets = _load_dataset_config(loaded, problems, base_dir)
     _check_eval(loaded, datasets, problems)
+    _check_regularisation(loaded, datasets, problems)
 
     output_dir = Path(str(values["output_dir"])).expanduser()
     if "://" in str(values["output_dir"]):
@@ -195,6 +196,23 @@ def _check_eval(loaded: LoadedConfig, datasets: list[DatasetEntry], problems: Pr
                 name,
                 'schedules the evaluation loss, but no dataset has "dataset_type": "eval"; '
                 "add one to the dataset config (its images are cached, never trained on)",
+            )
+
+
+def _check_regularisation(
+    loaded: LoadedConfig, datasets: list[DatasetEntry], problems: ProblemList
+) -> None:
+    """Regularisation data trains towards the base model's prediction, which is the denoiser
+    with its adapter switched off: a full fine-tune has no adapter to switch off."""
+    if loaded.values.get("model_type") == "lora":
+        return
+    for entry in datasets:
+        if entry.holds_images and entry.fields.get("is_regularisation_data"):
+            problems.add(
+                f"{entry.id} (dataset)",
+                "is_regularisation_data",
+                "needs model_type 'lora' (its target is the denoiser's prediction with the "
+                f"adapter switched off); model_type is '{loaded.values.get('model_type')}'",
             )
 
 

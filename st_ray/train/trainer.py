@@ -10,9 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from st_ray.config.errors import ConfigError, Problem
 from st_ray.config.plan import Plan
 from st_ray.device import pick_device
-from st_ray.placement import cluster_nodes, local_storage_warning, train_worker_resources
+from st_ray.placement import (
+    cluster_nodes,
+    local_storage_warning,
+    machines_problem,
+    train_worker_resources,
+)
 from st_ray.train.checkpoints import Progress
 from st_ray.train.worker import WorkerContext, final_output_dir, train, train_worker
 
@@ -50,6 +56,15 @@ def fit(
     warning = None if storage else local_storage_warning(plan.run_storage, len(cluster_nodes()))
     if warning:
         print(warning, flush=True)
+    worker = resources_per_worker or train_worker_resources(options, use_gpu)
+    problem = machines_problem(
+        int(options.get("num_machines") or 1),
+        int(options["num_processes"]),
+        worker,
+        cluster_nodes(),
+    )
+    if problem:
+        raise ConfigError([Problem("Ray cluster", "num_machines", problem)])
     # Workers need the resolved plan, not the driver's environment (it may hold secrets).
     shipped = dataclasses.replace(plan, config=dataclasses.replace(plan.config, env={}))
     trainer = TorchTrainer(
@@ -58,7 +73,7 @@ def fit(
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(options["num_processes"]),
             use_gpu=use_gpu,
-            resources_per_worker=resources_per_worker or train_worker_resources(options, use_gpu),
+            resources_per_worker=worker,
             placement_strategy=str(options.get("placement_strategy") or "PACK"),
             accelerator_type=options.get("train_accelerator_type") or None,
         ),

@@ -37,6 +37,7 @@ from st_ray.train import (
     eval_loss,
     lycoris_adapter,
     noise,
+    regularisation,
     timesteps,
 )
 from st_ray.train.checkpoints import Progress
@@ -522,6 +523,14 @@ def batch_loss(
         **{k: v.to(device) for k, v in batch["text_embeds"].items()},
         **{k: batch[k].to(device) for k in ("original_size", "crop_top_left", "target_size")},
     }
+    if regularisation.is_regularisation_batch(run.datasets, batch):  # before: aux_loss state
+        target = regularisation.base_model_target(
+            lambda gen: run.family.predict(
+                run.core, noisy.to(run.dtype), t, inputs, run.plan.options, generator=gen
+            ),
+            run.core,
+            generator,
+        )
     pred = run.family.predict(
         run.denoiser, noisy.to(run.dtype), t, inputs, run.plan.options, generator=generator
     ).float()
