@@ -50,8 +50,12 @@ def test_help_lists_every_option() -> None:
     for option in OPTIONS:
         assert f"--{option.name} " in result.stdout, option.name
         assert option.help.split()[0] in result.stdout
+        for alias in option.aliases:  # deprecated names the loader maps, e.g. checkpointing_steps
+            assert f"  --{alias}  alias of --{option.name} (older name)" in result.stdout
     assert "NOT SUPPORTED YET" in result.stdout
     assert "--dry-run" in result.stdout
+    assert "--checkpointing_steps  alias of --checkpoint_step_interval" in result.stdout
+    assert "--validation_steps  alias of --validation_step_interval" in result.stdout
 
 
 def test_dry_run_prints_plan_without_ray(tmp_path: Path, example_dataset) -> None:

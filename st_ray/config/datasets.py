@@ -122,6 +122,8 @@ def _load_entry(
         option = FIELD_BY_NAME.get(key)
         if key == "caption_strategy" and value == "instance_prompt":
             value = "instanceprompt"  # accept the run-wide option's spelling too
+        if key == "skip_file_discovery" and value is False:
+            value = ""  # SimpleTuner's configs write false for "skip nothing"
         if option is None:
             problems.add(where, key, unknown_key_message(key, FIELD_BY_NAME, "dataset field"))
             ok = False

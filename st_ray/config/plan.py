@@ -191,11 +191,11 @@ def _check_eval(loaded: LoadedConfig, datasets: list[DatasetEntry], problems: Pr
         )
     for name in EVAL_SCHEDULE_OPTIONS[:2]:
         if values.get(name) and not eval_ids and not values.get("eval_loss_disable"):
-            problems.add(
-                loaded.provenance[name],
-                name,
-                'schedules the evaluation loss, but no dataset has "dataset_type": "eval"; '
-                "add one to the dataset config (its images are cached, never trained on)",
+            # SimpleTuner runs such a config; the evaluation loss is then simply not computed.
+            problems.note(
+                f"{loaded.provenance[name]}: {name} schedules the evaluation loss, but no "
+                'dataset has "dataset_type": "eval", so none is computed; add one to the '
+                "dataset config to measure it (its images are cached, never trained on)"
             )
 
 

@@ -76,6 +76,7 @@ class DatasetReport:
     reused: int = 0
     encoded: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    ignored: int = 0  # listed files that are neither images Pillow opens nor captions
 
     @property
     def usable(self) -> int:
@@ -101,6 +102,11 @@ class CacheReport:
         lines = [
             "  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True))
             for line in [header, *rows]
+        ]
+        lines += [
+            f"{d.dataset_id}: ignored: {d.ignored} files with other extensions"
+            for d in self.datasets
+            if d.ignored
         ]
         lines.append(
             f"text embeddings: {self.captions} distinct captions, {self.captions_reused} "
@@ -184,10 +190,10 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
         latent_settings(plan, entry), bool(options.get("override_dataset_config"))
     )
     cached = cached_hashes(store, manifest, options.get("vae_cache_scan_behaviour"))
-    rows = discovery.discover(entry, s3_data)
+    rows, ignored = discovery.discover_counted(entry, s3_data)
     if entry.fields.get("captioning_model"):
         rows = caption_missing(entry, rows, s3_data, caching_actors(plan))
-    report = DatasetReport(entry.id, store.root, seen=len(rows))
+    report = DatasetReport(entry.id, store.root, seen=len(rows), ignored=ignored)
     if not rows:
         store.commit(manifest, [], 0)
         return report, set()
@@ -252,6 +258,7 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
         "reused": report.reused,
         "encoded": report.encoded,
         "skipped": report.skipped,
+        "ignored": report.ignored,
     }
     index = _index(run_table, store, [*manifest.shards, *shards])
     # The index is committed with the shards: one manifest write makes both visible.
