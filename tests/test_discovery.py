@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -357,11 +358,18 @@ def test_s3_discovery_matches_local(tmp_path, s3_server, s3_dataset, example_dat
 
 
 def test_s3_credentials_from_environment(tmp_path, monkeypatch, s3_server, s3_dataset) -> None:
+    """With no aws_* keys in the entry, discovery signs with AWS_ACCESS_KEY_ID from the
+    environment: the server refuses every other key for the test."""
     bucket, prefix = s3_dataset
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
+    env_key = f"env-only-{uuid.uuid4().hex[:8]}"
     entry = make_entry(tmp_path, type="aws", aws_bucket_name=bucket, aws_data_prefix=prefix)
-    assert len(discover(entry)) > 0
+    with s3_server.requiring_key(env_key):
+        with pytest.raises(DiscoveryError, match="cannot list"):
+            discover(entry)  # still the default key in the environment: refused
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", env_key)
+        assert len(discover(entry)) > 0
 
 
 def test_s3_listing_is_one_request_per_page(tmp_path, s3_server) -> None:
