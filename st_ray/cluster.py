@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from st_ray import quiet
 from st_ray.config.errors import ConfigError, Problem
 
 PROBE_TIMEOUT_S = 5.0  # a dead head refuses at once; an unreachable host times out here
@@ -49,8 +50,13 @@ def connect(options: Mapping[str, Any]) -> None:
                 ]
             )
     ray.init(
-        address=address, include_dashboard=False, configure_logging=True, logging_level="WARNING"
+        address=address,
+        include_dashboard=False,
+        configure_logging=True,
+        logging_level="WARNING",
+        **quiet.ray_init_settings(),
     )
+    quiet.quiet_ray_data()
     print(describe_cluster(ray.get_runtime_context().gcs_address, ray.nodes()), flush=True)
 
 
