@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,11 +111,47 @@ def test_run_saves_redacted_config(tmp_path: Path, example_dataset) -> None:
     assert data["options"]["hub_model_id"] == "me/model"
 
 
+# What st_ray itself prints in a run: the plan, the cache summary, one line per step, where
+# the outputs went, and Ray Data's one progress display (a total every 10 s without a
+# terminal). Ray prefixes lines of its worker processes with "(ActorName pid=N[, ip=...]) ".
+RAY_PREFIX = re.compile(r"^\((?:\w|:)+ pid=\d+(?:, ip=[\d.]+)?\) ")
+OWN_LINES = [
+    re.compile(p)
+    for p in (
+        r"",
+        r"st_ray run plan",
+        r"  .*",  # plan fields and notes, the output locations
+        r"resolved config \(secrets redacted\): .*",
+        r"Ray cluster \S+: \d+ nodes?, .*",
+        r"cache summary",
+        r"dataset +seen +reused +encoded.*",
+        r"\S+ +\d+ +\d+ +\d+( +\d+)*",  # a row of the cache summary table
+        r"\S+: ignored: \d+ files with other extensions",
+        r"text embeddings: .*",
+        r"step \d+/\d+ .*",
+        r"training finished",
+        r"warning: .*",
+        r"=+( Running Dataset: \S+ =+)?",  # Ray Data's progress display
+        r"Total Progress: .*",
+        r"(Tasks|Actors|Resources|Active|Queued|Objects):? .*",
+    )
+]
+
+
+def foreign_lines(output: str) -> list[str]:
+    """Lines of a run's output that st_ray did not print (third-party notes and dumps)."""
+    lines = [RAY_PREFIX.sub("", line.rstrip()) for line in output.splitlines()]
+    return [line for line in lines if not any(p.fullmatch(line) for p in OWN_LINES)]
+
+
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     """The README's demo command: builds model + data, validates, caches and trains a LoRA
-    with local Ray, and says where the outputs are."""
+    with local Ray, and says where the outputs are. Its output is st_ray's own: the plan, a
+    caching progress display, a line per step and the summary, not library chatter."""
     result = _run("--demo", "--demo-dir", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr[-3000:]
+    foreign = foreign_lines(result.stdout + "\n" + result.stderr)
+    assert foreign == [], "\n".join(foreign[:40])
     assert "st_ray run plan" in result.stdout
     assert "cache summary" in result.stdout
     assert "training finished" in result.stdout
@@ -129,3 +166,23 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     # a second run reuses the built model and data
     again = _run("--demo", "--demo-dir", str(tmp_path / "demo"), "--dry-run")
     assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_foreign_lines_are_told_from_st_rays_own() -> None:
+    """The demo test's classifier: the chatter the demo used to print counts as foreign."""
+    noise = [
+        "(PlacementGroupCleaner pid=4242) Failed to query Ray Train Controller actor state. ",
+        "(RayTrainWorker pid=77) Reporting training result 3: TrainingReport(checkpoint=None)",
+        "Failed to load /venv/torchao/_C_cutlass_90a.abi3.so: Could not load this library",
+        "W1203 09:37:14.252000 15627 torch/utils/_pytree.py:630] <enum 'KernelPreference'> is",
+        "[transformers] `CLIPImageProcessor` requires torchvision (not installed); falling back",
+    ]
+    own = [
+        "st_ray run plan",
+        "  family        sd1x (unet, lora, standard)",
+        "(RayTrainWorker pid=77) step 3/10  epoch 0  loss 0.1234  lr 1.00e-04",
+        "photos   19    0       15      3",
+        "training finished",
+    ]
+    assert foreign_lines("\n".join(own)) == []
+    assert len(foreign_lines("\n".join(noise + own))) == len(noise)
