@@ -30,6 +30,17 @@ LOGGER_LEVELS = {
     "ray.data._internal.progress": logging.ERROR,
     # ... but not the progress itself where there is no terminal for a bar.
     "ray.data._internal.progress.logging_progress": logging.INFO,
+    # "Data sink Parquet finished. N rows ... written": the cache summary says it.
+    "ray.data.dataset": logging.WARNING,
+    # "Token authentication is enabled for this Ray cluster": printed by every ray.init.
+    "ray._private.authentication.authentication_token_setup": logging.ERROR,
+    # Ray Train's worker-group start-up narration ("Requesting resources", "Started training
+    # worker group", "Setting up process group"); failures and restarts are warnings.
+    "ray.train.v2._internal.execution.scaling_policy.scaling_policy": logging.WARNING,
+    "ray.train.v2._internal.execution.worker_group.worker_group": logging.WARNING,
+    "ray.train.torch.config": logging.WARNING,
+    # "Creating initial MLflow database tables..." for a new local store.
+    "mlflow.store.db.utils": logging.WARNING,
 }
 # Ray Train modules whose logger is named by file path: "Reporting training result N: ..."
 # for every report (st_ray prints its own line per step).
@@ -46,6 +57,9 @@ def quiet_third_party() -> None:
                 logging.getLogger(os.path.join(folder, relative)).setLevel(logging.WARNING)
     # transformers' notes ("requires torchvision ...; falling back to the PIL processor").
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # Hub-style progress bars of loading and saving weights ("Loading weights", "Writing
+    # model shards"): transformers and huggingface_hub read this when imported.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def ray_init_settings() -> dict[str, object]:

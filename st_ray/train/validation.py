@@ -357,6 +357,7 @@ def build_pipeline(
             components["requires_safety_checker"] = False
     components.update(family.validation_components(options))
     kwargs = {k: options[k] for k in ("revision", "variant") if options.get(k)}
+    diffusers.utils.logging.disable_progress_bar()  # "Loading pipeline components..."
     pipeline = cls.from_pretrained(model_path, dtype=dtype, **components, **kwargs)
     pipeline.set_progress_bar_config(disable=True)
     pipeline.scheduler = build_scheduler(
