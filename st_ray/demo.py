@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 from st_ray import example_data, zoo
-
-DEMO_FAMILY = "sd1x"
+from st_ray.zoo import DEMO_FAMILY
 
 
 def prepare(root: str | Path) -> Path:
@@ -61,6 +60,9 @@ def prepare(root: str | Path) -> Path:
         "validation_num_inference_steps": 2,
         "report_to": "mlflow",
         "tracker_project_name": "st_ray-demo",
+        # Each demo run trains: a fresh run folder beside the earlier ones, never a resume
+        # of a finished run.
+        "resume_from_checkpoint": "none",
     }
     _write_json(config_dir / "multidatabackend.json", datasets)
     _write_json(config_dir / "config.json", config)

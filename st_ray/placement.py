@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 # Ray's own resource names: custom resources may not take them (they have their own options).
 _BUILTIN = ("CPU", "GPU", "TPU", "memory", "object_store_memory")
 # What Ray asks of a node per accelerator_type request (the node holds 1.0 of it).

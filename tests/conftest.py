@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# The composition root: the option catalog with every family's options, and every component's
+# checks (tests that load configs through st_ray.config directly rely on it).
+import st_ray.plan  # noqa: F401
+
 pytest_plugins = ["tests.s3_server", "tests.eval_fixtures"]
 
 # Nothing in the tests may reach a model hub.
@@ -33,6 +37,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def zoo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("zoo")
+
+
+@pytest.fixture(scope="session")
+def family_cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the family tests keep each family's caches of the example dataset: built once
+    (by whichever test needs a family first) and reused by the others, warm."""
+    return tmp_path_factory.mktemp("family-caches")
 
 
 @pytest.fixture(scope="session")

@@ -58,8 +58,8 @@ class EvalSetup:
 @pytest.fixture(scope="session")
 def eval_setup(tmp_path_factory, zoo_root, example_dataset, ray_local) -> EvalSetup:
     from st_ray import example_data, zoo
-    from st_ray.config.plan import build_plan
     from st_ray.data.pipeline import build_caches
+    from st_ray.plan import build_plan
 
     root = tmp_path_factory.mktemp("eval-setup")
     held_out = example_data.generate(root / "held-out-data", seed=11)  # other pixels

@@ -32,8 +32,8 @@ def main(spec_path: str) -> None:
     from ray.cluster_utils import Cluster
 
     from st_ray.cluster import connect
-    from st_ray.config.plan import build_plan
     from st_ray.data.pipeline import build_caches
+    from st_ray.plan import build_plan
     from st_ray.train.trainer import fit
 
     record: dict[str, Any] = {}

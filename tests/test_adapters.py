@@ -243,7 +243,7 @@ def test_family_preset_matches_the_tiny_model(family, zoo_root):
 @pytest.mark.parametrize("preset", sorted(FLUX_PRESET_COUNTS))
 def test_flux_presets_match_the_tiny_model(preset, zoo_root):
     targets = adapters.lora_target_modules("flux", _options(flux_lora_target=preset))
-    assert targets == list(get_family_module("flux").LORA_PRESETS[preset])
+    assert targets == list(get_family_module("flux").spec.lora_presets[preset])
     matched = adapters.matching_modules(_denoiser("flux", zoo_root), targets)
     assert len(matched) == FLUX_PRESET_COUNTS[preset]
 

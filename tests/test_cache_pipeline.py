@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from st_ray import zoo
-from st_ray.config.plan import build_plan
 from st_ray.data.cache_store import MANIFEST, CacheMismatch
 from st_ray.data.pipeline import build_caches
+from st_ray.plan import build_plan
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 REPO = Path(__file__).resolve().parent.parent

@@ -11,6 +11,7 @@ import pytest
 
 from st_ray.data.cache_store import CacheMismatch, CacheStore
 from st_ray.data.pipeline import cached_hashes
+from st_ray.models.family import get_family
 
 
 def _shard(store: CacheStore, rows: list[dict]) -> str:
@@ -53,8 +54,26 @@ def test_scan_behaviour_recreate_and_sync(tmp_path: Path) -> None:
     manifest = store.open({"resolution": 64}, override=False)
     store.commit(manifest, [_shard(store, ROWS)], 2)
     manifest = store.open({"resolution": 64}, override=False)
-    assert cached_hashes(store, manifest, "recreate") == {"a" * 64}
-    assert cached_hashes(store, manifest, "sync") == {"a" * 64, "b" * 64}
+    sd = get_family("sd1x")
+    assert cached_hashes(store, manifest, "recreate", sd) == {"a" * 64}
+    assert cached_hashes(store, manifest, "sync", sd) == {"a" * 64, "b" * 64}
+
+
+@pytest.mark.parametrize(
+    "family,shape",
+    [("sd1x", [4, 16, 16]), ("sana", [32, 4, 4]), ("deepfloyd", [3, 128, 128])],
+)
+def test_reuse_follows_the_family_latent_geometry(tmp_path: Path, family: str, shape) -> None:
+    """A 128x128 bucket's latent in each family's geometry (8x VAE, 32x DC-AE, pixels) is
+    reused by that family under 'recreate'; any other family's geometry is not."""
+    store = CacheStore(str(tmp_path), "latents")
+    manifest = store.open({"resolution": 128}, override=False)
+    row = {"status": "ok", "latent_shape": shape, "bucket_width": 128, "bucket_height": 128}
+    store.commit(manifest, [_shard(store, [{"content_hash": "a" * 64, **row}])], 1)
+    manifest = store.open({"resolution": 128}, override=False)
+    for other in ("sd1x", "sana", "deepfloyd"):
+        reused = cached_hashes(store, manifest, "recreate", get_family(other))
+        assert reused == ({"a" * 64} if other == family else set()), other
 
 
 def test_settings_change_and_override(tmp_path: Path) -> None:

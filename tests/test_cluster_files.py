@@ -141,7 +141,7 @@ def test_every_path_the_cluster_files_name_exists() -> None:
 
 
 def test_example_config_is_valid_and_targets_the_node_types(monkeypatch) -> None:
-    from st_ray.config.plan import build_plan
+    from st_ray.plan import build_plan
 
     env = {"ST_RAY_BUCKET": "my-bucket", "MLFLOW_TRACKING_URI": "http://mlflow.internal:5000"}
     plan = build_plan(CLUSTERS / "example" / "config.json", [], env)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from st_ray.config.errors import ConfigError
-from st_ray.config.plan import build_plan
+from st_ray.plan import build_plan
 
 Case = Callable[[dict[str, Any], list[dict[str, Any]], Path], None]
 
@@ -177,8 +177,16 @@ CASES: list[tuple[str, Case, tuple[str, ...]]] = [
     ),
     (
         "guidance range inverted",
-        _set(flux_guidance_min=4.0, flux_guidance_max=1.0),
+        _set(model_family="flux", flux_guidance_min=4.0, flux_guidance_max=1.0),
         ("flux_guidance_min", "greater than flux_guidance_max"),
+    ),
+    (
+        "another family's option",
+        _set(sana_complex_human_instruction="", flux_lora_target="mmdit"),
+        (
+            "sana_complex_human_instruction: only applies to model_family 'sana', not 'sd1x'",
+            "flux_lora_target: only applies to model_family 'flux', not 'sd1x'",
+        ),
     ),
     (
         "missing local model",

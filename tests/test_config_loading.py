@@ -12,7 +12,7 @@ import pytest
 
 from st_ray.config.loader import load_config, parse_overrides
 from st_ray.config.options import CANONICAL
-from st_ray.config.plan import build_plan, format_plan
+from st_ray.plan import build_plan, format_plan
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

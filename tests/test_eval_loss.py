@@ -11,11 +11,12 @@ import torch
 
 from st_ray import zoo
 from st_ray.config.errors import ConfigError
-from st_ray.config.plan import build_plan, format_plan
 from st_ray.device import pick_device
+from st_ray.plan import build_plan, format_plan
 from st_ray.train import eval_loss
+from st_ray.train.build import build_run
+from st_ray.train.context import WorkerContext
 from st_ray.train.trainer import fit_in_process
-from st_ray.train.worker import WorkerContext, build_run
 from tests.test_training import _write_config
 
 

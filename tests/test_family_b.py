@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from st_ray import zoo
-from st_ray.config.plan import build_plan
 from st_ray.data.pipeline import build_caches
+from st_ray.plan import build_plan
 from st_ray.train.trainer import fit_in_process
 from tests.test_training import _write_config
 
@@ -36,7 +36,7 @@ VALIDATION = {
 
 
 @pytest.fixture(scope="module")
-def setups(tmp_path_factory, zoo_root, example_dataset):
+def setups(tmp_path_factory, zoo_root, example_dataset, family_cache_root):
     """(model, config) per family with caches built once (caching dominates the time)."""
     made: dict[str, tuple[Path, Path]] = {}
 
@@ -49,6 +49,7 @@ def setups(tmp_path_factory, zoo_root, example_dataset):
                 model,
                 example_dataset.images_dir,
                 family,
+                family_cache_root,
                 checkpoint_step_interval=None,
                 **VALIDATION,
             )
@@ -141,9 +142,9 @@ def test_hidream_load_balancing_loss(zoo_root) -> None:
         denoiser = family.load_denoiser(
             str(model), dtype=torch.float32, device=torch.device("cpu"), options=options
         ).train()
-        pred = family.predict(denoiser, latents, torch.tensor([300.0, 700.0]), batch, options)
+        result = family.predict(denoiser, latents, torch.tensor([300.0, 700.0]), batch, options)
+        pred, aux = result.output, result.aux_loss
         assert pred.shape == latents.shape
-        aux = family.aux_loss(denoiser, options)
         assert aux is not None and aux.ndim == 0 and aux > 0
         (pred.mean() + aux).backward()
         gates = [p for n, p in denoiser.named_parameters() if n.endswith("gate.weight")]
@@ -156,5 +157,5 @@ def test_hidream_load_balancing_loss(zoo_root) -> None:
     denoiser = family.load_denoiser(
         str(model), dtype=torch.float32, device=torch.device("cpu"), options=off
     ).train()
-    family.predict(denoiser, latents, torch.tensor([300.0, 700.0]), batch, off)
-    assert family.aux_loss(denoiser, off) is None
+    result = family.predict(denoiser, latents, torch.tensor([300.0, 700.0]), batch, off)
+    assert result.aux_loss is None

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from st_ray import zoo
-from st_ray.config.plan import build_plan
 from st_ray.data.pipeline import build_caches
 from st_ray.models import cosmos2image
+from st_ray.plan import build_plan
 from st_ray.train.trainer import fit_in_process
 from tests.test_training import _write_config
 
@@ -30,12 +30,17 @@ VALIDATION = {
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, zoo_root, example_dataset) -> tuple[Path, Path]:
+def setup(tmp_path_factory, zoo_root, example_dataset, family_cache_root) -> tuple[Path, Path]:
     """(model, config), caches built once."""
     root = tmp_path_factory.mktemp("cosmos")
     model = zoo.ensure("cosmos2image", zoo_root)
     config = _write_config(
-        root, model, example_dataset.images_dir, "cosmos2image", max_train_steps=2
+        root,
+        model,
+        example_dataset.images_dir,
+        "cosmos2image",
+        family_cache_root,
+        max_train_steps=2,
     )
     build_caches(build_plan(config, [], {}))
     return model, config

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from st_ray import zoo
-from st_ray.config.plan import build_plan
 from st_ray.data.pipeline import build_caches
+from st_ray.plan import build_plan
 from st_ray.train.trainer import fit_in_process
 from tests.test_training import _write_config
 
@@ -41,7 +41,7 @@ VALIDATION = (
 
 
 @pytest.fixture(scope="module")
-def setups(tmp_path_factory, zoo_root, example_dataset):
+def setups(tmp_path_factory, zoo_root, example_dataset, family_cache_root):
     """(model, config) per family, caches built once per module."""
     made: dict[str, tuple[Path, Path]] = {}
 
@@ -49,7 +49,9 @@ def setups(tmp_path_factory, zoo_root, example_dataset):
         if family not in made:
             root = tmp_path_factory.mktemp(f"flow-{family}")
             model = zoo.ensure(family, zoo_root)
-            config = _write_config(root, model, example_dataset.images_dir, family)
+            config = _write_config(
+                root, model, example_dataset.images_dir, family, family_cache_root
+            )
             build_caches(build_plan(config, [], {}))
             made[family] = (model, config)
         return made[family]

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from st_ray import zoo
-from st_ray.config.plan import build_plan
 from st_ray.data.pipeline import build_caches
 from st_ray.models import get_family
+from st_ray.plan import build_plan
 from st_ray.train.trainer import fit_in_process
 from tests.test_training import _write_config
 
@@ -31,7 +31,7 @@ VALIDATION = {
 
 
 @pytest.fixture(scope="module")
-def setups(tmp_path_factory, zoo_root, example_dataset):
+def setups(tmp_path_factory, zoo_root, example_dataset, family_cache_root):
     """(model, config) per family, caches built once per module."""
     made: dict[str, tuple[Path, Path]] = {}
 
@@ -40,7 +40,12 @@ def setups(tmp_path_factory, zoo_root, example_dataset):
             root = tmp_path_factory.mktemp(f"group-c-{family}")
             model = zoo.ensure(family, zoo_root)
             config = _write_config(
-                root, model, example_dataset.images_dir, family, max_train_steps=2
+                root,
+                model,
+                example_dataset.images_dir,
+                family,
+                family_cache_root,
+                max_train_steps=2,
             )
             build_caches(build_plan(config, [], {}))
             made[family] = (model, config)
@@ -115,9 +120,9 @@ def test_qwen_image_cache_padding_matches_the_pipelines_own_encoding(zoo_root) -
     with torch.no_grad():
         embeds, mask = pipe.encode_prompt(prompts, device=CPU)
         assert embeds.shape[1] < cached["prompt_embeds"].shape[1]
-        ours = module.predict(pipe.transformer, latents, timesteps, cached, options)
+        ours = module.predict(pipe.transformer, latents, timesteps, cached, options).output
         own = {"prompt_embeds": embeds, "prompt_embeds_mask": mask}
-        theirs = module.predict(pipe.transformer, latents, timesteps, own, options)
+        theirs = module.predict(pipe.transformer, latents, timesteps, own, options).output
     assert ours.shape == latents.shape
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 

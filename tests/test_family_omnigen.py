@@ -15,9 +15,9 @@ import torch
 
 from st_ray import zoo
 from st_ray.config.errors import ConfigError
-from st_ray.config.plan import build_plan
 from st_ray.data.pipeline import build_caches
 from st_ray.models import omnigen
+from st_ray.plan import build_plan
 from st_ray.train.trainer import fit_in_process
 from tests.test_training import _write_config
 
@@ -36,13 +36,19 @@ VALIDATION = {
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, zoo_root, example_dataset) -> tuple[Path, Path]:
+def setup(tmp_path_factory, zoo_root, example_dataset, family_cache_root) -> tuple[Path, Path]:
     """(model, config) with the caches built once."""
     root = tmp_path_factory.mktemp("omnigen")
     model = zoo.ensure("omnigen", zoo_root)
     extra = VALIDATION if HAS_TORCHVISION else {"validation_disable": True}
     config = _write_config(
-        root, model, example_dataset.images_dir, "omnigen", checkpoint_step_interval=None, **extra
+        root,
+        model,
+        example_dataset.images_dir,
+        "omnigen",
+        family_cache_root,
+        checkpoint_step_interval=None,
+        **extra,
     )
     build_caches(build_plan(config, [], {}))
     return model, config
@@ -64,7 +70,7 @@ def _transformer_output(transformer: torch.nn.Module, model: Path) -> torch.Tens
     }
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        return family.predict(transformer, latents, torch.tensor([0.5]), batch, {})
+        return family.predict(transformer, latents, torch.tensor([0.5]), batch, {}).output
 
 
 def test_lora_trains_and_loads_into_the_diffusers_transformer(setup, tmp_path: Path) -> None:

@@ -239,10 +239,12 @@ def test_predict_matches_pipeline_denoiser_call(setup, family: str) -> None:
         ids = kwargs["added_cond_kwargs"]["time_ids"]
         torch.testing.assert_close(ids, sdxl.time_ids(batch).float())
     # pixel space: the image itself; else the VAE's downscale (DC-AE: 32)
-    side = 64 if get_family(family).vae_class is None else 64 // (32 if family == "sana" else 8)
+    side = 64 // get_family(family).latent_downscale
     assert sample.shape == (batch_size, s.channels, side, side)
     with torch.no_grad():
-        pred = s.module.predict(s.denoiser, sample, timestep.expand(batch_size), batch, options)
+        pred = s.module.predict(
+            s.denoiser, sample, timestep.expand(batch_size), batch, options
+        ).output
     assert pred.shape == sample.shape
     torch.testing.assert_close(pred, out, rtol=1e-5, atol=1e-5)
 
@@ -310,7 +312,9 @@ def test_predict_trains_every_parameter(setup, family: str) -> None:
     assert s.denoiser.is_gradient_checkpointing  # the option's default
     s.denoiser.train()
     try:
-        pred = s.module.predict(s.denoiser, latents, timesteps, s.batch, OPTIONS, generator=gen)
+        pred = s.module.predict(
+            s.denoiser, latents, timesteps, s.batch, OPTIONS, generator=gen
+        ).output
         assert pred.shape == latents.shape and pred.dtype == latents.dtype
         assert torch.isfinite(pred).all()
         pred.mean().backward()
@@ -378,7 +382,7 @@ def flux_call(
                 s.batch | batch_changes,
                 options,
                 generator=rng,
-            )
+            ).output
     finally:
         handle.remove()
     return pred, seen["guidance"]
@@ -452,7 +456,7 @@ def test_predict_through_a_wrapper_in_bf16(setup, family: str) -> None:
     timesteps = torch.tensor([100, 800])
     wrapped = Wrapper(copy.deepcopy(s.denoiser).to(torch.bfloat16))
     with torch.no_grad():
-        ref = s.module.predict(s.denoiser, latents, timesteps, s.batch, OPTIONS)
-        pred = s.module.predict(wrapped, latents, timesteps, s.batch, OPTIONS)
+        ref = s.module.predict(s.denoiser, latents, timesteps, s.batch, OPTIONS).output
+        pred = s.module.predict(wrapped, latents, timesteps, s.batch, OPTIONS).output
     assert pred.dtype == torch.float32
     torch.testing.assert_close(pred, ref, rtol=0.05, atol=0.05)

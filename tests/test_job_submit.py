@@ -141,6 +141,9 @@ def test_job_submit_caches_trains_stops_and_resumes(
         assert second.returncode == 0 and _status(env, "train-2") == "SUCCEEDED", logs[-4000:]
         assert f"Ray cluster 127.0.0.1:{gcs_port}: 1 node" in logs
         assert f"resuming from checkpoint {run_dir}/checkpoint-{latest}" in logs
+        # The driver chose that run before Train started, and named what changed.
+        assert f"note: run folder {run_dir}: continues {run_dir}/checkpoint-{latest}" in logs
+        assert f"max_train_steps 500 -> {total}" in logs
         steps = [int(s) for s in re.findall(rf"\bstep (\d+)/{total} ", logs)]
         # (`ray job submit` may stream a log line twice; the steps are what matters)
         assert sorted(set(steps)) == [latest + 1, latest + 2], logs[-4000:]

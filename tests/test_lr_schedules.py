@@ -171,3 +171,25 @@ def test_resume_from_state_dict_continues_at_the_saved_step(name: str) -> None:
     assert resumed.last_epoch == 23
     after = _run(resumed, 27)
     assert before + after == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("name", ["constant", "cosine"])
+def test_resume_with_a_new_learning_rate_continues_at_the_new_rate(name: str) -> None:
+    """A run continued with another learning_rate (noted in the plan) uses it from the
+    restored step on, along the same schedule."""
+    options = {**DEFAULTS, "lr_scheduler": name, "learning_rate": 1e-3, "lr_end": 1e-5}
+    options |= {"lr_warmup_steps": 7}
+    first = build_scheduler(_optimizer(1e-3), options, total_steps=40, world_size=1)
+    _run(first, 5)
+    state = first.state_dict()
+
+    faster = {**options, "learning_rate": 4e-3}
+    # The worker's order: build both from the new options, then restore the checkpoint's.
+    resumed = build_scheduler(_optimizer(4e-3), faster, total_steps=40, world_size=1)
+    resumed.optimizer.load_state_dict(first.optimizer.state_dict())  # holds the old rate
+    resumed.load_state_dict(state)
+    reference = build_scheduler(_optimizer(4e-3), faster, total_steps=40, world_size=1)
+    _run(reference, 5)
+    new_rates = _run(resumed, 4)
+    assert new_rates == pytest.approx(_run(reference, 4), rel=1e-12, abs=0)
+    assert new_rates != pytest.approx(_run(first, 4))  # not the checkpoint's old rate

@@ -15,9 +15,9 @@ from safetensors import safe_open
 
 from st_ray import zoo
 from st_ray.config.options import CANONICAL
-from st_ray.config.plan import build_plan
 from st_ray.data.pipeline import build_caches
 from st_ray.models import flux
+from st_ray.plan import build_plan
 from st_ray.train import lycoris_adapter as ly
 from st_ray.train.trainer import fit_in_process
 
@@ -66,7 +66,7 @@ def _inputs(model):
 
 
 def _predict(model, latents, batch) -> torch.Tensor:
-    return flux.predict(model, latents, torch.tensor([300.0, 700.0]), batch, DEFAULTS)
+    return flux.predict(model, latents, torch.tensor([300.0, 700.0]), batch, DEFAULTS).output
 
 
 @pytest.mark.parametrize(

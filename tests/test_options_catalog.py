@@ -47,7 +47,7 @@ def test_lookup_accepts_dashes_and_aliases() -> None:
 
 
 def test_known_reference_options_present() -> None:
-    # A sample across concerns; python -m st_ray.config.reference_check checks them all.
+    # A sample across concerns; python -m st_ray.reference_check checks them all.
     for name in (
         "model_family",
         "base_model_precision",

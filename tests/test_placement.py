@@ -84,7 +84,7 @@ def test_train_worker_resources() -> None:
 )
 def test_bad_placement_options_are_refused_before_ray(tmp_path, override, message) -> None:
     from st_ray.config.errors import ConfigError
-    from st_ray.config.plan import build_plan
+    from st_ray.plan import build_plan
 
     (tmp_path / "data").mkdir()
     (tmp_path / "datasets.json").write_text(
@@ -124,7 +124,7 @@ def test_fit_refuses_more_machines_than_the_cluster_has(ray_local, tmp_path) -> 
     """Read by the code that runs: fit() on the session's one-node Ray refuses num_machines 2
     with a clear error before any Train worker starts."""
     from st_ray.config.errors import ConfigError
-    from st_ray.config.plan import build_plan
+    from st_ray.plan import build_plan
     from st_ray.train.trainer import fit
 
     (tmp_path / "data").mkdir()

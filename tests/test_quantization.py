@@ -14,9 +14,9 @@ import torch
 from st_ray import zoo
 from st_ray.config.errors import ConfigError
 from st_ray.config.options import CANONICAL
-from st_ray.config.plan import build_plan
 from st_ray.models import FAMILIES, flux
 from st_ray.models import quantize as q
+from st_ray.plan import build_plan
 from st_ray.train import adapters
 
 CPU_VALUES = [name for name, spec in q.SCHEMES.items() if spec.cpu]
@@ -47,7 +47,9 @@ def _batch(model, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor],
 
 
 def _predict(model, latents, batch) -> torch.Tensor:
-    return flux.predict(model, latents, torch.tensor([300.0, 700.0]), batch, DEFAULTS).float()
+    return flux.predict(
+        model, latents, torch.tensor([300.0, 700.0]), batch, DEFAULTS
+    ).output.float()
 
 
 def test_every_precision_is_classified() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from st_ray.config.errors import ConfigError
-from st_ray.config.plan import build_plan
+from st_ray.plan import build_plan
 from st_ray.train import adapters
 from st_ray.train import lycoris_adapter as ly
 from st_ray.train.data_feed import DatasetSamples

@@ -339,7 +339,7 @@ def test_sdxl_without_clip_l(models, tmp_path: Path) -> None:
 def test_get_family_module() -> None:
     for name, spec in FAMILIES.items():
         module = get_family_module(name)
-        assert module.SPEC is spec
+        assert module.spec is spec
         assert callable(module.load_text_encoders) and callable(module.encode_prompts)
     with pytest.raises(KeyError, match="not available"):
         get_family_module("sd9")

@@ -96,8 +96,8 @@ def test_missing_config_flag(tmp_path: Path) -> None:
 
 
 def test_run_saves_redacted_config(tmp_path: Path, example_dataset) -> None:
-    from st_ray.config.plan import build_plan
     from st_ray.jobs.train import save_resolved_config
+    from st_ray.plan import build_plan
 
     config = _write_run(tmp_path, example_dataset)
     plan = build_plan(config, ["--hub_model_id", "me/model"], {})
@@ -168,9 +168,15 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     saved = tmp_path / "demo" / "output" / "st_ray_resolved_config.json"
     assert json.loads(saved.read_text())["family"] == "sd1x"
     assert (tmp_path / "demo" / "cache" / "text" / "sd1x" / "manifest.json").is_file()
-    # a second run reuses the built model and data
+    # a second run reuses the built model and data, and trains again: a fresh run folder
     again = _run("--demo", "--demo-dir", str(tmp_path / "demo"), "--dry-run")
     assert again.returncode == 0, again.stderr[-3000:]
+    runs = tmp_path / "demo" / "output" / "ray_runs"
+    assert re.search(
+        rf"note: run folder {re.escape(str(runs))}/st_ray-sd1x-[0-9_-]+: a fresh run "
+        r"\(resume_from_checkpoint none\); earlier runs of 'st_ray-sd1x' are left as they are",
+        again.stdout,
+    ), again.stdout[-3000:]
 
 
 def test_foreign_lines_are_told_from_st_rays_own() -> None:

@@ -15,14 +15,25 @@ import torch
 from safetensors.torch import load_file
 
 from st_ray import zoo
-from st_ray.config.plan import build_plan
 from st_ray.data.pipeline import build_caches
+from st_ray.plan import build_plan
 from st_ray.train.trainer import fit, fit_in_process
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
-def _write_config(root: Path, model: Path, images: Path, family: str, **options) -> Path:
+def _write_config(
+    root: Path,
+    model: Path,
+    images: Path,
+    family: str,
+    cache_root: Path | None = None,
+    **options,
+) -> Path:
+    """config.json + datasets for ``family`` in ``root``; the caches go under ``cache_root``
+    (default ``root``): pass the session's ``family_cache_root`` to share one family's caches
+    between test modules (same dataset, same cache settings)."""
+    caches = (cache_root or root) / "cache" / family
     datasets = [
         {
             "id": "photos",
@@ -32,14 +43,14 @@ def _write_config(root: Path, model: Path, images: Path, family: str, **options)
             "resolution": 64,
             "resolution_type": "pixel_area",
             "minimum_image_size": 32,
-            "cache_dir_vae": str(root / "cache" / family / "vae"),
+            "cache_dir_vae": str(caches / "vae"),
         },
         {
             "id": "text",
             "dataset_type": "text_embeds",
             "default": True,
             "type": "local",
-            "cache_dir": str(root / "cache" / family / "text"),
+            "cache_dir": str(caches / "text"),
         },
     ]
     (root / f"{family}-datasets.json").write_text(json.dumps(datasets))
@@ -66,10 +77,10 @@ def _write_config(root: Path, model: Path, images: Path, family: str, **options)
 
 
 @pytest.fixture(scope="module")
-def sd1x_setup(tmp_path_factory, example_dataset):
+def sd1x_setup(tmp_path_factory, zoo_root, example_dataset, family_cache_root):
     root = tmp_path_factory.mktemp("train-sd1x")
-    model = zoo.ensure("sd1x", root / "zoo")
-    config = _write_config(root, model, example_dataset.images_dir, "sd1x")
+    model = zoo.ensure("sd1x", zoo_root)
+    config = _write_config(root, model, example_dataset.images_dir, "sd1x", family_cache_root)
     build_caches(build_plan(config, [], {}))
     return root, model, config
 
@@ -109,6 +120,7 @@ def test_lora_trains_exports_and_tracks(sd1x_setup, tmp_path: Path) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.data.params["lora_rank"] == "4"
+    assert run.data.params["derived.learning_rate"] == "0.001"  # no lr_scale: as configured
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
 
@@ -230,6 +242,7 @@ def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path) -> None:
         str(storage),
         "--tracker_run_name",
         "ddp",
+        "--lr_scale",
     )
     earlier = _train_worker_pids()  # workers of earlier tests still shutting down
     most_at_once = 0
@@ -250,7 +263,11 @@ def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path) -> None:
         watcher.join(timeout=10)
     assert most_at_once == 2, f"{most_at_once} Train worker processes ran at once"
     assert first.metrics["step"] == 4
-    assert (Path(first.checkpoint) / "checkpoint_manifest.json").is_file()
+    # lr_scale: 1e-3 x (2 workers x 2 per batch): what ran, recorded beside the options
+    assert first.metrics["lr"] == pytest.approx(4e-3)
+    manifest = json.loads((Path(first.checkpoint) / "checkpoint_manifest.json").read_text())
+    assert manifest["derived"]["learning_rate"] == pytest.approx(4e-3)
+    assert manifest["derived"]["world_size"] == 2
     # The same run name and storage again, asked for more steps: it continues from step 4.
     second = fit(_plan(config, tmp_path / "out", *extra, "--max_train_steps", "6"))
     assert second.metrics["step"] == 6
@@ -263,17 +280,22 @@ def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path) -> None:
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| Learning rate | 0.004 (learning_rate 0.001, lr_scale) |" in card
 
 
-def test_flow_matching_family_trains(tmp_path: Path, example_dataset) -> None:
+def test_flow_matching_family_trains(
+    tmp_path: Path, zoo_root, example_dataset, family_cache_root
+) -> None:
     from diffusers import FluxPipeline
 
-    model = zoo.ensure("flux", tmp_path / "zoo")
+    model = zoo.ensure("flux", zoo_root)
     config = _write_config(
         tmp_path,
         model,
         example_dataset.images_dir,
         "flux",
+        family_cache_root,
         flux_lora_target="all",
         max_train_steps=2,
     )
@@ -298,3 +320,30 @@ def test_flow_matching_family_trains(tmp_path: Path, example_dataset) -> None:
     pipe.load_lora_weights(tmp_path / "out")
     assert pipe.get_active_adapters()  # the LoRA loaded onto the transformer ...
     assert np.abs(render() - base).max() > 1e-4  # ... and changes what the pipeline renders
+
+
+def test_lost_shard_stops_the_run_naming_it_and_keeps_its_checkpoint(
+    sd1x_setup, tmp_path: Path, example_dataset, family_cache_root
+) -> None:
+    import shutil
+
+    from st_ray.data.cache_index import ShardReadError
+    from st_ray.data.cache_store import CacheStore
+
+    _, model, _ = sd1x_setup
+    # This test damages its own copy of the session's sd1x caches.
+    shutil.copytree(family_cache_root / "cache" / "sd1x", tmp_path / "cache" / "sd1x")
+    config = _write_config(tmp_path, model, example_dataset.images_dir, "sd1x")
+    fit_in_process(_plan(config, tmp_path / "a", "--max_train_steps", "2"), tmp_path / "ck")
+    kept = tmp_path / "ck" / "checkpoint-2"
+    before = {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()}
+    # The caching stage (Ray Data) wrote rows the feed reads by byte range.
+    vae = CacheStore(str(tmp_path / "cache" / "sd1x" / "vae"), "latents")
+    index = vae.row_index(vae.read_manifest())
+    assert len(index) and (index.offset["latent"] >= 0).all()
+    shards = sorted((tmp_path / "cache" / "sd1x" / "vae" / "shards").rglob("*.parquet"))
+    for shard in shards:
+        shard.write_bytes(shard.read_bytes()[:64])  # cut short, as a failed copy leaves it
+    with pytest.raises(ShardReadError, match=r"shard shards/.*\.parquet is missing or unread"):
+        fit_in_process(_plan(config, tmp_path / "b"), tmp_path / "ck2", resume_from=kept)
+    assert {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()} == before

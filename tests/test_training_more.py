@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from st_ray import zoo
-from st_ray.config.plan import build_plan
 from st_ray.data.pipeline import build_caches
+from st_ray.plan import build_plan
 from st_ray.train.trainer import fit, fit_in_process
 from tests.test_training import _write_config
 
@@ -37,22 +37,26 @@ def _plan(config: Path, out: Path, *extra: str):
     return build_plan(config, ["--output_dir", str(out), *extra], {})
 
 
-def _setup(root: Path, zoo_root: Path, images: Path, family: str, **options):
+def _setup(
+    root: Path, zoo_root: Path, images: Path, family: str, cache_root: Path | None = None, **options
+):
     model = zoo.ensure(family, zoo_root)
-    config = _write_config(root, model, images, family, **options)
+    config = _write_config(root, model, images, family, cache_root, **options)
     build_caches(build_plan(config, [], {}))
     return model, config
 
 
 @pytest.fixture(scope="module")
-def setups(tmp_path_factory, zoo_root, example_dataset):
+def setups(tmp_path_factory, zoo_root, example_dataset, family_cache_root):
     """(model, config) per family, caches built once per module (caching dominates the time)."""
     made: dict[str, tuple[Path, Path]] = {}
 
     def get(family: str) -> tuple[Path, Path]:
         if family not in made:
             root = tmp_path_factory.mktemp(f"more-{family}")
-            made[family] = _setup(root, zoo_root, example_dataset.images_dir, family)
+            made[family] = _setup(
+                root, zoo_root, example_dataset.images_dir, family, family_cache_root
+            )
         return made[family]
 
     return get

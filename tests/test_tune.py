@@ -45,6 +45,7 @@ def test_sweep_problems_name_their_key(tmp_path: Path, zoo_root, example_dataset
         search_space={
             "learning_rat": {"loguniform": [1e-5, 1e-3]},
             "resolution": {"choice": [512, 1024]},
+            "text_encoder_1_precision": {"choice": ["no_change", "int8-quanto"]},
             "lora_rank": {"loguniform": [4, 16]},
             "learning_rate": {"loguniform": [0, 1e-3]},
             "optimizer": {"choice": ["adamw_bf16", "adamw_bf17"]},
@@ -60,6 +61,7 @@ def test_sweep_problems_name_their_key(tmp_path: Path, zoo_root, example_dataset
         "num_samples: expected an integer >= 1",
         "search_space.learning_rat: unknown option 'learning_rat'; did you mean 'learning_rate'?",
         "search_space.resolution: 'resolution' changes the caches",
+        "search_space.text_encoder_1_precision: 'text_encoder_1_precision' changes the caches",
         "search_space.lora_rank: 'lora_rank' takes integers",
         "search_space.learning_rate: 'loguniform' needs low > 0",
         "search_space.optimizer: value 'adamw_bf17': 'adamw_bf17' is not allowed",

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from st_ray import zoo
-from st_ray.config.plan import build_plan
+from st_ray.plan import build_plan
 from st_ray.train.model_card import write_model_card
 from st_ray.train.validation import (
     BUILTIN_PROMPTS,

@@ -1,6 +1,7 @@
 """CLI: ``python -m st_ray.bench cache [--images N] [--family F] [--resolution PX] ...`` and
 ``python -m st_ray.bench train [--steps N] [--warmup N] [--batch-size B] [--resolution PX] ...``
-and ``python -m st_ray.bench sizing [--resolution PX ...] [--mfu F]``.
+and ``python -m st_ray.bench sizing [--resolution PX ...] [--mfu F]``
+and ``python -m st_ray.bench feed [--rows N ...] [--s3-rows N ...] [--step-ms MS] [--old]``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from st_ray.zoo import FAMILIES
+from st_ray.zoo import DEMO_FAMILY, FAMILIES, SIZING_FAMILY
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
         help="latent/text caching: Ray Data pipeline vs a sequential loop, warm vs cold, memory",
     )
     cache.add_argument("--images", type=int, default=64, help="N; memory is also measured at 4N")
-    cache.add_argument("--family", default="sd1x", choices=FAMILIES, help="tiny zoo model family")
+    cache.add_argument(
+        "--family", default=DEMO_FAMILY, choices=FAMILIES, help="tiny zoo model family"
+    )
     cache.add_argument("--resolution", type=int, default=128, help="pixel_area edge in pixels")
     cache.add_argument("--cpus", type=int, default=None, help="num_cpus for the local Ray instance")
     cache.add_argument(
@@ -42,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--warmup", type=int, default=5, help="first steps left out of the medians")
     train.add_argument("--batch-size", type=int, default=2, help="train_batch_size")
     train.add_argument("--resolution", type=int, default=64, help="pixel_area edge in pixels")
-    train.add_argument("--family", default="sd1x", choices=FAMILIES, help="tiny zoo model family")
+    train.add_argument(
+        "--family", default=DEMO_FAMILY, choices=FAMILIES, help="tiny zoo model family"
+    )
     train.add_argument(
         "--images", type=int, default=None, help="default: steps x batch size (one epoch)"
     )
@@ -54,11 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--json", type=Path, default=None, help="also save the figures here")
     sizing = sub.add_parser(
         "sizing",
-        help="SDXL caching vs training FLOPs (meta device) and per-GPU estimates from "
-        "published peaks",
+        help=f"{SIZING_FAMILY} caching vs training FLOPs (meta device) and per-GPU estimates "
+        "from published peaks",
     )
     sizing.add_argument("--resolution", type=int, nargs="+", default=[1024], help="square edge")
     sizing.add_argument("--mfu", type=float, default=0.35, help="assumed fraction of peak")
+    feed = sub.add_parser(
+        "feed",
+        help="training feed on synthetic 1024-px caches (local and S3): data wait per step, "
+        "bytes read / used, worker peak RSS at each size",
+    )
+    from st_ray.bench.feed import add_arguments as feed_arguments
+
+    feed_arguments(feed)
     args = parser.parse_args(argv)
 
     if args.command == "cache":
@@ -69,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         from st_ray.bench import train as bench_train
 
         return bench_train.main(args)
+    if args.command == "feed":
+        from st_ray.bench import feed as bench_feed
+
+        return bench_feed.main(args)
     if args.command == "sizing":
         from st_ray.bench import sizing as bench_sizing
 

@@ -38,13 +38,13 @@ from PIL import Image, ImageDraw
 
 from st_ray import zoo
 from st_ray.bench.workdir import run_and_report
-from st_ray.config.plan import Plan, build_plan
 from st_ray.data import discovery
 from st_ray.data.bucketing import BucketSettings, plan_image
 from st_ray.data.captions import resolve_captions
 from st_ray.data.encoders import TextEncoder, VaeEncoder
 from st_ray.data.pipeline import CacheReport, build_caches
 from st_ray.data.transforms import apply_plan, load_image
+from st_ray.plan import Plan, build_plan
 
 # A small vocabulary so captions repeat: at most len(_ADJECTIVES) * len(_NOUNS) distinct.
 _ADJECTIVES = ("red", "blue", "green", "striped", "glowing", "tiny")
@@ -347,7 +347,7 @@ def run_benchmark(
     workdir: Path,
     *,
     images: int = 64,
-    family: str = "sd1x",
+    family: str = zoo.DEMO_FAMILY,
     resolution: int = 128,
     cpus: int | None = None,
     warmup: int = 4,

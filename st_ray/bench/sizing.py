@@ -1,8 +1,9 @@
 """Sizing figures for splitting GPUs between caching and training (clusters/README.md).
 
 Counts, with torch's FLOP counter on the meta device (no weights, no GPU, seconds on a CPU),
-the work of the two stages for the real SDXL architecture: one VAE encode per image (the
-caching stage, once per image) and one UNet forward per training sample. A LoRA training
+the work of the two stages for the real architecture of ``st_ray.zoo.SIZING_FAMILY``: one VAE
+encode per image (the caching stage, once per image) and one denoiser forward per training
+sample. A LoRA training
 sample costs about 2 forwards (forward + backward through the activations; LoRA's weight
 gradients are negligible), a full fine-tune about 3. The FLOPs are then turned into
 per-GPU rates with the vendors' published dense BF16 peaks and an assumed utilisation
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from st_ray.zoo import SIZING_FAMILY
+
 # Published dense (no sparsity) BF16/FP16 tensor-core peaks, TFLOPS.
 GPUS = {
     "T4": (65.0, "NVIDIA T4 datasheet (FP16 mixed precision)"),
@@ -23,32 +26,6 @@ GPUS = {
     "A100": (312.0, "NVIDIA A100 datasheet (BF16)"),
     "H100 SXM": (989.0, "NVIDIA H100 datasheet (BF16, 1979 with sparsity)"),
 }
-# SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0 model_index / unet config).
-SDXL_UNET = dict(
-    sample_size=128,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=[320, 640, 1280],
-    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    transformer_layers_per_block=[1, 2, 10],
-    attention_head_dim=[5, 10, 20],
-    cross_attention_dim=2048,
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
-SDXL_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[128, 256, 512, 512],
-    layers_per_block=2,
-    latent_channels=4,
-)
 TRAIN_FORWARDS = {"lora": 2.0, "full": 3.0}
 
 
@@ -60,29 +37,23 @@ class Work:
     unet_params: int
 
 
-def count_sdxl(resolution: int) -> Work:
-    """FLOPs of an SDXL VAE encode and UNet forward at ``resolution`` (square)."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+def count(resolution: int) -> Work:
+    """FLOPs of the sizing family's VAE encode and denoiser forward at ``resolution``
+    (square), its real architecture built on the meta device by its zoo recipe."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.device("meta"):
-        vae = AutoencoderKL(**SDXL_VAE)
-        unet = UNet2DConditionModel(**SDXL_UNET)
-        image = torch.empty(1, 3, resolution, resolution)
-        latent = torch.empty(1, 4, resolution // 8, resolution // 8)
-        timestep = torch.tensor([500])
-        text = torch.empty(1, 77, 2048)
-        added = {"text_embeds": torch.empty(1, 1280), "time_ids": torch.empty(1, 6)}
-        with FlopCounterMode(display=False) as vae_flops:
-            vae.encode(image)
-        with FlopCounterMode(display=False) as unet_flops:
-            unet(latent, timestep, text, added_cond_kwargs=added)
+    from st_ray import zoo
+
+    load = zoo.reference_workload(resolution)
+    with FlopCounterMode(display=False) as vae_flops:
+        load.encode()
+    with FlopCounterMode(display=False) as denoiser_flops:
+        load.forward()
     return Work(
         resolution,
         vae_flops.get_total_flops() / 1e12,
-        unet_flops.get_total_flops() / 1e12,
-        sum(p.numel() for p in unet.parameters()),
+        denoiser_flops.get_total_flops() / 1e12,
+        sum(p.numel() for p in load.denoiser.parameters()),
     )
 
 
@@ -100,9 +71,10 @@ def per_gpu_rates(work: Work, peak_tflops: float, mfu: float) -> dict[str, float
 
 def report(work: Work, mfu: float) -> str:
     lines = [
-        f"SDXL at {work.resolution}x{work.resolution} (UNet {work.unet_params / 1e9:.3f} B params)",
+        f"{SIZING_FAMILY} at {work.resolution}x{work.resolution} "
+        f"(denoiser {work.unet_params / 1e9:.3f} B params)",
         f"  VAE encode (caching, once per image)   {work.vae_encode_tflop:.2f} TFLOP / image",
-        f"  UNet forward (training, every step)     {work.unet_forward_tflop:.2f} TFLOP / sample",
+        f"  denoiser forward (training, each step)  {work.unet_forward_tflop:.2f} TFLOP / sample",
         f"  LoRA step ~{TRAIN_FORWARDS['lora']:.0f} forwards, full ~{TRAIN_FORWARDS['full']:.0f}",
         "",
         f"per GPU at {mfu:.0%} of the published dense BF16 peak (estimates):",
@@ -121,6 +93,6 @@ def report(work: Work, mfu: float) -> str:
 
 def main(args: argparse.Namespace) -> int:
     for resolution in args.resolution:
-        print(report(count_sdxl(resolution), args.mfu))
+        print(report(count(resolution), args.mfu))
         print()
     return 0

@@ -47,7 +47,7 @@ from typing import Any, TextIO
 from st_ray import zoo
 from st_ray.bench.cache import _fresh, _ray_session, generate_images, write_config
 from st_ray.bench.workdir import run_and_report
-from st_ray.config.plan import Plan, build_plan
+from st_ray.plan import Plan, build_plan
 
 
 @dataclass
@@ -139,13 +139,13 @@ class BareLoop:
         from st_ray.models.family import get_family_module
         from st_ray.train import adapters, noise
         from st_ray.train.optimizers import build_optimizer
-        from st_ray.train.worker import _weight_dtype
+        from st_ray.train.settings import weight_dtype
 
         options = self.options = plan.options
         device = self.device = pick_device()
         seed = int(options.get("seed") or 0)
         family = self.family = get_family_module(plan.family.name)
-        dtype = self.dtype = _weight_dtype(options, device)
+        dtype = self.dtype = weight_dtype(options, device)
         # Built while st_ray's loop runs: seed the LoRA init without touching its global RNG.
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -170,10 +170,12 @@ class BareLoop:
 
         batch = self.batch = int(options["train_batch_size"])
         self.on_device = torch.Generator(device=device).manual_seed(seed)
-        self.on_cpu = torch.Generator().manual_seed(seed)  # for per-step draws (Flux)
+        self.on_cpu = torch.Generator().manual_seed(
+            seed
+        )  # for per-step draws (e.g. random guidance)
         self.x0 = torch.randn((batch, *shapes.latent), generator=self.on_device, device=device)
         width, height = shapes.bucket
-        # What collate gives SDXL's time ids: (height, width), crops at (0, 0).
+        # What collate gives the size-conditioning inputs: (height, width), crops at (0, 0).
         sizes = torch.tensor([[height, width]] * batch, dtype=torch.long, device=device)
         self.inputs = {
             **{
@@ -190,7 +192,7 @@ class BareLoop:
         import torch.nn.functional as F
 
         from st_ray.train import noise
-        from st_ray.train.worker import _autocast
+        from st_ray.train.step import autocast
 
         x0, device, gen = self.x0, self.device, self.on_device
         self._sync()  # st_ray's step may still be running on the GPU
@@ -204,10 +206,10 @@ class BareLoop:
             t = torch.randint(0, self.num_timesteps, (self.batch,), generator=gen, device=device)
             noisy = noise.add_noise(x0, eps, t, self.alphas)
             target = noise.ddpm_target(self.prediction_type, x0, eps, t, self.alphas)
-        with _autocast(self.options, self.dtype, self.core):
+        with autocast(self.dtype, self.core):
             pred = self.family.predict(
                 self.core, noisy.to(self.dtype), t, self.inputs, self.options, generator=self.on_cpu
-            )
+            ).output
             loss = F.mse_loss(pred.float(), target.float())
         loss.backward()
         self.optimizer.step()
@@ -229,7 +231,7 @@ def run_benchmark(
     warmup: int = 5,
     batch_size: int = 2,
     resolution: int = 64,
-    family: str = "sd1x",
+    family: str = zoo.DEMO_FAMILY,
     images: int | None = None,
     threads: int | None = None,
     zoo_root: Path | None = None,

@@ -59,10 +59,18 @@ def options_help() -> str:
             details.append(f"NOT SUPPORTED YET ({option.note})")
         for value, reason in option.unsupported_values:
             details.append(f"{value!r} not supported yet ({reason})")
+        if option.dataset_unsupported:
+            details.append(
+                f"also a dataset field, not honoured per dataset yet: {option.dataset_unsupported}"
+            )
+        elif option.dataset_field and option.no_effect:
+            details.append("also a dataset field (with no effect there either)")
+        elif option.dataset_field:
+            details.append("also a dataset field: an entry's own value wins for that dataset")
         if option.name == "model_family":
-            from st_ray.models import FAMILIES
-
-            details.append("available in st_ray now: " + ", ".join(FAMILIES))
+            refused = {value for value, _ in option.unsupported_values}
+            available = [str(c) for c in option.choices or () if c not in refused]
+            details.append("available in st_ray now: " + ", ".join(available))
         lines.append(flag)
         lines += [f"        {text}" for text in details]
         # Older (deprecated) and alternative names the loader maps onto this option.

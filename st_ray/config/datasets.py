@@ -3,7 +3,8 @@
 Entries are checked field by field against ``dataset_fields`` (types, choices, unknown keys),
 then as a whole (unique ids, a text-embed cache, backend-specific required fields, local
 folders that exist). Fields an entry leaves out inherit the run-wide option of the same name
-(``resolution``, ``caption_strategy``...), as in SimpleTuner.
+when that option is marked ``dataset_field`` (``resolution``, ``caption_strategy``...), as in
+SimpleTuner; cache locations get a folder per dataset instead (see ``_default_caches``).
 """
 
 from __future__ import annotations
@@ -27,22 +28,6 @@ NESTED_BLOCKS: dict[str, list[Option]] = {
     "parquet": PARQUET_FIELDS,
     "huggingface": HUGGINGFACE_FIELDS,
 }
-# Fields an entry inherits from the run-wide option of the same name when it leaves them out.
-# Cache locations are not inherited: each dataset gets its own folder (see _default_caches).
-INHERITED = (
-    "resolution",
-    "resolution_type",
-    "caption_strategy",
-    "minimum_image_size",
-    "maximum_image_size",
-    "target_downsample_size",
-    "max_upscale_threshold",
-    "instance_prompt",
-    "prepend_instance_prompt",
-    "only_instance_prompt",
-    "write_batch_size",
-    "aws_max_pool_connections",
-)
 
 
 @dataclass(frozen=True)
@@ -116,12 +101,9 @@ def _load_entry(
     problems: ProblemList,
 ) -> DatasetEntry | None:
     fields: dict[str, Any] = {}
-    explicit: set[str] = set()
     ok = True
     for key, value in raw.items():
         option = FIELD_BY_NAME.get(key)
-        if key == "caption_strategy" and value == "instance_prompt":
-            value = "instanceprompt"  # accept the run-wide option's spelling too
         if key == "skip_file_discovery" and value is False:
             value = ""  # SimpleTuner's configs write false for "skip nothing"
         if option is None:
@@ -137,14 +119,16 @@ def _load_entry(
         if option.name in NESTED_BLOCKS and typed is not None:
             typed = _load_block(option.name, typed, where, problems)
         fields[option.name] = typed
-        explicit.add(option.name)
-        ok &= _check_support(option, typed, where, problems)
+        ok &= _check_support(option, typed, _inherited(option, run_options), where, problems)
+    if fields.get("type") == "huggingface" and fields.get("caption_strategy") is None:
+        # A Hub dataset captions from its own columns, not the run-wide strategy (as
+        # SimpleTuner's data backend factory does).
+        fields["caption_strategy"] = "huggingface"
     for option in FIELDS:
         if fields.get(option.name) is None:
-            inherited = run_options.get(option.name) if option.name in INHERITED else None
-            if option.name == "caption_strategy" and inherited == "instance_prompt":
-                inherited = "instanceprompt"  # the run-wide option spells it differently
-            fields[option.name] = inherited if inherited is not None else option.default
+            fields[option.name] = _inherited(option, run_options)
+    if fields.get("caption_strategy") == "instance_prompt":
+        fields["caption_strategy"] = "instanceprompt"  # the dataset-field spelling
     _default_caches(fields, run_options)
     if not fields.get("id"):
         problems.add(where, "id", "every dataset needs a unique 'id'")
@@ -194,12 +178,23 @@ def _load_block(name: str, value: Any, where: str, problems: ProblemList) -> dic
         except ValueError as err:
             problems.add(where, f"{name}.{key}", safe_error(option, key, err))
             continue
-        _check_support(option, block[key], f"{where} {name} block", problems)
+        _check_support(option, block[key], option.default, f"{where} {name} block", problems)
     return block
 
 
-def _check_support(option: Option, value: Any, where: str, problems: ProblemList) -> bool:
-    if value is None or value == option.default:
+def _inherited(option: Option, run_options: Mapping[str, Any]) -> Any:
+    """The value of a field an entry leaves out: the run-wide option's for an inheriting
+    field (its default when the run does not say), else the field's default."""
+    if option.dataset_field and run_options.get(option.name) is not None:
+        return run_options[option.name]
+    return option.default
+
+
+def _check_support(
+    option: Option, value: Any, baseline: Any, where: str, problems: ProblemList
+) -> bool:
+    """An explicit value is fine if it changes nothing (the inherited or default value)."""
+    if value in (None, "", []) or value == baseline:
         return True
     if option.no_effect:
         problems.note(f"{where}: {option.name} has no effect in st_ray: {option.no_effect}")
@@ -319,6 +314,13 @@ def _check_backend(
             "instance_prompt",
             "caption_strategy 'instanceprompt' needs an "
             "instance_prompt (in the dataset entry or run-wide)",
+        )
+    if strategy == "huggingface" and entry.backend != "huggingface":
+        problems.add(
+            where,
+            "caption_strategy",
+            "'huggingface' captions come from a Hub dataset's columns; they need "
+            '"type": "huggingface"',
         )
     if strategy == "parquet" and f.get("metadata_backend") != "parquet":
         problems.add(

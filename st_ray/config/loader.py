@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from st_ray.config.errors import ConfigError, Problem, ProblemList, unknown_key_message
-from st_ray.config.options import CANONICAL, OPTIONS, lookup
+from st_ray.config.options import CANONICAL, OPTIONS, lookup, require_complete
 from st_ray.config.schema import Option, Support
 from st_ray.config.sources import read_env_file, read_json, read_toml
 from st_ray.config.values import (
@@ -116,6 +116,7 @@ def load_config(
     are added to ``problems`` when given (so callers can report them with later checks), else
     raised too.
     """
+    require_complete()
     environ = dict(os.environ if environ is None else environ)
     collect = problems
     problems = ProblemList()

@@ -1,7 +1,9 @@
 """Rules between options: combinations that cannot work together, checked before any Ray work.
 
 Each rule is a small function of the loaded values that reports problems; ``check_rules``
-runs them all so a user sees every conflict at once.
+runs them all so a user sees every conflict at once. The rules here need nothing but the
+options; components (model families, optimizers, adapters, placement...) provide the checks
+only they can make, and the composition root (``st_ray.plan``) adds them with ``register``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ from typing import Any
 
 from st_ray.config.errors import ProblemList
 from st_ray.config.loader import LoadedConfig
-from st_ray.models import FAMILIES
-from st_ray.models.family import get_family_module
 
 Values = dict[str, Any]
+Rule = Callable[[LoadedConfig, ProblemList], None]
 
 # Pairs that SimpleTuner documents as mutually exclusive.
 MUTUALLY_EXCLUSIVE = (
@@ -54,61 +55,6 @@ def check_exclusive(loaded: LoadedConfig, problems: ProblemList) -> None:
             )
 
 
-def check_family(loaded: LoadedConfig, problems: ProblemList) -> None:
-    values = loaded.values
-    family_name = values["model_family"]
-    if family_name is None:
-        return  # reported as required
-    if family_name not in FAMILIES:
-        problems.add(
-            loaded.provenance["model_family"],
-            "model_family",
-            f"family '{family_name}' is not available in st_ray yet; available: "
-            + ", ".join(FAMILIES),
-        )
-        return
-    family = FAMILIES[family_name]
-    flavour = values.get("model_flavour")
-    if flavour is not None and flavour in family.refused_flavours:
-        problems.add(
-            loaded.provenance["model_flavour"],
-            "model_flavour",
-            f"'{flavour}' of {family_name} is not supported by st_ray: "
-            f"{family.refused_flavours[flavour]}; supported: " + ", ".join(family.flavours),
-        )
-    elif flavour is not None and flavour not in family.flavours:
-        problems.add(
-            loaded.provenance["model_flavour"],
-            "model_flavour",
-            f"unknown flavour '{flavour}' for {family_name}; accepted: "
-            + ", ".join(family.flavours),
-        )
-    prediction = values.get("prediction_type")
-    if prediction is not None and prediction not in family.prediction_types:
-        problems.add(
-            loaded.provenance["prediction_type"],
-            "prediction_type",
-            f"'{prediction}' does not apply to {family_name}; accepted: "
-            + ", ".join(family.prediction_types),
-        )
-    alignment = values.get("aspect_bucket_alignment")
-    if alignment and alignment % family.pixel_granularity:
-        problems.add(
-            loaded.provenance["aspect_bucket_alignment"],
-            "aspect_bucket_alignment",
-            f"{alignment} is not a multiple of {family.pixel_granularity}, the pixel "
-            f"size of one {family_name} latent token; use a multiple of it",
-        )
-    for key, message in get_family_module(family_name).option_problems(values):
-        problems.add(loaded.provenance.get(key, "configuration"), key, message)
-    if values.get("flux_lora_target") not in (None, "all") and family_name != "flux":
-        problems.add(
-            loaded.provenance["flux_lora_target"],
-            "flux_lora_target",
-            f"only applies to model_family 'flux', not '{family_name}'",
-        )
-
-
 def check_training_length(loaded: LoadedConfig, problems: ProblemList) -> None:
     values = loaded.values
     steps, epochs = values.get("max_train_steps"), values.get("num_train_epochs")
@@ -123,11 +69,7 @@ def check_training_length(loaded: LoadedConfig, problems: ProblemList) -> None:
 
 def check_ranges(loaded: LoadedConfig, problems: ProblemList) -> None:
     values = loaded.values
-    pairs = (
-        ("flux_guidance_min", "flux_guidance_max"),
-        ("timestep_bias_begin", "timestep_bias_end"),
-    )
-    for low, high in pairs:
+    for low, high in (("timestep_bias_begin", "timestep_bias_end"),):
         lo, hi = values.get(low), values.get(high)
         if lo is not None and hi is not None and lo > hi:
             problems.add(
@@ -177,33 +119,6 @@ def check_validation_resolution(loaded: LoadedConfig, problems: ProblemList) -> 
         )
 
 
-def check_training_setup(loaded: LoadedConfig, problems: ProblemList) -> None:
-    """What the optimizer, LR schedule and adapter builders would refuse at the first step,
-    asked now so a bad combination fails before any Ray work."""
-    from st_ray.train.adapters import check_lora_options
-    from st_ray.train.lr_schedules import check_schedule_options
-    from st_ray.train.optimizers import OptimizerUnavailable, check_available
-
-    values = loaded.values
-    checks = (
-        ("optimizer", lambda: check_available(values)),
-        (
-            "lr_scheduler",
-            lambda: check_schedule_options(
-                values, world_size=int(values.get("num_processes") or 1)
-            ),
-        ),
-    )
-    if values.get("model_type") == "lora":
-        base_dir = loaded.config_path.parent if loaded.config_path else None
-        checks += (("lora_type", lambda: check_lora_options(values, base_dir)),)
-    for key, check in checks:
-        try:
-            check()
-        except (ValueError, OptimizerUnavailable) as err:
-            problems.add(loaded.provenance.get(key, "configuration"), key, str(err))
-
-
 _SINGLE_FILE_SOURCES = (
     "pretrained_model_name_or_path",
     "pretrained_transformer_model_name_or_path",
@@ -211,30 +126,8 @@ _SINGLE_FILE_SOURCES = (
 )
 
 
-def check_quantization(loaded: LoadedConfig, problems: ProblemList) -> None:
-    """base_model_precision / text_encoder_N_precision that cannot run: a missing package, or
-    hardware the run will not have (known when it is CPU-only), before any Ray work."""
-    import os
-
-    from st_ray.models.quantize import check_options
-
+def check_single_file_sources(loaded: LoadedConfig, problems: ProblemList) -> None:
     values = loaded.values
-    use_gpu = str(values.get("use_gpu") or "auto")
-    remote = values.get("ray_address") or os.environ.get("RAY_ADDRESS")
-    cpu_only = use_gpu == "false" or (use_gpu == "auto" and not remote and not _local_cuda())
-    for key, message in check_options(values, cpu_only=cpu_only):
-        problems.add(loaded.provenance.get(key, "configuration"), key, message)
-    if cpu_only:
-        from st_ray.train.attention import check
-
-        try:
-            check(values.get("attention_mechanism"), "cpu")
-        except ValueError as err:
-            problems.add(
-                loaded.provenance.get("attention_mechanism", "configuration"),
-                "attention_mechanism",
-                str(err),
-            )
     for key in _SINGLE_FILE_SOURCES:
         value = str(values.get(key) or "")
         if value.lower().endswith(".gguf"):
@@ -247,32 +140,27 @@ def check_quantization(loaded: LoadedConfig, problems: ProblemList) -> None:
             )
 
 
-def _local_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def check_placement(loaded: LoadedConfig, problems: ProblemList) -> None:
-    from st_ray.placement import check_options
-
-    for key, problem in check_options(loaded.values):
-        problems.add(loaded.provenance.get(key, "configuration"), key, problem)
-
-
-RULES: tuple[Callable[[LoadedConfig, ProblemList], None], ...] = (
+RULES: tuple[Rule, ...] = (
     check_exclusive,
-    check_family,
     check_training_length,
     check_ranges,
     check_resume,
     check_validation_resolution,
-    check_training_setup,
-    check_quantization,
-    check_placement,
+    check_single_file_sources,
 )
+# Checks components provide, added by the composition root.
+_REGISTERED: list[Rule] = []
+
+
+def register(*rules: Rule) -> None:
+    """Add component checks, run after the rules above (adding one twice is a no-op)."""
+    _REGISTERED.extend(r for r in rules if r not in _REGISTERED)
+
+
+def registered() -> tuple[Rule, ...]:
+    return (*RULES, *_REGISTERED)
 
 
 def check_rules(loaded: LoadedConfig, problems: ProblemList) -> None:
-    for rule in RULES:
+    for rule in registered():
         rule(loaded, problems)

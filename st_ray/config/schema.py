@@ -56,6 +56,15 @@ class Option:
     # Why a SimpleTuner knob does nothing under Ray (e.g. worker counts Ray manages itself);
     # setting it is accepted and reported in the plan's notes, never silently dropped.
     no_effect: str = ""
+    # Also a field of a dataset entry (multidatabackend.json): an entry may set its own value,
+    # one that leaves it out inherits this option's. Declared only here: the dataset-field
+    # table (st_ray.config.dataset_fields) derives the field's type, default and help from it.
+    dataset_field: bool = False
+    # Why an entry's own value is not honoured yet (every dataset uses the run-wide value).
+    dataset_unsupported: str = ""
+    # Caches a changed value makes stale: "text" (text embeddings) and/or "latent" (latents);
+    # their settings fingerprints include the option.
+    caches: tuple[str, ...] = ()
 
 
 def opt(
@@ -74,11 +83,18 @@ def opt(
     multiple: bool = False,
     unsupported_values: dict[Any, str] | None = None,
     no_effect: str = "",
+    dataset_field: bool = False,
+    dataset_unsupported: str | None = None,
+    caches: tuple[str, ...] = (),
 ) -> Option:
     """Declare an option. ``unsupported`` holds the reason st_ray does not implement it yet.
 
+    ``dataset_field``: dataset entries may set it too and inherit it when they leave it out;
+    ``dataset_unsupported``: the reason an entry's own value is not honoured yet.
     The group is filled in by the catalog module that declares the option.
     """
+    if dataset_unsupported and not dataset_field:
+        raise ValueError(f"{name}: dataset_unsupported needs dataset_field=True")
     return Option(
         name=name,
         type=type,
@@ -96,4 +112,7 @@ def opt(
         multiple=multiple,
         unsupported_values=tuple((unsupported_values or {}).items()),
         no_effect=no_effect,
+        dataset_field=dataset_field,
+        dataset_unsupported=dataset_unsupported or "",
+        caches=caches,
     )

@@ -6,6 +6,8 @@ Layout of one cache folder::
     shards/<run>/*.parquet written by Ray Data; only shards listed in the manifest count
     index-<id>.parquet     (latent caches) the dataset as of the last run: image -> hash,
                            bucket, captions; the manifest names the current one
+    rows-<digest>.parquet  key -> shard, row group, row and payload byte ranges of the
+                           committed shards (``cache_index``), written before the manifest
 
 A run writes its shards first and commits them by rewriting the manifest last (an atomic
 replace locally, a single PUT on S3). A run killed midway leaves shards that no manifest
@@ -26,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from st_ray import storage
+from st_ray.data import cache_index
 from st_ray.storage import S3Settings
 
 MANIFEST = "manifest.json"
@@ -146,11 +149,18 @@ class CacheStore:
         return sorted(f[len(self.path) + 1 :] for f in files)
 
     def commit(self, manifest: Manifest, new_shards: Iterable[str], new_rows: int) -> None:
+        old_shards = list(manifest.shards)
         manifest.shards = [*manifest.shards, *new_shards]
         manifest.rows += new_rows
+        cache_index.commit(self, old_shards, manifest.shards)
         storage.atomic_write_bytes(
             storage.join(self.root, MANIFEST), manifest.to_json().encode(), self.s3
         )
+        cache_index.remove_stale(self, manifest.shards)
+
+    def row_index(self, manifest: Manifest) -> cache_index.RowIndex:
+        """Where each committed row lives (built from the shards when absent or bad)."""
+        return cache_index.load(self, manifest.shards)
 
     def remove_uncommitted(self, manifest: Manifest | None) -> None:
         """Delete shards and index files no manifest names: leftovers of an interrupted run."""
@@ -164,11 +174,13 @@ class CacheStore:
         for path in self.fs.glob(self._p(f"{INDEX_PREFIX}*.parquet")):
             if path.rsplit("/", 1)[-1] != current:
                 self.fs.rm(path)
+        cache_index.remove_stale(self, manifest.shards if manifest else None)
 
     def clear(self) -> None:
         for name in ("shards", MANIFEST):
             if self.fs.exists(self._p(name)):
                 self.fs.rm(self._p(name), recursive=True)
+        cache_index.remove_stale(self, None)
         for path in self.fs.glob(self._p(f"{INDEX_PREFIX}*.parquet")):
             self.fs.rm(path)
 

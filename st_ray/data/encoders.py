@@ -84,7 +84,7 @@ class VaeEncoder:
     def vae(self):
         """The family's VAE (None in pixel space), loaded lazily: a re-run whose images are all
         cached never loads it."""
-        vae_class = self.family.SPEC.vae_class
+        vae_class = self.family.spec.vae_class
         if self._vae is None and vae_class is not None:
             import diffusers
 

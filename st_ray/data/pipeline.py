@@ -23,14 +23,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from st_ray.config.datasets import DatasetEntry
-from st_ray.config.plan import Plan
+from st_ray.config.options import CORE_OPTIONS
 from st_ray.data import captioning, discovery
 from st_ray.data.bucketing import BucketSettings
+from st_ray.data.cache_index import SHARD_WRITE_ARGS
 from st_ray.data.cache_store import CacheStore, Manifest
 from st_ray.data.captions import load_caption_filters, resolve_captions
 from st_ray.data.encoders import TextEncoder, VaeEncoder
 from st_ray.data.prepare import CACHED, OK, PrepareSettings, prepare_batch
+from st_ray.models.family import LATENT_CACHE, TEXT_CACHE, FamilySpec
 from st_ray.placement import ActorRequest, cache_actor_request, cluster_nodes
+from st_ray.plan import Plan
 from st_ray.storage import S3Settings
 
 EMPTY_CAPTION = ""
@@ -49,23 +52,6 @@ LIGHT_COLUMNS = [
     "crop_left",
     "crop_top",
 ]
-# Options that change what the text encoders produce.
-TEXT_SETTING_OPTIONS = (
-    "tokenizer_max_length",
-    "t5_padding",
-    "revision",
-    "variant",
-    "pretrained_t5_model_name_or_path",
-    "pretrained_gemma_model_name_or_path",
-    "sana_complex_human_instruction",
-    "sd3_clip_uncond_behaviour",
-    "sd3_t5_uncond_behaviour",
-    "model_flavour",
-    "text_encoder_1_precision",
-    "text_encoder_2_precision",
-    "text_encoder_3_precision",
-    "text_encoder_4_precision",
-)
 
 
 @dataclass
@@ -139,14 +125,22 @@ def latent_settings(plan: Plan, entry: DatasetEntry) -> dict[str, Any]:
         "aspect_bucket_rounding": options.get("aspect_bucket_rounding"),
         "seed": options.get("seed") or 0,
         **{k: entry.fields.get(k) for k in keys},
+        **{k: options.get(k) for k in plan.family.cache_options(LATENT_CACHE)},
     }
+
+
+def text_setting_options(family: FamilySpec) -> tuple[str, ...]:
+    """Options that change what ``family``'s text encoders produce: the generic ones the
+    catalog marks, then those the family owns and marks."""
+    generic = [o.name for o in CORE_OPTIONS if TEXT_CACHE in o.caches]
+    return (*generic, *family.cache_options(TEXT_CACHE))
 
 
 def text_settings(plan: Plan) -> dict[str, Any]:
     return {
         "family": plan.family.name,
         "model": plan.model,
-        **{k: plan.options.get(k) for k in TEXT_SETTING_OPTIONS},
+        **{k: plan.options.get(k) for k in text_setting_options(plan.family)},
     }
 
 
@@ -189,7 +183,8 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
     manifest = store.open(
         latent_settings(plan, entry), bool(options.get("override_dataset_config"))
     )
-    cached = cached_hashes(store, manifest, options.get("vae_cache_scan_behaviour"))
+    scan = options.get("vae_cache_scan_behaviour")
+    cached = cached_hashes(store, manifest, scan, plan.family)
     rows, ignored = discovery.discover_counted(entry, s3_data)
     if entry.fields.get("captioning_model"):
         rows = caption_missing(entry, rows, s3_data, caching_actors(plan))
@@ -245,6 +240,7 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
             run_uri,
             filesystem=store.pyarrow_filesystem(),
             compression="zstd" if options.get("compress_disk_cache") else "none",
+            **SHARD_WRITE_ARGS,  # one row per row group: the feed reads rows by byte range
         )
     )
     shards = store.shard_files(run_dir)
@@ -342,23 +338,27 @@ def _with_image_bytes(batch: dict[str, Any], s3: S3Settings | None) -> dict[str,
     }
 
 
-def cached_hashes(store: CacheStore, manifest: Manifest, scan: str | None) -> set[str]:
+def cached_hashes(
+    store: CacheStore, manifest: Manifest, scan: str | None, family: FamilySpec
+) -> set[str]:
     """Content hashes with a committed latent. ``recreate`` drops entries whose latent shape
-    does not match their bucket (e.g. written by a broken run) so they are encoded again."""
+    does not match their bucket in ``family``'s latent geometry (e.g. written by a broken run)
+    so they are encoded again."""
     if not manifest.shards:
         return set()
     table = store.read_columns(
         manifest, ["content_hash", "status", "latent_shape", "bucket_width", "bucket_height"]
     )
     hashes = set()
+    down = family.latent_downscale
     for row in table.to_pylist():
         if row["status"] != OK:
             continue
         shape = row["latent_shape"] or []
-        consistent = (
-            len(shape) == 3
-            and shape[1] * 8 == row["bucket_height"]
-            and (shape[2] * 8 == row["bucket_width"])
+        consistent = len(shape) == 3 and (shape[0], shape[1] * down, shape[2] * down) == (
+            family.latent_channels,
+            row["bucket_height"],
+            row["bucket_width"],
         )
         if consistent or scan == "sync":
             hashes.add(row["content_hash"])
@@ -415,7 +415,7 @@ def cache_text(plan: Plan, captions: set[str], root: str, s3: S3Settings | None)
             batch_size=text_batch_size(plan),
             batch_format="numpy",
         )
-        .write_parquet(run_uri, filesystem=store.pyarrow_filesystem())
+        .write_parquet(run_uri, filesystem=store.pyarrow_filesystem(), **SHARD_WRITE_ARGS)
     )
     shards = store.shard_files(run_dir)
     store.commit(manifest, shards, len(todo))

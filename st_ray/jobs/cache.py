@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from st_ray.config.cli import job_parser, print_help, split_args
 from st_ray.config.errors import ConfigError
-from st_ray.config.plan import Plan, build_plan
+from st_ray.plan import Plan, build_plan
 
 DESCRIPTION = """Cache VAE latents and text embeddings for the datasets of a SimpleTuner config,
 with Ray Data (CPU tasks decode and crop, actor pools encode; GPUs when the cluster has them).

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from st_ray.config.cli import job_parser, print_help, split_args
 from st_ray.config.errors import ConfigError
-from st_ray.config.plan import Plan, build_plan, format_plan
 from st_ray.config.redact import redact
+from st_ray.plan import Plan, build_plan, format_plan
+from st_ray.train.run_identity import RunTarget, resolve
 
 DESCRIPTION = """Train a LoRA or full fine-tune of a diffusion model on Ray.
 
@@ -52,6 +53,7 @@ def main(argv: Sequence[str]) -> int:
 
     try:
         plan = build_plan(config, overrides)
+        target = choose_run(plan)  # reads run storage: refuses a changed config
     except ConfigError as err:
         print(err.render(), file=sys.stderr)
         return EXIT_INVALID_CONFIG
@@ -59,22 +61,34 @@ def main(argv: Sequence[str]) -> int:
     if args.dry_run:
         print("\ndry run: the configuration is valid; nothing was started.")
         return 0
-    return run(plan)
+    return run(plan, target)
 
 
-def run(plan: Plan) -> int:
+def choose_run(plan: Plan) -> RunTarget:
+    """The Ray Train run this job trains (a fresh folder, or the checkpoint it continues);
+    what it found goes into the plan's notes."""
+    target = resolve(plan)
+    plan.notes.extend(target.notes)
+    return target
+
+
+def run(plan: Plan, target: RunTarget | None = None) -> int:
     """Record the resolved config, bring the caches up to date (only what is missing is
     encoded), then train on Ray Train workers and say where everything went."""
     from st_ray.jobs.cache import run_cache
     from st_ray.train.trainer import fit
 
+    target = target or choose_run(plan)
+    if target.finished:
+        print(f"\n{target.finished_message()}")
+        return 0
     saved = save_resolved_config(plan)
     print(f"\nresolved config (secrets redacted): {saved}")
     status = run_cache(plan)
     if status != 0:
         return status
     try:
-        result = fit(plan)
+        result = fit(plan, name=target.name)
     except ConfigError as err:  # the cluster cannot hold the run (num_machines)
         print(err.render(), file=sys.stderr)
         return EXIT_INVALID_CONFIG

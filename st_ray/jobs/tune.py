@@ -9,7 +9,7 @@ from typing import Any
 
 from st_ray.config.cli import job_parser, print_help, split_args
 from st_ray.config.errors import ConfigError
-from st_ray.config.plan import Plan, build_plan, format_plan
+from st_ray.plan import Plan, build_plan, format_plan
 from st_ray.tune.sweep import Sweep, SweepError, load_sweep
 
 DESCRIPTION = """Run a hyperparameter campaign: every trial is a Ray Train run of the config with

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, conditioning, unwrap
+from st_ray.models.family import FamilySpec, Prediction, conditioning, unwrap
 
 if TYPE_CHECKING:
     import numpy as np
@@ -113,7 +113,7 @@ def predict(
     options: Mapping[str, Any],
     *,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+) -> Prediction:
     """AuraFlowPipeline's transformer call: the time as sigma in [0, 1] (t = 1 is noise)."""
     dtype = unwrap(denoiser).dtype
     pred = denoiser(
@@ -122,4 +122,4 @@ def predict(
         timestep=(timesteps / 1000).to(noisy_latents.device, noisy_latents.dtype),
         return_dict=False,
     )[0]
-    return pred.to(noisy_latents.dtype)
+    return Prediction(pred.to(noisy_latents.dtype))

@@ -17,12 +17,20 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, conditioning, load_pretrained_denoiser, unwrap
+from st_ray.models.family import (
+    FamilySpec,
+    Prediction,
+    conditioning,
+    load_pretrained_denoiser,
+    unwrap,
+)
 from st_ray.models.latent_stats import normalised_latents
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+SLOTS = (te.Slot("text_encoder", "tokenizer", "T5EncoderModel"),)
 
 SPEC = FamilySpec(
     name="cosmos2image",
@@ -37,10 +45,11 @@ SPEC = FamilySpec(
     pixel_granularity=16,  # 8x Wan VAE, 2x2 patches
     text_encoders=1,
     pipeline_class="Cosmos2TextToImagePipeline",
+    text_slots=SLOTS,
+    latent_channels=16,
     vae_class="AutoencoderKLWan",
 )
 
-SLOTS = (te.Slot("text_encoder", "tokenizer", "T5EncoderModel"),)
 T5_LENGTH = 512  # the pipeline's max_sequence_length default
 # The pipeline's sigma_data (fixed in its __init__): latents are normalised, then scaled by it.
 SIGMA_DATA = 1.0
@@ -145,7 +154,7 @@ def predict(
     options: Mapping[str, Any],
     *,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+) -> Prediction:
     """The Cosmos2TextToImagePipeline's transformer call on the one-frame latents: t =
     timesteps / 1000 (the loop's sigma) as the timestep, the zero padding mask, the T5 states.
     Returns the velocity noise - x0, in (B, C, H, W)."""
@@ -161,4 +170,4 @@ def predict(
         padding_mask=noisy_latents.new_zeros(1, 1, h, w, dtype=dtype),
         return_dict=False,
     )[0]
-    return pred.squeeze(2).to(noisy_latents.dtype)
+    return Prediction(pred.squeeze(2).to(noisy_latents.dtype))

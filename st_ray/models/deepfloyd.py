@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, conditioning, unwrap
+from st_ray.models.family import FamilySpec, Prediction, conditioning, unwrap
 
 if TYPE_CHECKING:
     import numpy as np
@@ -21,6 +21,8 @@ _STAGE_II = (
     "stage II super-resolution conditions on the upscaled stage-I image and a noise-level "
     "class label, which st_ray's caches do not hold; train a stage I flavour"
 )
+
+SLOTS = (te.Slot("text_encoder", "tokenizer", "T5EncoderModel"),)
 
 SPEC = FamilySpec(
     name="deepfloyd",
@@ -36,11 +38,13 @@ SPEC = FamilySpec(
     pixel_granularity=8,  # three 2x downsamplings in the stage I UNets
     text_encoders=1,
     pipeline_class="IFPipeline",
+    text_slots=SLOTS,
+    latent_downscale=1,
+    latent_channels=3,
     vae_class=None,
     refused_flavours={"ii-medium-450m": _STAGE_II, "ii-large-1.2b": _STAGE_II},
 )
 
-SLOTS = (te.Slot("text_encoder", "tokenizer", "T5EncoderModel"),)
 T5_LENGTH = 77  # IF's T5 was trained with 77 tokens (the pipeline's fixed max_length)
 
 
@@ -73,7 +77,7 @@ def predict(
     options: Mapping[str, Any],
     *,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+) -> Prediction:
     """The IFPipeline's UNet call on noisy pixels; of the learned-variance output only the
     epsilon (or v) half is returned, as the pipeline's sampler uses it."""
     unet = unwrap(denoiser)
@@ -86,4 +90,4 @@ def predict(
     )[0]
     if unet.config.out_channels == 2 * channels:
         pred = pred[:, :channels]
-    return pred.to(noisy_latents.dtype)
+    return Prediction(pred.to(noisy_latents.dtype))

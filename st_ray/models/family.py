@@ -1,36 +1,45 @@
 """The family protocol: what st_ray must know about a model family and how to drive it.
 
-Adding a family is adding ``st_ray/models/<name>.py`` and its tiny zoo recipe
-``st_ray/zoo/<name>.py``; nothing else in the codebase names families. The module declares:
+A family is one module (``st_ray/models/<name>.py``, or a module of a package named in
+``ST_RAY_FAMILY_PACKAGES``) plus its tiny zoo recipe; nothing else in the codebase names
+families. The module declares:
 
-- ``SPEC``, a ``FamilySpec``: static facts (checkpoints, denoiser and VAE classes, pipeline,
-  prediction types, bucket granularity, LoRA preset);
-- ``encode_prompts`` and ``predict`` (``FamilyModule`` below), and ``SLOTS`` (its text
-  encoders) unless it overrides ``load_text_encoders``;
+- ``SPEC``, a ``FamilySpec``: every static fact the rest of st_ray reads (checkpoints, denoiser
+  and VAE classes, pipeline, latent geometry, text encoders, the options the family owns and
+  which caches they change, LoRA presets);
+- ``encode_prompts`` and ``predict`` (required hooks of ``FamilyModule`` below);
 - optionally any other hook of ``FamilyModule``: ``Family`` supplies the shared default of
   every hook a module leaves out.
 
-Modules are discovered: every module of this package that defines ``SPEC`` is a family.
-torch and diffusers are imported lazily, as the config code imports this file.
+Modules are discovered: every module of this package (and of the packages listed,
+comma-separated, in the ``ST_RAY_FAMILY_PACKAGES`` environment variable) that defines ``SPEC``
+is a family. torch and diffusers are imported lazily, as the config code imports this file.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from st_ray.config.schema import Option
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from st_ray.models.text_encoders import TextEncoders
+    from st_ray.models.text_encoders import Slot, TextEncoders
 
 # Every attention projection of diffusers' Attention blocks: the LoRA preset of most families.
 ATTENTION_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+# Extra packages whose modules with a ``SPEC`` are families too (plugins), comma-separated.
+PACKAGES_ENV = "ST_RAY_FAMILY_PACKAGES"
+# Caches an option can make stale (``Option.caches``).
+TEXT_CACHE, LATENT_CACHE = "text", "latent"
 
 
 @dataclass(frozen=True)
@@ -49,12 +58,29 @@ class FamilySpec:
     pixel_granularity: int
     text_encoders: int
     pipeline_class: str
+    # Pixels per cached latent cell along each side (the VAE's spatial downscale; 1 for
+    # pixel-space families) and channels of a cached latent: a cached (C, h, w) latent of a
+    # (H, W) bucket has C == latent_channels and h * latent_downscale == H.
+    latent_downscale: int = 8
+    latent_channels: int = 4
     # The diffusers class of the pipeline's ``vae/``; None for pixel-space families.
     vae_class: str | None = "AutoencoderKL"
+    # The text encoders ``load_text_encoders`` loads by default (st_ray.models.text_encoders).
+    text_slots: tuple[Slot, ...] = ()
     # Module names PEFT adapts by default (see st_ray.train.adapters).
     lora_targets: tuple[str, ...] = ATTENTION_TARGETS
+    # Named LoRA presets chosen by the owned option ``lora_preset_option`` (its default names
+    # the preset used when unset); empty: ``lora_targets`` is the only preset.
+    lora_presets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    lora_preset_option: str | None = None
     # Flavours the family defines upstream that st_ray refuses at validation: flavour -> why.
     refused_flavours: Mapping[str, str] = field(default_factory=dict)
+    # Options only this family reads (declared here, collected into the option catalog; set
+    # for another family they are refused). ``Option.caches`` says which caches they change.
+    options: tuple[Option, ...] = ()
+    # The module whose ``build(out_dir, seed)`` writes the tiny test model; default
+    # ``st_ray.zoo.<name>``.
+    zoo_recipe: str = ""
 
     @property
     def default_flavour(self) -> str:
@@ -63,6 +89,28 @@ class FamilySpec:
     @property
     def flow_matching(self) -> bool:
         return self.prediction_types[0] == "flow_matching"
+
+    @property
+    def zoo_module(self) -> str:
+        return self.zoo_recipe or f"st_ray.zoo.{self.name}"
+
+    def cache_options(self, cache: str) -> tuple[str, ...]:
+        """Names of the owned options whose value changes ``cache`` ("text" or "latent")."""
+        return tuple(o.name for o in self.options if cache in o.caches)
+
+    def option(self, name: str) -> Option:
+        """The owned option ``name``."""
+        return next(o for o in self.options if o.name == name)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What ``predict`` returns: the denoiser's output in the noisy latents' shape and dtype,
+    and a scalar the loop adds to the step's loss (e.g. a mixture-of-experts load-balancing
+    loss), None when the family adds nothing."""
+
+    output: torch.Tensor
+    aux_loss: torch.Tensor | None = None
 
 
 class FamilyModule(Protocol):
@@ -80,8 +128,8 @@ class FamilyModule(Protocol):
     ) -> TextEncoders:
         """Tokenizers and frozen (eval, no-grad) text encoders from the diffusers pipeline
         folder or Hub id ``model_path``, honouring the revision, variant and
-        pretrained_t5_model_name_or_path run options. Default: ``text_encoders.load`` of the
-        module's ``SLOTS``."""
+        pretrained_t5_model_name_or_path run options. Default: ``text_encoders.load`` of
+        ``SPEC.text_slots``."""
         ...
 
     def encode_prompts(
@@ -126,8 +174,9 @@ class FamilyModule(Protocol):
         ...
 
     def lora_targets(self, options: Mapping[str, Any]) -> list[str]:
-        """The LoRA preset for these options (e.g. Flux's flux_lora_target); default
-        ``SPEC.lora_targets``. A ``peft_lora_target_modules`` option is applied before this."""
+        """The LoRA preset for these options; default ``SPEC.lora_presets`` chosen by the
+        ``SPEC.lora_preset_option`` option, else ``SPEC.lora_targets``. A
+        ``peft_lora_target_modules`` option is applied before this."""
         ...
 
     def validation_kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -148,13 +197,6 @@ class FamilyModule(Protocol):
         will not run without one); default none."""
         ...
 
-    def aux_loss(
-        self, denoiser: torch.nn.Module, options: Mapping[str, Any]
-    ) -> torch.Tensor | None:
-        """A scalar the loop adds to the step's loss, recorded by the denoiser during the last
-        ``predict`` (e.g. HiDream's MoE load-balancing loss); default None (nothing added)."""
-        ...
-
     def option_problems(self, options: Mapping[str, Any]) -> list[tuple[str, str]]:
         """(option, message) for each option value this family cannot honour here (e.g. a
         feature needing a package that is not installed), reported when the config is
@@ -170,9 +212,10 @@ class FamilyModule(Protocol):
         options: Mapping[str, Any],
         *,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+    ) -> Prediction:
         """Required. The denoiser's prediction for ``noisy_latents`` (B, C, H, W) in the same
-        shape and dtype, differentiable with respect to the denoiser's parameters.
+        shape and dtype, differentiable with respect to the denoiser's parameters, with the
+        family's own loss term from this forward pass when it has one.
 
         ``timesteps`` (B,) are on the scheduler's scale, as the pipelines pass them: DDPM
         indices in [0, num_train_timesteps) for the DDPM families, sigma * 1000 for the
@@ -187,15 +230,16 @@ class FamilyModule(Protocol):
 
 
 class Family:
-    """A family module with the protocol's defaults filled in; any other attribute
-    (``SLOTS``, constants, helpers) is read from the module itself."""
+    """A family module with the protocol's defaults filled in: the one object the rest of
+    st_ray drives a family through (nothing reads the module around it)."""
 
     def __init__(self, module: ModuleType) -> None:
         self.module = module
-        self.SPEC: FamilySpec = module.SPEC
+        self.spec: FamilySpec = module.SPEC
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.module, name)
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     def _own(self, hook: str) -> Callable[..., Any] | None:
         return getattr(self.module, hook, None)
@@ -207,7 +251,8 @@ class Family:
             return own(model_path, device=device, dtype=dtype, options=options)
         from st_ray.models import text_encoders as te
 
-        return te.load(model_path, self.module.SLOTS, device=device, dtype=dtype, options=options)
+        slots = self.spec.text_slots
+        return te.load(model_path, slots, device=device, dtype=dtype, options=options)
 
     def encode_prompts(
         self, encoders: TextEncoders, prompts: list[str], *, options: Mapping[str, Any]
@@ -219,7 +264,7 @@ class Family:
     ) -> torch.nn.Module:
         if own := self._own("load_denoiser"):
             return own(model_path, dtype=dtype, device=device, options=options)
-        spec = self.SPEC
+        spec = self.spec
         return load_pretrained_denoiser(
             spec.denoiser,
             spec.denoiser_class,
@@ -239,12 +284,28 @@ class Family:
     ) -> torch.Tensor:
         if own := self._own("encode_latents"):
             return own(vae, pixels, noise_like)
-        return pixels if self.SPEC.vae_class is None else kl_latents(vae, pixels, noise_like)
+        return pixels if self.spec.vae_class is None else kl_latents(vae, pixels, noise_like)
 
     def lora_targets(self, options: Mapping[str, Any]) -> list[str]:
         if own := self._own("lora_targets"):
             return list(own(options))
-        return list(self.SPEC.lora_targets)
+        spec = self.spec
+        if spec.lora_preset_option is None:
+            return list(spec.lora_targets)
+        preset = self.lora_preset(options)
+        if preset not in spec.lora_presets:
+            raise ValueError(
+                f"{spec.lora_preset_option} {preset!r} is not supported by st_ray; accepted: "
+                + ", ".join(spec.lora_presets)
+            )
+        return list(spec.lora_presets[preset])
+
+    def lora_preset(self, options: Mapping[str, Any]) -> str | None:
+        """The name of the LoRA preset these options choose (None: the family has one)."""
+        name = self.spec.lora_preset_option
+        if name is None:
+            return None
+        return options.get(name) or self.spec.option(name).default
 
     def validation_kwargs(self, options: Mapping[str, Any]) -> dict[str, Any]:
         own = self._own("validation_kwargs")
@@ -257,12 +318,6 @@ class Family:
     def validation_components(self, options: Mapping[str, Any]) -> dict[str, Any]:
         own = self._own("validation_components")
         return dict(own(options)) if own else {}
-
-    def aux_loss(
-        self, denoiser: torch.nn.Module, options: Mapping[str, Any]
-    ) -> torch.Tensor | None:
-        own = self._own("aux_loss")
-        return own(denoiser, options) if own else None
 
     def option_problems(self, options: Mapping[str, Any]) -> list[tuple[str, str]]:
         own = self._own("option_problems")
@@ -277,10 +332,16 @@ class Family:
         options: Mapping[str, Any],
         *,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        return self.module.predict(
+    ) -> Prediction:
+        result = self.module.predict(
             denoiser, noisy_latents, timesteps, batch, options, generator=generator
         )
+        if not isinstance(result, Prediction):
+            raise TypeError(
+                f"{self.module.__name__}.predict returned {type(result).__name__}; a family's "
+                "predict returns st_ray.models.family.Prediction(output, aux_loss=None)"
+            )
+        return result
 
 
 # ---------------------------------------------------------------------- denoiser helpers
@@ -362,20 +423,42 @@ def kl_latents(
 
 # Family name -> the family (module + defaults).
 _FAMILY_MODULES: dict[str, Family] = {}
+# SimpleTuner families st_ray does not implement yet: accepted as model_family values and
+# refused at validation with the reason.
+UNAVAILABLE_FAMILIES: dict[str, str] = {
+    "wan": "video families are not supported yet",
+    "ltxvideo": "video families are not supported yet",
+}
+
+
+def family_packages() -> list[str]:
+    """This package, then the plugin packages named in ``ST_RAY_FAMILY_PACKAGES``."""
+    extra = [p.strip() for p in os.environ.get(PACKAGES_ENV, "").split(",") if p.strip()]
+    return [__package__ or "st_ray.models", *extra]
 
 
 def _discover() -> dict[str, FamilySpec]:
-    """Every module of this package with a ``SPEC`` is a family (imported after the helpers
-    above exist, since family modules import them)."""
-    import st_ray.models as package
-
-    specs = {}
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
-        if info.name == "family" or info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
-        spec = getattr(module, "SPEC", None)
-        if isinstance(spec, FamilySpec):
+    """Every module of the family packages with a ``SPEC`` is a family (imported after the
+    helpers above exist, since family modules import them)."""
+    specs: dict[str, FamilySpec] = {}
+    for package_name in family_packages():
+        try:
+            package = importlib.import_module(package_name)
+        except ImportError as err:
+            raise ImportError(
+                f"{PACKAGES_ENV} names package {package_name!r}, which cannot be imported: {err}"
+            ) from err
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+            if info.name == "family" or info.name.startswith("_"):
+                continue
+            module = importlib.import_module(f"{package.__name__}.{info.name}")
+            spec = getattr(module, "SPEC", None)
+            if not isinstance(spec, FamilySpec):
+                continue
+            if spec.name in specs or spec.name in UNAVAILABLE_FAMILIES:
+                raise RuntimeError(
+                    f"model family {spec.name!r} of {module.__name__} is declared twice"
+                )
             specs[spec.name] = spec
             _FAMILY_MODULES[spec.name] = Family(module)
     return specs

@@ -5,27 +5,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from st_ray.config.schema import opt
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, conditioning, load_pretrained_denoiser, unwrap
+from st_ray.models.family import (
+    FamilySpec,
+    Prediction,
+    conditioning,
+    load_pretrained_denoiser,
+    unwrap,
+)
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-SPEC = FamilySpec(
-    name="flux",
-    denoiser="transformer",
-    denoiser_class="FluxTransformer2DModel",
-    prediction_types=("flow_matching",),
-    flavours={
-        "dev": "black-forest-labs/FLUX.1-dev",
-        "schnell": "black-forest-labs/FLUX.1-schnell",
-        "krea": "black-forest-labs/FLUX.1-Krea-dev",
-    },
-    pixel_granularity=16,
-    text_encoders=2,
-    pipeline_class="FluxPipeline",
+SLOTS = (
+    te.Slot("text_encoder", "tokenizer", "CLIPTextModel"),  # CLIP ViT-L, pooled output only
+    te.Slot("text_encoder_2", "tokenizer_2", "T5EncoderModel"),
 )
+
 
 # flux_lora_target presets (SimpleTuner's get_lora_target_layers). to_qkv / add_qkv_proj only
 # exist once QKV projections are fused; PEFT skips names that match nothing as long as one does.
@@ -47,26 +45,111 @@ LORA_PRESETS: dict[str, tuple[str, ...]] = {
     "nano": ("single_transformer_blocks.7.proj_out",),
 }
 
+_NO_CONTROLNET = "ControlNet training is not supported by st_ray yet"
 
-# The option choosing the preset, and its default (named in error messages).
-LORA_PRESET_OPTION = ("flux_lora_target", "all")
-
-
-def lora_targets(options: Mapping[str, Any]) -> list[str]:
-    """The flux_lora_target preset (default 'all')."""
-    preset = options.get("flux_lora_target") or "all"
-    if preset not in LORA_PRESETS:
-        raise ValueError(
-            f"flux_lora_target {preset!r} is not supported by st_ray; accepted: "
-            + ", ".join(LORA_PRESETS)
-        )
-    return list(LORA_PRESETS[preset])
-
-
-SLOTS = (
-    te.Slot("text_encoder", "tokenizer", "CLIPTextModel"),  # CLIP ViT-L, pooled output only
-    te.Slot("text_encoder_2", "tokenizer_2", "T5EncoderModel"),
+OPTIONS = (
+    opt(
+        "flux_attention_masked_training",
+        bool,
+        False,
+        "Flux: mask padding tokens of the T5 prompt in attention so the model does not learn "
+        "from them. Needs text embeddings cached with their attention masks.",
+    ),
+    opt(
+        "flux_fast_schedule",
+        bool,
+        False,
+        "Flux: experimental timestep schedule aimed at few-step (schnell-style) models.",
+        unsupported="Flux's experimental fast schedule is not implemented by st_ray yet",
+    ),
+    opt(
+        "flux_guidance_mode",
+        str,
+        "constant",
+        "Flux: what the guidance embedding is fed while training: flux_guidance_value every "
+        "step ('constant') or a random value between flux_guidance_min and max.",
+        choices=("constant", "random-range"),
+    ),
+    opt(
+        "flux_guidance_value",
+        float,
+        1.0,
+        "Flux: value fed to the guidance-distilled model's guidance embedding in 'constant' mode.",
+        minimum=0,
+    ),
+    opt(
+        "flux_guidance_min",
+        float,
+        0.0,
+        "Flux: lower bound of the guidance value in 'random-range' mode.",
+        minimum=0,
+    ),
+    opt(
+        "flux_guidance_max",
+        float,
+        4.0,
+        "Flux: upper bound of the guidance value in 'random-range' mode.",
+        minimum=0,
+    ),
+    opt(
+        "flux_lora_target",
+        str,
+        "all",
+        "Flux: preset of layers that get LoRA adapters, from attention only ('mmdit', "
+        "'context') up to attention plus feed-forward ('all+ffs'); 'tiny' and 'nano' train "
+        "very few layers.",
+        choices=(
+            "mmdit",
+            "context",
+            "context+ffs",
+            "all",
+            "all+ffs",
+            "ai-toolkit",
+            "tiny",
+            "nano",
+            "controlnet",
+            "all+ffs+embedder",
+            "all+ffs+embedder+controlnet",
+        ),
+        unsupported_values={
+            "controlnet": _NO_CONTROLNET,
+            "all+ffs+embedder+controlnet": _NO_CONTROLNET,
+        },
+    ),
 )
+
+SPEC = FamilySpec(
+    name="flux",
+    denoiser="transformer",
+    denoiser_class="FluxTransformer2DModel",
+    prediction_types=("flow_matching",),
+    flavours={
+        "dev": "black-forest-labs/FLUX.1-dev",
+        "schnell": "black-forest-labs/FLUX.1-schnell",
+        "krea": "black-forest-labs/FLUX.1-Krea-dev",
+    },
+    pixel_granularity=16,
+    text_encoders=2,
+    pipeline_class="FluxPipeline",
+    text_slots=SLOTS,
+    latent_channels=16,
+    lora_presets=LORA_PRESETS,
+    lora_preset_option="flux_lora_target",
+    options=OPTIONS,
+)
+
+
+def option_problems(options: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """An empty random-range guidance interval."""
+    low, high = options.get("flux_guidance_min"), options.get("flux_guidance_max")
+    if low is not None and high is not None and low > high:
+        return [
+            (
+                "flux_guidance_min",
+                f"is {low}, greater than flux_guidance_max ({high}); the range would be empty",
+            )
+        ]
+    return []
 
 
 def t5_length(options: Mapping[str, Any]) -> int:
@@ -150,7 +233,7 @@ def predict(
     options: Mapping[str, Any],
     *,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+) -> Prediction:
     """The FluxPipeline's transformer call: latents packed 2x2 into tokens with their (0, row,
     col) position ids, text position ids all zero, sigma (timesteps / 1000) as the timestep;
     with flux_attention_masked_training the T5 padding tokens are masked out as keys."""
@@ -183,4 +266,4 @@ def predict(
         **kwargs,
     )[0]
     # _unpack_latents takes pixel sizes and the VAE factor; latent sizes with factor 1 agree.
-    return FluxPipeline._unpack_latents(pred, h, w, 1).to(noisy_latents.dtype)
+    return Prediction(FluxPipeline._unpack_latents(pred, h, w, 1).to(noisy_latents.dtype))

@@ -8,13 +8,37 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from st_ray.config.schema import opt
 from st_ray.models import llama_text
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, conditioning, load_pretrained_denoiser, unwrap
+from st_ray.models.family import (
+    FamilySpec,
+    Prediction,
+    conditioning,
+    load_pretrained_denoiser,
+    unwrap,
+)
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+OPTIONS = (
+    opt(
+        "hidream_use_load_balancing_loss",
+        bool,
+        False,
+        "HiDream: add the mixture-of-experts router's load-balancing loss so experts are used "
+        "evenly (experimental).",
+    ),
+    opt(
+        "hidream_load_balancing_loss_weight",
+        float,
+        None,
+        "HiDream: weight of the load-balancing loss; unset uses the model's built-in weight.",
+        minimum=0,
+    ),
+)
 
 SPEC = FamilySpec(
     name="hidream",
@@ -29,9 +53,11 @@ SPEC = FamilySpec(
     pixel_granularity=16,  # 8x VAE, 2x2 patches
     text_encoders=4,
     pipeline_class="HiDreamImagePipeline",
+    latent_channels=16,
     # Every attention projection of both streams. HiDream's output projections are plain
     # Linear layers named to_out / to_out_t, so the usual "to_out.0" would match nothing.
     lora_targets=("to_q", "to_k", "to_v", "to_out", "to_q_t", "to_k_t", "to_v_t", "to_out_t"),
+    options=OPTIONS,
 )
 
 SLOTS = (
@@ -127,7 +153,7 @@ def encode_prompts(
 def load_denoiser(
     model_path: str, *, dtype: torch.dtype, device: torch.device, options: Mapping[str, Any]
 ) -> torch.nn.Module:
-    """The transformer, with every MoE gate reporting its load-balancing loss (see aux_loss)
+    """The transformer, with every MoE gate reporting its load-balancing loss to ``predict``
     when hidream_use_load_balancing_loss is on; off, the gates skip computing it."""
     from diffusers.models.transformers.transformer_hidream_image import MoEGate
 
@@ -146,17 +172,6 @@ def load_denoiser(
             lambda _m, _i, out: losses.append(out[2]) if out[2] is not None else None
         )
     return model
-
-
-def aux_loss(denoiser: torch.nn.Module, options: Mapping[str, Any]) -> torch.Tensor | None:
-    """Sum of the MoE gates' load-balancing losses from the last ``predict`` (training mode
-    only; None when the option is off or nothing was recorded)."""
-    import torch
-
-    losses = getattr(unwrap(denoiser), "_st_ray_gate_losses", None)
-    if not options.get("hidream_use_load_balancing_loss") or not losses:
-        return None
-    return torch.stack([loss.float() for loss in losses]).sum()
 
 
 # ------------------------------------------------------------------------------ forward
@@ -179,10 +194,11 @@ def predict(
     options: Mapping[str, Any],
     *,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+) -> Prediction:
     """The HiDreamImagePipeline's transformer call on (B, C, H, W) latents (the transformer
     patchifies, padding non-square grids to max_seq with a mask), timestep = sigma * 1000,
-    Llama states layers-first; the output negated as the pipeline does."""
+    Llama states layers-first; the output negated as the pipeline does. With
+    hidream_use_load_balancing_loss the gates' load-balancing loss is the auxiliary loss."""
     transformer = unwrap(denoiser)
     dtype = transformer.dtype
     _, _, h, w = noisy_latents.shape
@@ -200,4 +216,16 @@ def predict(
     )[0]
     if transformer.training and not transformer.config.force_inference_output:
         out = _from_training_tokens(out, h, w, transformer.config.patch_size)
-    return (-out).to(noisy_latents.dtype)
+    return Prediction((-out).to(noisy_latents.dtype), _gate_loss(losses, options))
+
+
+def _gate_loss(
+    losses: list[torch.Tensor] | None, options: Mapping[str, Any]
+) -> torch.Tensor | None:
+    """Sum of the MoE gates' load-balancing losses of this forward pass (training mode only;
+    None when the option is off or nothing was recorded)."""
+    import torch
+
+    if not options.get("hidream_use_load_balancing_loss") or not losses:
+        return None
+    return torch.stack([loss.float() for loss in losses]).sum()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from st_ray.models import chatglm_text
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, conditioning, unwrap
+from st_ray.models.family import FamilySpec, Prediction, conditioning, unwrap
 from st_ray.models.sdxl import time_ids
 from st_ray.models.unet_common import call_unet
 
@@ -67,7 +67,7 @@ def predict(
     options: Mapping[str, Any],
     *,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+) -> Prediction:
     """The KolorsPipeline's UNet call: ChatGLM states (projected to the cross-attention width
     inside the UNet by its text_proj), the pooled state and the SDXL size/crop time ids."""
     unet = unwrap(denoiser)
@@ -80,4 +80,4 @@ def predict(
             f"plus a {pooled.shape[1]}-wide ChatGLM pooled state: it is not a Kolors UNet"
         )
     added = {"text_embeds": pooled, "time_ids": ids}
-    return call_unet(denoiser, noisy_latents, timesteps, batch, added_cond_kwargs=added)
+    return Prediction(call_unet(denoiser, noisy_latents, timesteps, batch, added_cond_kwargs=added))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from st_ray.models import gemma_text
 from st_ray.models import text_encoders as te
-from st_ray.models.family import ATTENTION_TARGETS, FamilySpec, conditioning, unwrap
+from st_ray.models.family import ATTENTION_TARGETS, FamilySpec, Prediction, conditioning, unwrap
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,6 +26,7 @@ SPEC = FamilySpec(
     pixel_granularity=16,  # VAE 8x, patch size 2
     text_encoders=1,
     pipeline_class="Lumina2Pipeline",
+    latent_channels=16,
     # SimpleTuner's preset: to_qkv only exists once QKV projections are fused.
     lora_targets=(*ATTENTION_TARGETS, "to_qkv"),
 )
@@ -75,7 +76,7 @@ def predict(
     options: Mapping[str, Any],
     *,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+) -> Prediction:
     """Lumina2Pipeline's transformer call. Lumina runs time the other way (t = 0 is noise), so
     the transformer gets 1 - sigma and predicts image - noise; negated, as the pipeline does
     before its scheduler step, it is the noise - image velocity the other families predict."""
@@ -90,4 +91,4 @@ def predict(
         encoder_attention_mask=batch["prompt_attention_mask"].to(noisy_latents.device),
         return_dict=False,
     )[0]
-    return (-pred).to(noisy_latents.dtype)
+    return Prediction((-pred).to(noisy_latents.dtype))

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, unwrap
+from st_ray.models.family import FamilySpec, Prediction, unwrap
 from st_ray.models.family import noise_scheduler_config as _scheduler_config
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ def predict(
     options: Mapping[str, Any],
     *,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+) -> Prediction:
     """The OmniGenPipeline's transformer call for a text-only prompt, on a batch trimmed to
     its longest prompt (the pipeline pads to the longest too)."""
     import torch
@@ -200,4 +200,4 @@ def predict(
         position_ids=positions,
         return_dict=False,
     )[0]
-    return (-out).to(noisy_latents.dtype)  # x0 - noise -> st_ray's noise - x0
+    return Prediction((-out).to(noisy_latents.dtype))  # x0 - noise -> st_ray's noise - x0

@@ -6,11 +6,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, conditioning, unwrap
+from st_ray.models.family import FamilySpec, Prediction, conditioning, unwrap
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+SLOTS = (te.Slot("text_encoder", "tokenizer", "T5EncoderModel"),)
 
 SPEC = FamilySpec(
     name="pixart_sigma",
@@ -25,9 +27,9 @@ SPEC = FamilySpec(
     pixel_granularity=16,
     text_encoders=1,
     pipeline_class="PixArtSigmaPipeline",
+    text_slots=SLOTS,
 )
 
-SLOTS = (te.Slot("text_encoder", "tokenizer", "T5EncoderModel"),)
 T5_LENGTH = 300  # the pipeline's and SimpleTuner's PixArt-Sigma length
 
 
@@ -62,7 +64,7 @@ def predict(
     options: Mapping[str, Any],
     *,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+) -> Prediction:
     """The PixArtSigmaPipeline's transformer call: T5 states with their mask, no resolution /
     aspect-ratio conditioning (Sigma has none). A learned-sigma transformer predicts epsilon
     and variance channels; like the pipeline, only the epsilon half is returned."""
@@ -78,4 +80,4 @@ def predict(
     )[0]
     if transformer.config.out_channels == 2 * channels:
         pred = pred[:, :channels]
-    return pred.to(noisy_latents.dtype)
+    return Prediction(pred.to(noisy_latents.dtype))

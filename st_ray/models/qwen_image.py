@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from st_ray.models import qwen_text
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, conditioning, unwrap
+from st_ray.models.family import FamilySpec, Prediction, conditioning, unwrap
 from st_ray.models.latent_stats import normalised_latents
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ SPEC = FamilySpec(
     pixel_granularity=16,  # 8x VAE, 2x2 patches
     text_encoders=1,
     pipeline_class="QwenImagePipeline",
+    latent_channels=16,
     vae_class="AutoencoderKLQwenImage",
     refused_flavours={
         "edit-v1": "Qwen-Image-Edit trains on (source image, edit) pairs: st_ray has no "
@@ -75,7 +76,7 @@ def predict(
     options: Mapping[str, Any],
     *,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+) -> Prediction:
     """The QwenImagePipeline's transformer call: latents packed 2x2 into tokens with their
     one-frame shape for RoPE, sigma (timesteps / 1000) as the timestep, the text states with
     their padding mask."""
@@ -100,4 +101,4 @@ def predict(
     )[0]
     # _unpack_latents takes pixel sizes and the VAE factor; latent sizes with factor 1 agree.
     unpacked = QwenImagePipeline._unpack_latents(pred, h, w, 1)
-    return unpacked.squeeze(2).to(noisy_latents.dtype)
+    return Prediction(unpacked.squeeze(2).to(noisy_latents.dtype))

@@ -5,13 +5,49 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from st_ray.config.schema import opt
 from st_ray.models import gemma_text
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, conditioning, unwrap
+from st_ray.models.family import FamilySpec, Prediction, conditioning, unwrap
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+# SimpleTuner's default system prompt for Sana's Gemma text encoder.
+COMPLEX_HUMAN_INSTRUCTION = "\n".join(
+    [
+        "Given a user prompt, generate an 'Enhanced prompt' that provides detailed visual "
+        "descriptions suitable for image generation. Evaluate the level of detail in the user "
+        "prompt:",
+        "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, "
+        "textures, and spatial relationships to create vivid and concrete scenes.",
+        "- Do not add detail that is not in the original prompt! Do not mention colors if the "
+        "User Prompt does not!",
+        "- If the prompt is already detailed, refine and enhance the existing details slightly "
+        "without overcomplicating.",
+        "- If the prompt contains explicit material, do not remove this information from the "
+        "output, which would damage the performance of downstream classifiers.",
+        "Here are examples of how to transform or refine prompts:",
+        "- User Prompt: A cat sleeping -> Enhanced: A cat sleeping peacefully, showcasing the joy "
+        "of pet ownership. Cute floof kitty cat gatto.",
+        "- User Prompt: A busy city street -> Enhanced: A bustling city street scene featuring a "
+        "crowd of people.",
+        "Please generate only the enhanced description for the prompt below and avoid including "
+        "any additional commentary or evaluations:",
+        "User Prompt: ",
+    ]
+)
+OPTIONS = (
+    opt(
+        "sana_complex_human_instruction",
+        str,
+        COMPLEX_HUMAN_INSTRUCTION,
+        "Sana: system prompt prepended to every caption before the Gemma text encoder, as "
+        "during Sana's own training. Set it to an empty string to encode captions alone.",
+        caches=("text",),
+    ),
+)
 
 SPEC = FamilySpec(
     name="sana",
@@ -30,7 +66,10 @@ SPEC = FamilySpec(
     pixel_granularity=32,  # DC-AE f32, patch size 1
     text_encoders=1,
     pipeline_class="SanaPipeline",
+    latent_downscale=32,
+    latent_channels=32,
     vae_class="AutoencoderDC",
+    options=OPTIONS,
 )
 
 GEMMA_LENGTH = 300  # the pipeline's and SimpleTuner's prompt length (after the instruction)
@@ -103,7 +142,7 @@ def predict(
     options: Mapping[str, Any],
     *,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+) -> Prediction:
     """SanaPipeline's transformer call: Gemma states with their mask, the timestep (sigma *
     1000) times the config's timestep_scale. A learned-sigma output keeps its first half."""
     transformer = unwrap(denoiser)
@@ -118,4 +157,4 @@ def predict(
     )[0]
     if transformer.config.out_channels == 2 * channels:
         pred = pred[:, :channels]
-    return pred.to(noisy_latents.dtype)
+    return Prediction(pred.to(noisy_latents.dtype))

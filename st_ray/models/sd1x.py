@@ -12,6 +12,8 @@ from st_ray.models.unet_common import predict as predict
 if TYPE_CHECKING:
     import numpy as np
 
+SLOTS = (te.Slot("text_encoder", "tokenizer", "CLIPTextModel"),)
+
 SPEC = FamilySpec(
     name="sd1x",
     denoiser="unet",
@@ -21,9 +23,8 @@ SPEC = FamilySpec(
     pixel_granularity=8,
     text_encoders=1,
     pipeline_class="StableDiffusionPipeline",
+    text_slots=SLOTS,
 )
-
-SLOTS = (te.Slot("text_encoder", "tokenizer", "CLIPTextModel"),)
 
 
 def encode_prompts(

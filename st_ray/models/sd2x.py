@@ -20,4 +20,5 @@ SPEC = FamilySpec(
     pixel_granularity=8,
     text_encoders=1,
     pipeline_class="StableDiffusionPipeline",
+    text_slots=SLOTS,
 )

@@ -5,12 +5,40 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from st_ray.config.schema import opt
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, conditioning, unwrap
+from st_ray.models.family import FamilySpec, Prediction, conditioning, unwrap
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+SLOTS = (
+    te.Slot("text_encoder", "tokenizer", "CLIPTextModelWithProjection"),  # CLIP-L
+    te.Slot("text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection"),  # OpenCLIP bigG
+    te.Slot("text_encoder_3", "tokenizer_3", "T5EncoderModel"),
+)
+
+OPTIONS = (
+    opt(
+        "sd3_clip_uncond_behaviour",
+        str,
+        "empty_string",
+        "SD3: how the CLIP embeddings of empty (dropped) captions are made: encode an empty "
+        "string, or use zeros.",
+        choices=("empty_string", "zero"),
+        caches=("text",),
+    ),
+    opt(
+        "sd3_t5_uncond_behaviour",
+        str,
+        None,
+        "SD3: same as sd3_clip_uncond_behaviour for the T5 embeddings; unset follows the CLIP "
+        "setting.",
+        choices=(None, "empty_string", "zero"),
+        caches=("text",),
+    ),
+)
 
 SPEC = FamilySpec(
     name="sd3",
@@ -24,13 +52,11 @@ SPEC = FamilySpec(
     pixel_granularity=16,
     text_encoders=3,
     pipeline_class="StableDiffusion3Pipeline",
+    text_slots=SLOTS,
+    latent_channels=16,
+    options=OPTIONS,
 )
 
-SLOTS = (
-    te.Slot("text_encoder", "tokenizer", "CLIPTextModelWithProjection"),  # CLIP-L
-    te.Slot("text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection"),  # OpenCLIP bigG
-    te.Slot("text_encoder_3", "tokenizer_3", "T5EncoderModel"),
-)
 # SimpleTuner's T5 length for SD3 (the diffusers pipeline defaults to 256 at inference).
 T5_LENGTH = 154
 
@@ -88,7 +114,7 @@ def predict(
     options: Mapping[str, Any],
     *,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+) -> Prediction:
     """The StableDiffusion3Pipeline's transformer call; the timestep is sigma * 1000 as given."""
     dtype = unwrap(denoiser).dtype
     pred = denoiser(
@@ -98,4 +124,4 @@ def predict(
         pooled_projections=conditioning(batch, "pooled_prompt_embeds", noisy_latents, dtype),
         return_dict=False,
     )[0]
-    return pred.to(noisy_latents.dtype)
+    return Prediction(pred.to(noisy_latents.dtype))

@@ -6,12 +6,18 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, conditioning, unwrap
+from st_ray.models.family import FamilySpec, Prediction, conditioning, unwrap
 from st_ray.models.unet_common import call_unet
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+SLOTS = (
+    # CLIP ViT-L; absent from the refiner, which conditions on OpenCLIP bigG alone.
+    te.Slot("text_encoder", "tokenizer", "CLIPTextModel", optional=True),
+    te.Slot("text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection"),
+)
 
 SPEC = FamilySpec(
     name="sdxl",
@@ -25,12 +31,7 @@ SPEC = FamilySpec(
     pixel_granularity=8,
     text_encoders=2,
     pipeline_class="StableDiffusionXLPipeline",
-)
-
-SLOTS = (
-    # CLIP ViT-L; absent from the refiner, which conditions on OpenCLIP bigG alone.
-    te.Slot("text_encoder", "tokenizer", "CLIPTextModel", optional=True),
-    te.Slot("text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection"),
+    text_slots=SLOTS,
 )
 
 
@@ -70,7 +71,7 @@ def predict(
     options: Mapping[str, Any],
     *,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+) -> Prediction:
     """Cross-attention on ``prompt_embeds`` plus ``added_cond_kwargs``: the pooled embedding
     and the size/crop time ids."""
     unet = unwrap(denoiser)
@@ -86,4 +87,4 @@ def predict(
             "trained (refiner training is not implemented by st_ray)"
         )
     added = {"text_embeds": pooled, "time_ids": ids}
-    return call_unet(denoiser, noisy_latents, timesteps, batch, added_cond_kwargs=added)
+    return Prediction(call_unet(denoiser, noisy_latents, timesteps, batch, added_cond_kwargs=added))

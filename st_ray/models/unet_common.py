@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from st_ray.models.family import conditioning, unwrap
+from st_ray.models.family import Prediction, conditioning, unwrap
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +42,6 @@ def predict(
     options: Mapping[str, Any],
     *,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+) -> Prediction:
     """SD 1.x/2.x: cross-attention on ``prompt_embeds`` only."""
-    return call_unet(denoiser, noisy_latents, timesteps, batch)
+    return Prediction(call_unet(denoiser, noisy_latents, timesteps, batch))

@@ -1,9 +1,9 @@
 """LoRA adapters on the denoiser (PEFT) and their export in the layouts other tools load.
 
 Which layers get adapters (``lora_target_modules``): the family's preset (``SPEC.lora_targets``,
-or its ``lora_targets(options)`` hook, e.g. Flux's ``flux_lora_target`` presets in
-``st_ray/models/flux.py``), SimpleTuner's ``DEFAULT_LORA_TARGET`` per model; most families
-adapt every attention projection (to_k, to_q, to_v, to_out.0). A name matches a module whose
+or the named ``SPEC.lora_presets`` its ``SPEC.lora_preset_option`` option chooses), SimpleTuner's
+``DEFAULT_LORA_TARGET`` per model; most families adapt every attention projection (to_k, to_q,
+to_v, to_out.0). A name matches a module whose
 dotted path equals it or ends in ``.<name>``, PEFT's rule. ``peft_lora_target_modules``
 replaces the preset.
 
@@ -28,9 +28,9 @@ Export, ``pytorch_lora_weights.safetensors`` in ``out_dir`` (``save_lora``):
   ``inject_adapter_in_model(LoraConfig(**metadata), transformer)`` then
   ``set_peft_model_state_dict``.
 - ``comfyui``: the keys ComfyUI maps for each family (SimpleTuner's per-family conversion):
-  UNet families (sd1x, sd2x, sdxl) use Kohya names, ``lora_unet_<module with . -> _>``
+  UNet families (``SPEC.denoiser`` "unet") use Kohya names, ``lora_unet_<module with . -> _>``
   + ``.lora_down.weight`` (A) / ``.lora_up.weight`` (B) / ``.alpha``; transformer families
-  (flux, sd3, pixart_sigma) keep ``transformer.<module>`` + ``.lora_A.weight`` /
+  keep ``transformer.<module>`` + ``.lora_A.weight`` /
   ``.lora_B.weight`` / ``.alpha``. ``.alpha`` is a float32 scalar; the update is
   (alpha / rank) * B @ A. A bare ``diffusion_model.<diffusers module>`` prefix is not used:
   ComfyUI maps ``diffusion_model.*`` to its own (LDM / BFL) module names, so such keys would not
@@ -154,11 +154,10 @@ def _targets_source(family: str, options: Mapping[str, Any]) -> str:
         return "peft_lora_target_modules"
     from st_ray.models.family import get_family_module
 
-    # A family whose preset is chosen by an option names it: (option, its default).
-    chooser = getattr(get_family_module(family).module, "LORA_PRESET_OPTION", None)
-    if chooser:
-        name, default = chooser
-        return f"{name} {options.get(name) or default!r}"
+    # A family whose preset is chosen by an option names it, with the preset chosen.
+    chosen = get_family_module(family)
+    if chosen.spec.lora_preset_option:
+        return f"{chosen.spec.lora_preset_option} {chosen.lora_preset(options)!r}"
     return f"the {family} LoRA preset"
 
 
@@ -515,7 +514,7 @@ def save_lora(
             weight_name=WEIGHT_NAME,
             **{f"{component}_lora_layers": state, f"{component}_lora_adapter_metadata": config},
         )
-    else:  # PixArt-Sigma: the layout diffusers' SD3/Flux loaders read, written directly
+    else:  # no LoRA loader: the layout diffusers' transformer loaders read, written directly
         save_file({f"{component}.{k}": v for k, v in state.items()}, path, header)
     if metadata:
         _add_header(path, metadata)

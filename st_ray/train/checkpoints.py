@@ -45,7 +45,13 @@ def write_manifest(
     family: str,
     files: list[str],
     fingerprint: str,
+    derived: dict[str, Any] | None = None,
+    run_identity: dict[str, Any] | None = None,
 ) -> None:
+    """``derived``: what the run computed from its options (the learning rate after lr_scale,
+    the schedule that ran...), recorded beside the config fingerprint. ``run_identity``: the
+    settings the run was trained with (st_ray.train.run_identity), compared with a new config
+    before it continues this checkpoint."""
     manifest = {
         "version": FORMAT_VERSION,
         "progress": asdict(progress),
@@ -53,6 +59,8 @@ def write_manifest(
         "family": family,
         "files": files,
         "config_fingerprint": fingerprint,
+        "derived": derived or {},
+        "run_identity": run_identity,
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     tmp = directory / f".{MANIFEST}.tmp"

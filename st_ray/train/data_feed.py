@@ -42,8 +42,9 @@ trained in the epoch (optimizer steps done in the epoch x gradient_accumulation_
 
 Cache reads: ``load_dataset_samples`` reads a dataset's current index; ``LatentStore`` and
 ``TextEmbedStore`` read the latents / text embeddings of just the hashes asked for from the
-committed Parquet shards (a per-worker in-memory cache avoids reading a row twice);
-``collate`` stacks a batch into tensors, picking one caption per sample and dropping it to the
+committed Parquet shards, one ranged read per row through the cache's row index
+(``st_ray.data.cache_rows``; no row cache by default: the training loop's ``feed.Feed`` reads
+ahead within a byte budget instead); ``collate`` stacks a batch into tensors, picking one caption per sample and dropping it to the
 empty caption with caption_dropout_probability.
 """
 
@@ -56,17 +57,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from st_ray.data.bucketing import bucket_repeats, prune_buckets
+from st_ray.data.cache_rows import CacheRows
 from st_ray.data.cache_store import CacheStore
 from st_ray.data.pipeline import LATENTS, TEXT, caption_hash
 from st_ray.storage import S3Settings
 
 SAMPLING = ("uniform", "auto-weighting")
-OK = "ok"  # status of a latent shard row that holds a latent
 
 Size = tuple[int, int]
 
@@ -357,49 +356,27 @@ def load_dataset_samples(
 
 
 class _ShardReader:
-    """Rows of a committed cache by key (content or caption hash), read shard by shard with a
-    pyarrow filter, kept in an in-memory LRU cache (``max_cached`` rows; None: no limit)."""
+    """Rows of a committed cache by key (content or caption hash), read through the cache's
+    row index (``CacheRows``: one ranged read per row). ``max_cached`` rows are kept in an
+    LRU (default 0: none; the training feed reads ahead instead, within a byte budget)."""
 
     kind: str
-    key: str
-    status_filter: bool
 
     def __init__(
-        self, cache_root: str, s3: S3Settings | None = None, *, max_cached: int | None = None
+        self, cache_root: str, s3: S3Settings | None = None, *, max_cached: int = 0
     ) -> None:
-        self.store = CacheStore(cache_root, self.kind, s3)
-        manifest = self.store.read_manifest()
-        if manifest is None:
-            raise FileNotFoundError(f"no committed {self.kind} cache in {cache_root}")
-        self.shards = list(manifest.shards)
+        self.rows = CacheRows(CacheStore(cache_root, self.kind, s3))
+        self.store = self.rows.store
         self.max_cached = max_cached
-        self.rows_read = 0  # rows decoded from storage, for tests and logs
-        self._fs = self.store.pyarrow_filesystem()
-        self._where: dict[str, str] | None = None
         self._cache: OrderedDict[str, Any] = OrderedDict()
+
+    @property
+    def rows_read(self) -> int:
+        """Rows decoded from storage, for tests and logs."""
+        return self.rows.rows_read
 
     def __len__(self) -> int:
         return len(self._cache)
-
-    def _locate(self) -> dict[str, str]:
-        """key -> the shard holding it (only the key column is read; a later commit wins)."""
-        if self._where is None:
-            where: dict[str, str] = {}
-            columns = [self.key, "status"] if self.status_filter else [self.key]
-            for shard in self.shards:
-                table = pq.read_table(
-                    self._path(shard), filesystem=self._fs, columns=columns, partitioning=None
-                )
-                keys = table.column(self.key).to_pylist()
-                statuses = table.column("status").to_pylist() if self.status_filter else None
-                for i, key in enumerate(keys):
-                    if statuses is None or statuses[i] == OK:
-                        where[key] = shard
-            self._where = where
-        return self._where
-
-    def _path(self, shard: str) -> str:
-        return f"{self.store.path}/{shard}"
 
     def _load(self, keys: Iterable[str]) -> dict[str, Any]:
         wanted = list(dict.fromkeys(keys))
@@ -408,65 +385,39 @@ class _ShardReader:
             self._cache.move_to_end(key)
         missing = [k for k in wanted if k not in result]
         if missing:
-            where = self._locate()
-            unknown = [k for k in missing if k not in where]
-            if unknown:
-                raise KeyError(
-                    f"{len(unknown)} key(s) not in the {self.kind} cache {self.store.root} "
-                    f"(e.g. {unknown[0]}); rerun the caching stage to bring it up to date"
-                )
-            by_shard: dict[str, list[str]] = {}
-            for key in missing:
-                by_shard.setdefault(where[key], []).append(key)
-            for shard, shard_keys in by_shard.items():
-                filters = [(self.key, "in", shard_keys)]
-                if self.status_filter:
-                    filters.append(("status", "=", OK))
-                table = pq.read_table(
-                    self._path(shard), filesystem=self._fs, filters=filters, partitioning=None
-                )
-                for row in table.to_pylist():
-                    result[row[self.key]] = self._decode(row)
-                    self.rows_read += 1
-            for key in missing:
+            for key, row in self.rows.fetch(missing).items():
+                result[key] = self.decode(row)
                 self._remember(key, result[key])
         return result
 
     def _remember(self, key: str, value: Any) -> None:
+        if self.max_cached <= 0:
+            return
         self._cache[key] = value
-        if self.max_cached is not None:
-            while len(self._cache) > self.max_cached:
-                self._cache.popitem(last=False)
+        while len(self._cache) > self.max_cached:
+            self._cache.popitem(last=False)
 
-    def _decode(self, row: dict[str, Any]) -> Any:
+    def decode(self, row: dict[str, torch.Tensor]) -> Any:
+        """What ``load`` returns per key, from the payload columns ``CacheRows`` read."""
         raise NotImplementedError
-
-
-def _tensor(data: bytes, shape: Sequence[int], dtype: str) -> torch.Tensor:
-    # copy(): frombuffer gives a read-only view that torch would warn about.
-    return torch.from_numpy(np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy())
 
 
 class LatentStore(_ShardReader):
     """Latents (C, H/8, W/8) by content hash, in the dtype they were cached in."""
 
     kind = LATENTS
-    key = "content_hash"
-    status_filter = True
 
     def load(self, content_hashes: Iterable[str]) -> dict[str, torch.Tensor]:
         return self._load(content_hashes)
 
-    def _decode(self, row: dict[str, Any]) -> torch.Tensor:
-        return _tensor(row["latent"], row["latent_shape"], row["latent_dtype"])
+    def decode(self, row: dict[str, torch.Tensor]) -> torch.Tensor:
+        return row["latent"]
 
 
 class TextEmbedStore(_ShardReader):
     """Text-encoder outputs by caption hash: {key: tensor without batch dim} per caption."""
 
     kind = TEXT
-    key = "caption_hash"
-    status_filter = False
 
     def load(self, caption_hashes: Iterable[str]) -> dict[str, dict[str, torch.Tensor]]:
         return self._load(caption_hashes)
@@ -475,10 +426,9 @@ class TextEmbedStore(_ShardReader):
         """Embeddings of captions given as text, keyed by caption hash (what collate takes)."""
         return self.load(caption_hash(c) for c in captions)
 
-    def _decode(self, row: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def decode(self, row: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # Every column with <name>_shape and <name>_dtype beside it is an embedding.
-        names = [n for n in row if f"{n}_shape" in row and f"{n}_dtype" in row]
-        return {n: _tensor(row[n], row[f"{n}_shape"], row[f"{n}_dtype"]) for n in names}
+        return row
 
 
 def batch_captions(batch_samples: Iterable[Sample]) -> set[str]:
@@ -505,9 +455,9 @@ def collate(
 
     Returns ``latents`` (B, C, h, w) in the cached dtype; ``text_embeds`` {key: (B, ...)};
     ``original_size`` and ``target_size`` (B, 2) as (height, width) and ``crop_top_left``
-    (B, 2) as (top, left), what SDXL's time ids are built from (diffusers' SDXL script: the
-    source image's size; SimpleTuner uses the resized size instead); ``caption_dropped`` (B,)
-    bool (SimpleTuner also zeroes SDXL's time ids for those); ``captions`` (the text used,
+    (B, 2) as (top, left), what size-conditioned UNets build their time ids from (diffusers'
+    training script: the source image's size; SimpleTuner uses the resized size instead);
+    ``caption_dropped`` (B,) bool (SimpleTuner also zeroes those time ids for them); ``captions`` (the text used,
     "" when dropped), ``dataset_id`` and ``bucket`` (width, height).
     """
     if not batch_samples:

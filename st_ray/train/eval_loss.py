@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from st_ray.config.plan import Plan
+from st_ray.plan import Plan
 from st_ray.train import data_feed, noise, timesteps
 
 # Independent of the run's seed: trials with different seeds still see the same eval noise.
@@ -190,7 +190,7 @@ class EvalLoss:
         generator = torch.Generator().manual_seed(EVAL_NOISE_SEED)
         pred = run.family.predict(
             model, noisy.to(run.dtype), t, inputs, run.plan.options, generator=generator
-        ).float()
+        ).output.float()
         return float(torch.nn.functional.mse_loss(pred, target.float()))
 
 

@@ -167,7 +167,7 @@ def soft_min_snr(snr: torch.Tensor, sigma_data: float) -> torch.Tensor:
     σ² = 1 - ᾱ = 1 / (1 + SNR), used in place of the SNR in ``min_snr_weights``.
 
     From SimpleTuner's ``compute_snr(use_soft_min=True)`` (``min_snr_gamma.py``, added for
-    DeepFloyd after HDiT's soft-min-SNR weighting). It never exceeds 1/4, so with γ ≥ 1/4 the
+    pixel-space models after HDiT's soft-min-SNR weighting). It never exceeds 1/4, so with γ ≥ 1/4 the
     epsilon weight is 1 and the v_prediction weight s/(s + 1). SimpleTuner's trainer stopped
     calling this branch in 2024 (the option is now only echoed in its model cards); st_ray
     applies it as the option describes.

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -148,12 +149,79 @@ def check_schedule_options(options: Mapping[str, Any], *, world_size: int) -> No
 class ResumableLambdaLR(LambdaLR):
     """A ``LambdaLR`` whose ``load_state_dict`` also puts the restored step's rates back into
     the optimizer, so the first update after a resume uses them even when the optimizer's own
-    state was not restored (its ``param_groups`` hold the rates otherwise)."""
+    state was not restored (its ``param_groups`` hold the rates otherwise).
+
+    The peak rates stay this run's (``base_lrs``, from its options): a run resumed with a new
+    ``learning_rate`` continues at the new rate times the schedule's multiplier at the restored
+    step. (SimpleTuner applies a new rate on resume for 'constant' only; its other schedules
+    silently keep the checkpoint's.)"""
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        peaks = list(self.base_lrs)
         super().load_state_dict(state_dict)
-        for group, lr in zip(self.optimizer.param_groups, self.get_last_lr(), strict=True):
+        self.base_lrs = peaks
+        self._last_lr = self._rates_at(self.last_epoch)
+        for group, lr, peak in zip(self.optimizer.param_groups, self._last_lr, peaks, strict=True):
             group["lr"] = lr
+            group["initial_lr"] = peak
+
+    def _rates_at(self, step: int) -> list[float]:
+        return [
+            base * rule(step) for base, rule in zip(self.base_lrs, self.lr_lambdas, strict=True)
+        ]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The schedule a run follows, resolved once from its options (and recorded with the run):
+    the peak rate after ``lr_scale``, and 'constant' without warmup when a schedule-free
+    optimizer shapes the rate itself (its own warmup included)."""
+
+    name: str
+    peak_lr: float
+    lr_end: float
+    warmup_steps: int
+    power: float
+
+
+def resolve_schedule(
+    options: Mapping[str, Any], *, world_size: int, replaced_by_optimizer: bool = False
+) -> Schedule:
+    """The options' schedule; raises ValueError for what SimpleTuner rejects."""
+    peak = scaled_learning_rate(options, world_size)
+    end, power = float(options["lr_end"]), float(options["lr_power"])
+    if replaced_by_optimizer:
+        return Schedule("constant", peak, end, 0, power)
+    check_schedule_options(options, world_size=world_size)
+    warmup = int(options["lr_warmup_steps"] or 0)
+    return Schedule(scheduler_name(options), peak, end, warmup, power)
+
+
+def schedule_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: Schedule, total_steps: int
+) -> ResumableLambdaLR:
+    """A ``LambdaLR`` following ``schedule`` over ``total_steps`` optimizer steps.
+
+    The optimizer's rates must already be the peak rates (``schedule.peak_lr``); every
+    parameter group gets the same multiplier, with r = lr_end / peak rate, so the main group
+    ends at ``lr_end`` and a group with its own rate (a text encoder's) keeps its proportion —
+    the rule of SimpleTuner's polynomial schedule. Call ``step()`` once after each optimizer
+    step; ``state_dict()`` / ``load_state_dict()`` resume at the saved step.
+    """
+    ratio = schedule.lr_end / schedule.peak_lr if schedule.peak_lr > 0 else 0.0
+    total = int(total_steps)
+
+    def multiplier(step: int) -> float:
+        return lr_multiplier(
+            schedule.name,
+            step,
+            total_steps=total,
+            warmup_steps=schedule.warmup_steps,
+            power=schedule.power,
+            lr_end_ratio=ratio,
+        )
+
+    return ResumableLambdaLR(optimizer, multiplier)
 
 
 def build_scheduler(
@@ -163,25 +231,7 @@ def build_scheduler(
     *,
     world_size: int,
 ) -> ResumableLambdaLR:
-    """The ``lr_scheduler`` of the options over ``total_steps`` optimizer steps.
-
-    The optimizer's rates must already be the peak rates (``scaled_learning_rate``); every
-    parameter group gets the same multiplier, with r = lr_end / scaled learning rate, so the
-    main group ends at ``lr_end`` and a group with its own rate (a text encoder's) keeps its
-    proportion — the rule of SimpleTuner's polynomial schedule. Call ``step()`` once after
-    each optimizer step; ``state_dict()`` / ``load_state_dict()`` resume at the saved step.
-    """
-    check_schedule_options(options, world_size=world_size)
-    name = scheduler_name(options)
-    lr = scaled_learning_rate(options, world_size)
-    ratio = float(options["lr_end"]) / lr if lr > 0 else 0.0
-    warmup = int(options["lr_warmup_steps"] or 0)
-    power = float(options["lr_power"])
-    total = int(total_steps)
-
-    def multiplier(step: int) -> float:
-        return lr_multiplier(
-            name, step, total_steps=total, warmup_steps=warmup, power=power, lr_end_ratio=ratio
-        )
-
-    return ResumableLambdaLR(optimizer, multiplier)
+    """The ``lr_scheduler`` of the options over ``total_steps`` optimizer steps (see
+    ``schedule_scheduler``); ``options`` hold the configured, unscaled ``learning_rate``."""
+    schedule = resolve_schedule(options, world_size=world_size)
+    return schedule_scheduler(optimizer, schedule, total_steps)

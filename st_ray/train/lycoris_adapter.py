@@ -14,8 +14,8 @@ use_scalar, dora_wd, conv_dim, conv_alpha, dropout, rank_dropout, module_dropout
 goes to ``LycorisNetwork.apply_preset`` first (target_module, target_name, module_algo_map,
 name_algo_map, exclude_name, use_fnmatch). The library keeps presets in class attributes,
 so they are reset to its defaults before every network is built (one run never inherits
-another's targets). diffusers names some attention classes per family (Flux's
-``FluxAttention``): a class name in ``target_module``/``module_algo_map`` also matches the
+another's targets). diffusers names some attention classes per family (e.g.
+``<Family>Attention``): a class name in ``target_module``/``module_algo_map`` also matches the
 model's classes whose names end with it, so the common ``["Attention", "FeedForward"]``
 config works for every family.
 
@@ -157,7 +157,7 @@ def _reset_presets() -> None:
 
 def expand_class_names(preset: Mapping[str, Any], model: torch.nn.Module) -> dict[str, Any]:
     """``preset`` with each target_module / module_algo_map class name also naming the
-    model's classes that end with it (FluxAttention for Attention)."""
+    model's classes that end with it (e.g. <Family>Attention for Attention)."""
     classes = {type(m).__name__ for m in model.modules()}
     out = dict(preset)
 

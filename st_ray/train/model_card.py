@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from st_ray.config.redact import redact
 
 if TYPE_CHECKING:
-    from st_ray.config.plan import Plan
+    from st_ray.plan import Plan
 
 CARD = "README.md"
 
@@ -34,13 +34,16 @@ def write_model_card(
     validation_images: Sequence[Path] = (),
     image_counts: Mapping[str, int] | None = None,
     license: str | None = None,
+    derived: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``output_dir/README.md`` and return its path.
 
     ``image_counts`` maps dataset id to its number of training images (the loop knows them);
-    ``validation_images`` are referenced relative to ``output_dir``.
+    ``validation_images`` are referenced relative to ``output_dir``; ``derived`` are the
+    run's derived values (st_ray.train.settings.Derived.as_dict): the learning rate, schedule
+    and batch that ran, where they differ from the options.
     """
-    from st_ray.config.plan import SECRET_OPTIONS
+    from st_ray.plan import SECRET_OPTIONS
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +79,12 @@ def write_model_card(
     ]
     if not options.get("model_card_safe_for_work"):
         lines += [f"> {_NSFW_WARNING}", ""]
-    lines += ["## Training settings", "", *_settings(options, family, lora, steps), ""]
+    lines += [
+        "## Training settings",
+        "",
+        *_settings(options, family, lora, steps, derived or {}),
+        "",
+    ]
     lines += ["## Datasets", "", *_datasets(public["datasets"], image_counts or {}), ""]
     lines += ["## Usage", "", *_usage(options, family, base, output_dir, lora), ""]
     if validation_images:
@@ -90,10 +98,20 @@ def write_model_card(
     return path
 
 
-def _settings(options: Mapping[str, Any], family: str, lora: bool, steps: int) -> list[str]:
-    workers = int(options.get("num_processes") or 1)
+def _settings(
+    options: Mapping[str, Any],
+    family: str,
+    lora: bool,
+    steps: int,
+    derived: Mapping[str, Any],
+) -> list[str]:
+    workers = int(derived.get("world_size") or options.get("num_processes") or 1)
     batch = int(options.get("train_batch_size") or 1)
     accum = int(options.get("gradient_accumulation_steps") or 1)
+    configured_lr = float(options.get("learning_rate") or 0)
+    lr = float(derived.get("learning_rate", configured_lr))
+    scheduler = derived.get("lr_scheduler", options.get("lr_scheduler"))
+    warmup = derived.get("lr_warmup_steps", options.get("lr_warmup_steps") or 0)
     rows = [("Model type", "LoRA" if lora else "full fine-tune")]
     if lora:
         from st_ray.train.adapters import lora_target_modules
@@ -114,12 +132,13 @@ def _settings(options: Mapping[str, Any], family: str, lora: bool, steps: int) -
             f"{batch} per worker x {accum} accumulation x {workers} worker(s) = "
             f"{batch * accum * workers}",
         ),
-        ("Learning rate", f"{float(options.get('learning_rate') or 0):g}"),
-        ("Optimizer", str(options.get("optimizer"))),
         (
-            "LR scheduler",
-            f"{options.get('lr_scheduler')} (warmup {options.get('lr_warmup_steps') or 0} steps)",
+            "Learning rate",
+            f"{lr:g}"
+            + (f" (learning_rate {configured_lr:g}, lr_scale)" if lr != configured_lr else ""),
         ),
+        ("Optimizer", str(options.get("optimizer"))),
+        ("LR scheduler", f"{scheduler} (warmup {warmup} steps)"),
         (
             "Default resolution",
             f"{float(options.get('resolution') or 0):g} ({options.get('resolution_type')})",

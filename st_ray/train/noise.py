@@ -1,10 +1,10 @@
 """Noise, noisy model inputs and training targets.
 
-DDPM families (sd1x, sd2x, sdxl, pixart_sigma) noise with the discrete schedule of their
+DDPM families (those not ``FamilySpec.flow_matching``) noise with the discrete schedule of their
 ``scheduler/scheduler_config.json``: x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε, with targets ε
 (epsilon), sqrt(ᾱ_t)·ε - sqrt(1-ᾱ_t)·x0 (v_prediction) or x0 (sample) — the same numbers as
-diffusers' ``DDPMScheduler.add_noise`` / ``get_velocity``. Flow-matching families (flux, sd3,
-...) interpolate x_σ = (1-σ)·x0 + σ·ε and regress the velocity ε - x0.
+diffusers' ``DDPMScheduler.add_noise`` / ``get_velocity``. Flow-matching families
+(``FamilySpec.flow_matching``) interpolate x_σ = (1-σ)·x0 + σ·ε and regress the velocity ε - x0.
 
 Two SimpleTuner noise options shape ε (``helpers/models/common.py``, ``prepare_batch``):
 offset noise (DDPM families only) changes ε for both the input and the target; input

@@ -422,8 +422,11 @@ def optimizer_spec(options: Mapping[str, Any]) -> OptimizerSpec:
     return SPECS[name]
 
 
-def optimizer_kwargs(options: Mapping[str, Any]) -> tuple[type[Optimizer], dict[str, Any]]:
-    """The optimizer class and its keyword arguments (all but the parameters) for the options.
+def optimizer_kwargs(
+    options: Mapping[str, Any], learning_rate: float | None = None
+) -> tuple[type[Optimizer], dict[str, Any]]:
+    """The optimizer class and its keyword arguments (all but the parameters) for the options;
+    ``learning_rate`` (the run's peak rate after lr_scale) replaces the option when given.
 
     Raises OptimizerUnavailable when the class cannot be imported and ValueError for settings
     the optimizer does not take.
@@ -431,7 +434,8 @@ def optimizer_kwargs(options: Mapping[str, Any]) -> tuple[type[Optimizer], dict[
     spec = optimizer_spec(options)
     cls = spec.load()
     accepted = _accepted_keys(cls)
-    kwargs: dict[str, Any] = {"lr": _option(options, "learning_rate"), **spec.defaults}
+    lr = _option(options, "learning_rate") if learning_rate is None else learning_rate
+    kwargs: dict[str, Any] = {"lr": lr, **spec.defaults}
 
     if spec.adam_family:
         adam_betas = _given(_changed(options, "adam_beta1"), _changed(options, "adam_beta2"))
@@ -519,10 +523,13 @@ def _flat_params(params_or_groups: Iterable[Any]) -> list[torch.Tensor]:
 def build_optimizer(
     params_or_groups: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
     options: Mapping[str, Any],
+    *,
+    learning_rate: float | None = None,
 ) -> Optimizer:
-    """The optimizer the options ask for over these parameters (or groups), in train mode."""
+    """The optimizer the options ask for over these parameters (or groups), in train mode;
+    ``learning_rate`` replaces the option's (the run's rate after lr_scale)."""
     params_or_groups = list(params_or_groups)
-    cls, kwargs = optimizer_kwargs(options)
+    cls, kwargs = optimizer_kwargs(options, learning_rate)
     spec = optimizer_spec(options)
     _check_devices(spec.name, _flat_params(params_or_groups))
     optimizer = cls(params_or_groups, **kwargs)

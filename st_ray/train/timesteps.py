@@ -7,7 +7,7 @@ continuous σ in [0, 1] (logit-normal by default, or uniform, or Beta), optional
 towards the noisy end by a fixed or resolution-dependent shift.
 
 The timestep a flow transformer is conditioned on is σ·T (σ·1000) — diffusers' convention:
-SD3's transformer takes it as is, Flux's takes σ·1000/1000 because its pipeline passes
+some transformers take it as is, others σ·1000/1000 because their pipeline passes
 ``timestep / 1000`` and the model rescales internally; that division belongs to the family.
 
 SimpleTuner sources matched: ``simpletuner/helpers/training/custom_schedule.py``
@@ -30,8 +30,7 @@ import torch
 BIAS_STRATEGIES = ("earlier", "later", "range", "none")
 FLOW_MODES = ("sigmoid", "uniform", "beta")
 
-# Resolution-dependent shift defaults of Flux's FlowMatchEulerDiscreteScheduler config (also
-# diffusers' defaults), used when the model's scheduler config does not name its own.
+# Resolution-dependent shift defaults of diffusers' FlowMatchEulerDiscreteScheduler config, used when the model's scheduler config does not name its own.
 AUTO_SHIFT_DEFAULTS = {
     "base_image_seq_len": 256,
     "max_image_seq_len": 4096,
@@ -195,7 +194,7 @@ def sample_flow_sigmas(
 ) -> torch.Tensor:
     """``batch`` noise levels σ in [0, 1] (float32), before any shift.
 
-    'sigmoid' (default): σ = sigmoid(sigmoid_scale · N(0,1)), the logit-normal of the SD3 paper
+    'sigmoid' (default): σ = sigmoid(sigmoid_scale · N(0,1)), the logit-normal of Esser et al. 2024
     with ``flow_sigmoid_scale`` as its spread; 'uniform' (``flow_use_uniform_schedule``):
     U[0,1); 'beta' (``flow_use_beta_schedule``): Beta(flow_beta_schedule_alpha, _beta).
     """
@@ -212,7 +211,7 @@ def sample_flow_sigmas(
 
 def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
     """σ' = shift·σ / (1 + (shift-1)·σ): shift > 1 moves samples towards noise, < 1 towards the
-    clean end; 0 and 1 stay fixed (SD3 paper §5.3.2; diffusers' exponential time shift with
+    clean end; 0 and 1 stay fixed (Esser et al. 2024, §5.3.2; diffusers' exponential time shift with
     mu = log(shift))."""
     if shift <= 0:
         raise ValueError(f"a flow schedule shift must be greater than 0 (got {shift})")
@@ -228,7 +227,7 @@ def auto_shift(
 ) -> float:
     """The resolution-dependent shift of ``flow_schedule_auto_shift``: mu is linear in the
     token count through (base_seq_len, base_shift) and (max_seq_len, max_shift) — diffusers'
-    Flux ``calculate_shift``, extrapolated beyond both points — and the shift is exp(mu)."""
+    ``calculate_shift`` of its flow pipelines, extrapolated beyond both points — and the shift is exp(mu)."""
     slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     mu = base_shift + slope * (image_seq_len - base_seq_len)
     return math.exp(mu)

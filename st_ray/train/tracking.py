@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from st_ray.config.plan import Plan
+from st_ray.plan import Plan
 
 # MLflow caps a param value at 6000 characters; long values (prompt libraries...) are cut.
 _MAX_PARAM = 500
@@ -32,7 +32,9 @@ class Tracker:
 
 
 class MlflowTracker(Tracker):
-    def __init__(self, plan: Plan, run_id: str | None = None) -> None:
+    def __init__(
+        self, plan: Plan, run_id: str | None = None, derived: Mapping[str, Any] | None = None
+    ) -> None:
         import mlflow
 
         self.mlflow = mlflow
@@ -56,7 +58,7 @@ class MlflowTracker(Tracker):
         )
         self.run_id = active.info.run_id
         if run_id is None:  # a resumed run already has its params
-            mlflow.log_params(flat_params(plan.to_dict()))
+            mlflow.log_params(flat_params(plan.to_dict(), derived))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
@@ -81,16 +83,23 @@ def _run_exists(mlflow: Any, run_id: str) -> bool:
     return True
 
 
-def tracker_for(plan: Plan, rank: int, run_id: str | None = None) -> Tracker:
+def tracker_for(
+    plan: Plan, rank: int, run_id: str | None = None, derived: Mapping[str, Any] | None = None
+) -> Tracker:
+    """``derived``: the run's derived values (st_ray.train.settings.Derived.as_dict)."""
     if rank != 0 or "none" in (plan.options.get("report_to") or []):
         return Tracker()
-    return MlflowTracker(plan, run_id)
+    return MlflowTracker(plan, run_id, derived)
 
 
-def flat_params(plan_dict: Mapping[str, Any]) -> dict[str, str]:
-    """The redacted plan as MLflow params: options by name, datasets as dataset.<id>.<field>."""
+def flat_params(
+    plan_dict: Mapping[str, Any], derived: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """The redacted plan as MLflow params: options by name, datasets as dataset.<id>.<field>,
+    the run's derived values as derived.<name> (what ran where an option says otherwise)."""
     params = {"family": plan_dict["family"], "model": plan_dict["model"]}
     params.update({k: v for k, v in plan_dict["options"].items()})
+    params.update({f"derived.{k}": v for k, v in (derived or {}).items()})
     for dataset in plan_dict["datasets"]:
         for key, value in dataset.items():
             if value not in (None, "", [], {}):

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from st_ray.config.errors import ConfigError, Problem
-from st_ray.config.plan import Plan
 from st_ray.device import pick_device
 from st_ray.placement import (
     cluster_nodes,
@@ -19,7 +18,9 @@ from st_ray.placement import (
     machines_problem,
     train_worker_resources,
 )
+from st_ray.plan import Plan
 from st_ray.train.checkpoints import Progress
+from st_ray.train.run_identity import run_name
 from st_ray.train.worker import WorkerContext, final_output_dir, train, train_worker
 
 
@@ -30,22 +31,21 @@ class TrainingResult:
     output_dir: Path
 
 
-def run_name(plan: Plan) -> str:
-    """The Ray Train run name: the same name and storage resume the same run."""
-    return str(plan.options.get("tracker_run_name") or f"st_ray-{plan.family.name}")
-
-
 def fit(
     plan: Plan,
     *,
     callbacks: Sequence[Any] = (),
     storage: tuple[str, Any] | None = None,
     resources_per_worker: dict[str, float] | None = None,
-    stop_board: str | None = None,
+    stop_check: Callable[[], Callable[[], bool]] | None = None,
+    name: str | None = None,
 ) -> TrainingResult:
     """Train on the Ray cluster this process is connected to. A Tune trial (st_ray.tune) adds
     its report callback, the campaign's storage (path, filesystem), its worker resources and
-    the actor its early stop is requested on."""
+    ``stop_check``: a picklable factory, called once on every worker, of the question asked
+    after each step (True ends the run early, at the same step on every rank). ``name``: the
+    Ray Train run (folder in run storage) when the job chose one (st_ray.train.run_identity);
+    ``run_name(plan)`` otherwise."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -69,7 +69,7 @@ def fit(
     shipped = dataclasses.replace(plan, config=dataclasses.replace(plan.config, env={}))
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"plan": shipped, "stop_board": stop_board},
+        train_loop_config={"plan": shipped, "stop_check": stop_check},
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(options["num_processes"]),
             use_gpu=use_gpu,
@@ -78,7 +78,7 @@ def fit(
             accelerator_type=options.get("train_accelerator_type") or None,
         ),
         run_config=ray.train.RunConfig(
-            name=run_name(plan),
+            name=name or run_name(plan),
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(

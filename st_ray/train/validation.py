@@ -31,7 +31,7 @@ from st_ray.train import attention, lycoris_adapter
 if TYPE_CHECKING:
     import torch
 
-    from st_ray.config.plan import Plan
+    from st_ray.plan import Plan
     from st_ray.train.ema import EMAModel
 
 log = logging.getLogger(__name__)
@@ -544,7 +544,8 @@ def _call_kwargs(
         "num_inference_steps": settings.num_inference_steps,
         "guidance_scale": settings.guidance,
     }
-    # Flux's negative prompt only feeds true CFG (validation_guidance_real), unsupported here.
+    # A guidance-distilled pipeline's negative prompt only feeds true CFG
+    # (validation_guidance_real), unsupported here.
     if (
         settings.negative_prompt
         and "negative_prompt" in accepted

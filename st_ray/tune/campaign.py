@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from st_ray.config.plan import Plan
 from st_ray.config.redact import redact
+from st_ray.plan import Plan
 from st_ray.train import eval_loss
 from st_ray.tune import results, space, stopping
 from st_ray.tune.callbacks import CampaignCallback

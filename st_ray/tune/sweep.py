@@ -229,7 +229,8 @@ def _dimensions(space: Any, add: Callable[[str | None, str], None]) -> list[Dime
 
             add(key, unknown_key_message(str(name), REGISTRY, "option"))
             continue
-        if option.name in CACHE_OPTIONS:
+        # Catalog options marked as changing a cache (families' own ones included) count too.
+        if option.name in CACHE_OPTIONS or option.caches:
             add(
                 key,
                 f"'{option.name}' changes the caches, which every trial shares (one cache is "

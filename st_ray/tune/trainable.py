@@ -8,13 +8,14 @@ every checkpoint to Tune. The trial never touches the caches except to read them
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from st_ray.config.options import CANONICAL
-from st_ray.config.plan import Plan
 from st_ray.config.values import coerce
+from st_ray.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from st_ray.train.trainer import fit
-    from st_ray.tune.stopping import is_requested
+    from st_ray.tune.stopping import is_requested, stop_check
 
     trial_id = ray.tune.get_context().get_trial_id()
     if is_requested(setup.stop_board, trial_id):
@@ -69,5 +70,6 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         callbacks=[TuneReportCallback()],
         storage=setup.train_storage,
         resources_per_worker=setup.resources_per_worker,
-        stop_board=setup.stop_board,
+        # Built on each Train worker: the trial's run asks the board after every step.
+        stop_check=functools.partial(stop_check, setup.stop_board, trial_id),
     )

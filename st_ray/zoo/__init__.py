@@ -12,18 +12,41 @@ import importlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from st_ray.models.family import FAMILIES as _MODEL_FAMILIES
 
-# Every model family has a recipe here: module ``<family>`` exposing
-# ``build(out_dir: Path, seed: int) -> None``.
+# Every model family has a recipe: module ``<family>`` here (or the family's
+# ``FamilySpec.zoo_recipe``) exposing ``build(out_dir: Path, seed: int) -> None``.
 FAMILIES: tuple[str, ...] = tuple(_MODEL_FAMILIES)
 # Helper models that are not diffusion pipelines (a transformers folder with config.json),
 # built and cached the same way: "captioner" is a tiny BLIP image-to-text model.
 EXTRAS: tuple[str, ...] = ("captioner",)
+# The smallest, fastest family: what the built-in demo run and the benches use by default.
+DEMO_FAMILY = "sd1x"
+# The family whose real (full-size) architecture ``python -m st_ray.bench sizing`` counts.
+SIZING_FAMILY = "sdxl"
 
-__all__ = ["EXTRAS", "FAMILIES", "build", "ensure"]
+__all__ = ["DEMO_FAMILY", "EXTRAS", "FAMILIES", "SIZING_FAMILY", "build", "ensure"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A family's real architecture on the meta device: one VAE encode and one denoiser
+    forward for an image, to count their FLOPs."""
+
+    denoiser: Any
+    encode: Callable[[], Any]
+    forward: Callable[[], Any]
+
+
+def reference_workload(resolution: int) -> Workload:
+    """``SIZING_FAMILY``'s real VAE encode and denoiser forward at ``resolution`` (its zoo
+    recipe's ``reference_workload``)."""
+    return _module(SIZING_FAMILY).reference_workload(resolution)
 
 
 def _module(family: str):
@@ -33,7 +56,9 @@ def _module(family: str):
             f"extra models: {', '.join(EXTRAS)}"
         )
     # Imported lazily: family modules pull in diffusers/transformers.
-    return importlib.import_module(f"{__name__}.{family}")
+    if family in EXTRAS:
+        return importlib.import_module(f"{__name__}.{family}")
+    return importlib.import_module(_MODEL_FAMILIES[family].zoo_module)
 
 
 def build(family: str, out_dir: str | Path, seed: int = 0) -> Path:

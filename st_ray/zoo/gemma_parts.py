@@ -25,10 +25,10 @@ def _corpus() -> list[str]:
     """The caption corpus plus the prompt templates the Gemma families prepend (Sana's complex
     human instruction, Lumina2's system prompt), so that, as with the real 256k vocabulary, they
     take word-sized tokens rather than hundreds of characters."""
-    from st_ray.config.options import CANONICAL
     from st_ray.models.lumina2 import SYSTEM_PROMPT
+    from st_ray.models.sana import COMPLEX_HUMAN_INSTRUCTION
 
-    templates = [str(CANONICAL["sana_complex_human_instruction"].default), SYSTEM_PROMPT]
+    templates = [COMPLEX_HUMAN_INSTRUCTION, SYSTEM_PROMPT]
     return parts.corpus_lines() + [line for t in templates for line in t.split("\n")] * 5
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
-from . import parts
+from . import Workload, parts
 
 ADD_TIME_DIM = 8  # real: 256
 
@@ -73,3 +73,52 @@ def build(out_dir: Path, seed: int) -> None:
         add_watermarker=False,  # invisible-watermark is not a dependency
     )
     parts.save_pipeline(pipe, out_dir)
+
+
+# SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0 model_index / unet config).
+REAL_UNET = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=[320, 640, 1280],
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    transformer_layers_per_block=[1, 2, 10],
+    attention_head_dim=[5, 10, 20],
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+REAL_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[128, 256, 512, 512],
+    layers_per_block=2,
+    latent_channels=4,
+)
+
+
+def reference_workload(resolution: int) -> Workload:
+    """The real SDXL base VAE and UNet on the meta device (no weights) with inputs for one
+    ``resolution`` x ``resolution`` image: what ``python -m st_ray.bench sizing`` counts."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(**REAL_VAE)
+        unet = UNet2DConditionModel(**REAL_UNET)
+        image = torch.empty(1, 3, resolution, resolution)
+        latent = torch.empty(1, 4, resolution // 8, resolution // 8)
+        text = torch.empty(1, 77, 2048)
+        added = {"text_embeds": torch.empty(1, 1280), "time_ids": torch.empty(1, 6)}
+        timestep = torch.tensor([500])
+    return Workload(
+        denoiser=unet,
+        encode=lambda: vae.encode(image),
+        forward=lambda: unet(latent, timestep, text, added_cond_kwargs=added),
+    )

@@ -4,7 +4,6 @@ from st_ray.config.schema import Json, opt
 
 GROUP = "LoRA and LyCORIS adapters"
 
-_NO_CONTROLNET = "ControlNet training is not supported by st_ray yet"
 
 OPTIONS = [
     # --- adapter kind and file format ---
@@ -77,31 +76,6 @@ OPTIONS = [
         "often better quality for slower steps. For LyCORIS set it in lycoris_config instead.",
     ),
     # --- which layers to adapt ---
-    opt(
-        "flux_lora_target",
-        str,
-        "all",
-        "Flux: preset of layers that get LoRA adapters, from attention only ('mmdit', "
-        "'context') up to attention plus feed-forward ('all+ffs'); 'tiny' and 'nano' train "
-        "very few layers.",
-        choices=(
-            "mmdit",
-            "context",
-            "context+ffs",
-            "all",
-            "all+ffs",
-            "ai-toolkit",
-            "tiny",
-            "nano",
-            "controlnet",
-            "all+ffs+embedder",
-            "all+ffs+embedder+controlnet",
-        ),
-        unsupported_values={
-            "controlnet": _NO_CONTROLNET,
-            "all+ffs+embedder+controlnet": _NO_CONTROLNET,
-        },
-    ),
     opt(
         "peft_lora_target_modules",
         Json,

@@ -1,7 +1,9 @@
 """st_ray's own options: how a run maps onto a Ray cluster, its storage and tracking."""
 
 from st_ray.config.schema import Json, opt
-from st_ray.placement import PLACEMENT_STRATEGIES
+
+# Ray placement group strategies (st_ray.placement builds the groups).
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 _NO_COMPILE = "torch.compile of the denoiser is not wired into st_ray yet"
 

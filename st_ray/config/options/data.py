@@ -6,6 +6,11 @@ _NO_ONDEMAND_VAE = (
     "st_ray always pre-computes and stores VAE latents; on-demand encoding is not implemented"
 )
 
+# Options with ``dataset_field=True`` are also fields of a multidatabackend.json entry: an entry
+# may set its own value and inherits this one when it leaves the field out (as SimpleTuner's
+# data backend factory does). Their help therefore reads right in both places.
+_RUN_WIDE_ONLY = "every dataset uses the run-wide value; per-dataset values are not implemented yet"
+
 GROUP = "Data loading, captions and caching"
 
 OPTIONS = [
@@ -52,11 +57,13 @@ OPTIONS = [
         "skip_file_discovery",
         str,
         None,
-        "Discovery stages to skip when a run starts (comma-separated: aspect, vae, text, "
-        "metadata). Faster resumes, but missing or mis-bucketed files may go unnoticed.",
+        "Discovery stages not to rescan when a run starts, once cached (comma- or "
+        "space-separated: aspect, vae, text, metadata). Faster resumes of very large datasets, "
+        "but missing or mis-bucketed files may go unnoticed.",
         choices=("aspect", "vae", "text", "metadata"),
         multiple=True,
         unsupported="st_ray lists every dataset on each run (one listing request per 1000 objects); reusing a stale listing is not implemented yet",
+        dataset_field=True,
     ),
     opt(
         "preserve_data_backend_cache",
@@ -65,54 +72,63 @@ OPTIONS = [
         "Reuse the stored file listings of a dataset instead of rescanning it at startup. "
         "Meant for huge buckets that never change; stale listings are not detected.",
         unsupported="st_ray lists every dataset on each run (one listing request per 1000 objects); reusing a stale listing is not implemented yet",
+        dataset_field=True,
     ),
     opt(
         "data_aesthetic_score",
         float,
         7.0,
-        "Fixed aesthetic score fed to the SDXL refiner's conditioning for every image.",
+        "Fixed aesthetic score fed to the refiner model's conditioning for every image.",
         minimum=0,
-        unsupported="only used by SDXL refiner training, which st_ray does not implement",
+        unsupported="only used by refiner training, which st_ray does not implement",
     ),
     # Resolution and image sizes
     opt(
         "resolution",
         float,
         1024.0,
-        "Default training resolution for datasets that do not set their own: an edge length "
-        "in pixels, or megapixels when resolution_type is 'area'.",
+        "Training size, in resolution_type's unit: the edge of an equal-area square in pixels "
+        "for 'pixel_area' (1024), the shorter edge in pixels for 'pixel', megapixels for "
+        "'area' (1.0).",
         minimum=0,
+        dataset_field=True,
     ),
     opt(
         "resolution_type",
         str,
         "pixel_area",
-        "How resolution is read: 'pixel_area' turns a pixel edge into an equivalent area for "
-        "bucketing, 'pixel' resizes the shorter edge to it, 'area' (deprecated) uses megapixels.",
+        "Unit of resolution and of the image size limits: 'pixel_area' turns a pixel edge into "
+        "an equivalent area for bucketing, 'pixel' resizes the shorter edge to it, 'area' "
+        "(deprecated) uses megapixels.",
         choices=("pixel", "area", "pixel_area"),
+        dataset_field=True,
     ),
     opt(
         "minimum_image_size",
         float,
         None,
-        "Drop images whose sides are smaller than this (pixels or megapixels, following "
-        "resolution_type).",
+        "Skip images smaller than this, in resolution_type's unit (the shorter edge for "
+        "'pixel', the area otherwise).",
         minimum=0,
+        dataset_field=True,
     ),
     opt(
         "maximum_image_size",
         float,
         None,
-        "Images larger than this are first shrunk to target_downsample_size before cropping, so "
-        "crops keep more of the scene. Pixels or megapixels, following resolution_type.",
+        "Images larger than this are first shrunk to target_downsample_size (which it "
+        "requires) before cropping, so crops keep more of the scene. In resolution_type's unit.",
         minimum=0,
+        dataset_field=True,
     ),
     opt(
         "target_downsample_size",
         float,
         None,
-        "Size that images above maximum_image_size are shrunk to before cropping.",
+        "Size that images above maximum_image_size are shrunk to before cropping, in "
+        "resolution_type's unit.",
         minimum=0,
+        dataset_field=True,
     ),
     opt(
         "max_upscale_threshold",
@@ -122,6 +138,7 @@ OPTIONS = [
         "Buckets that would need more are dropped; unset allows any upscaling.",
         minimum=0,
         maximum=1,
+        dataset_field=True,
     ),
     # Aspect buckets
     opt(
@@ -169,34 +186,54 @@ OPTIONS = [
         "Seconds between saves of the aspect bucket metadata while it is being built.",
         minimum=1,
         no_effect="st_ray commits cache metadata once per run, atomically",
+        dataset_field=True,
     ),
     # Captions
     opt(
         "caption_strategy",
         str,
         "filename",
-        "Where captions come from: the cleaned-up file name, a .txt file beside each image, "
-        "the instance prompt, or a parquet table.",
-        choices=("filename", "textfile", "instance_prompt", "parquet"),
+        "Where captions come from: 'filename' (the cleaned-up file name), 'textfile' (a .txt "
+        "beside each image, one caption per line), 'instance_prompt' or 'instanceprompt' "
+        "(instance_prompt for every image), 'parquet' (the parquet table; needs "
+        "metadata_backend 'parquet'), 'csv' (csv_caption_column) or 'huggingface' (the Hub "
+        "dataset's columns; what a 'huggingface' dataset that does not set it uses).",
+        choices=(
+            "filename",
+            "textfile",
+            "instance_prompt",
+            "instanceprompt",
+            "parquet",
+            "csv",
+            "huggingface",
+            "webshart",
+        ),
+        unsupported_values={
+            "webshart": "webshart (WebDataset tar shard) datasets are not implemented yet"
+        },
+        dataset_field=True,
     ),
     opt(
         "instance_prompt",
         str,
         None,
-        "Trigger phrase used as (or prepended to) the caption, depending on caption_strategy, "
-        "prepend_instance_prompt and only_instance_prompt.",
+        "Fixed caption or trigger phrase: the caption with caption_strategy 'instanceprompt' "
+        "or only_instance_prompt, a prefix with prepend_instance_prompt.",
+        dataset_field=True,
     ),
     opt(
         "prepend_instance_prompt",
         bool,
         False,
-        "Put instance_prompt in front of every caption derived from file names.",
+        "Put instance_prompt in front of every caption.",
+        dataset_field=True,
     ),
     opt(
         "only_instance_prompt",
         bool,
         False,
         "Ignore the per-image captions and train every image with instance_prompt alone.",
+        dataset_field=True,
     ),
     opt(
         "parquet_caption_column",
@@ -216,8 +253,8 @@ OPTIONS = [
         "caption_dropout_probability",
         float,
         0.1,
-        "Chance that a sample is trained with an empty caption (and, for SDXL, without size "
-        "conditioning), which keeps unconditional guidance working.",
+        "Chance that a sample is trained with an empty caption (and, for families conditioned on "
+        "image size, without size conditioning), which keeps unconditional guidance working.",
         minimum=0,
         maximum=1,
     ),
@@ -228,6 +265,7 @@ OPTIONS = [
         "Override the text encoder's token limit. Unset keeps the model's own length; changing "
         "it invalidates cached text embeddings.",
         minimum=1,
+        caches=("text",),
     ),
     # Caches
     opt(
@@ -271,6 +309,7 @@ OPTIONS = [
         False,
         "Encode latents with the VAE during training instead of caching them beforehand.",
         unsupported=_NO_ONDEMAND_VAE,
+        dataset_field=True,
     ),
     opt(
         "vae_cache_disable",
@@ -278,6 +317,7 @@ OPTIONS = [
         False,
         "Encode latents on demand and never write them to disk.",
         unsupported=_NO_ONDEMAND_VAE,
+        dataset_field=True,
     ),
     opt(
         "vae_batch_size",
@@ -285,6 +325,8 @@ OPTIONS = [
         4,
         "Images encoded per VAE call while building the latent cache.",
         minimum=1,
+        dataset_field=True,
+        dataset_unsupported=_RUN_WIDE_ONLY,
     ),
     opt(
         "keep_vae_loaded",
@@ -308,12 +350,16 @@ OPTIONS = [
         False,
         "Delete images that fall below the minimum size from their storage instead of only "
         "skipping them.",
+        dataset_field=True,
+        dataset_unsupported=_RUN_WIDE_ONLY,
     ),
     opt(
         "delete_problematic_images",
         bool,
         False,
         "Delete images that fail to load from their storage.",
+        dataset_field=True,
+        dataset_unsupported=_RUN_WIDE_ONLY,
     ),
     # Workers, batching and I/O
     opt(
@@ -322,6 +368,8 @@ OPTIONS = [
         32,
         "Images queued at a time for parallel resizing and cropping.",
         minimum=1,
+        dataset_field=True,
+        dataset_unsupported=_RUN_WIDE_ONLY,
     ),
     opt(
         "read_batch_size",
@@ -330,6 +378,7 @@ OPTIONS = [
         "Images read ahead while the VAE cache is being built.",
         minimum=1,
         no_effect="Ray schedules the caching work itself (CPU tasks and actor pools sized from the cluster)",
+        dataset_field=True,
     ),
     opt(
         "write_batch_size",
@@ -338,6 +387,7 @@ OPTIONS = [
         "Cache entries grouped into one write. Batching many small writes helps object stores "
         "such as S3 and some shared filesystems.",
         minimum=1,
+        dataset_field=True,
     ),
     opt(
         "max_workers",
@@ -346,6 +396,7 @@ OPTIONS = [
         "Threads or processes used during VAE caching.",
         minimum=1,
         no_effect="Ray schedules the caching work itself (CPU tasks and actor pools sized from the cluster)",
+        dataset_field=True,
     ),
     opt(
         "enable_multiprocessing",
@@ -360,6 +411,7 @@ OPTIONS = [
         128,
         "Most connections kept open at once to an S3-compatible bucket.",
         minimum=1,
+        dataset_field=True,
     ),
     opt(
         "torch_num_threads",
@@ -375,15 +427,26 @@ OPTIONS = [
         False,
         "Fetch upcoming batches (latents, text embeddings, metadata) in the background so the "
         "GPU does not wait on storage. Mostly matters for fast GPUs at low resolution.",
-        no_effect="the data feed reads cached latents directly; there is no loader queue",
+        no_effect="st_ray's feed always reads ahead (dataloader_prefetch_qlen batches within "
+        "feed_prefetch_mib)",
     ),
     opt(
         "dataloader_prefetch_qlen",
         int,
         10,
-        "Batches each worker keeps ready when dataloader_prefetch is on.",
+        "Batches each worker keeps ready when dataloader_prefetch is on. st_ray's feed always "
+        "reads this many batches ahead, as far as feed_prefetch_mib allows.",
         minimum=1,
-        no_effect="the data feed reads cached latents directly; there is no loader queue",
+    ),
+    opt(
+        "feed_prefetch_mib",
+        int,
+        256,
+        "st_ray: most MiB of cached latents and text embeddings each training worker holds "
+        "read ahead (in flight or ready; at least one batch). The feed keeps no other row "
+        "cache, so worker memory does not grow with the dataset. Raise it for high-latency "
+        "storage with large rows (e.g. 512-token T5-XXL embeddings, 4 MiB per caption).",
+        minimum=1,
     ),
     # Debugging output
     opt(

@@ -12,7 +12,7 @@ _NO_DISTILL = "model distillation is not implemented in st_ray"
 _NO_GROUP_OFFLOAD = "diffusers group offloading is not implemented in st_ray"
 _NO_MUSUBI = "Musubi-style block swapping is not implemented in st_ray"
 _NO_RAMTORCH = "RamTorch CPU-streamed layers are not implemented in st_ray"
-_NO_REFINER = "SDXL refiner / mixture-of-experts refiner training is not implemented in st_ray"
+_NO_REFINER = "refiner / mixture-of-experts refiner training is not implemented in st_ray"
 
 GROUP = "Experimental and specialised methods"
 
@@ -71,7 +71,8 @@ OPTIONS = [
         "custom_text_encoder_intermediary_layers",
         Json,
         None,
-        "JSON list of text-encoder hidden layers to extract for FLUX.2, e.g. [10, 20, 30]. "
+        "JSON list of text-encoder hidden layers to extract (multi-layer conditioning), e.g. "
+        "[10, 20, 30]. "
         "Changing it invalidates cached text embeddings.",
         unsupported="custom text-encoder layer selection is not implemented in st_ray",
     ),
@@ -523,7 +524,7 @@ OPTIONS = [
         minimum=0,
         unsupported="SingLoRA is not implemented in st_ray",
     ),
-    # SDXL refiner / mixture-of-experts
+    # refiner / mixture-of-experts
     opt(
         "refiner_training",
         bool,
@@ -551,7 +552,7 @@ OPTIONS = [
         "sdxl_refiner_uses_full_range",
         bool,
         False,
-        "Train the SDXL refiner across every timestep instead of only its usual range.",
+        "Train the refiner model across every timestep instead of only its usual range.",
         unsupported=_NO_REFINER,
     ),
     # Memory offloading

@@ -23,70 +23,26 @@ _FLASH = "needs the flash-attn kernels, which st_ray does not integrate yet"
 _FLASH3 = "needs the FlashAttention 3 kernels (Hopper only), which st_ray does not integrate yet"
 _SAGE = "needs SageAttention, which st_ray does not integrate yet"
 
-# SimpleTuner's default system prompt for Sana's Gemma text encoder.
-_SANA_INSTRUCTION = "\n".join(
-    [
-        "Given a user prompt, generate an 'Enhanced prompt' that provides detailed visual "
-        "descriptions suitable for image generation. Evaluate the level of detail in the user "
-        "prompt:",
-        "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, "
-        "textures, and spatial relationships to create vivid and concrete scenes.",
-        "- Do not add detail that is not in the original prompt! Do not mention colors if the "
-        "User Prompt does not!",
-        "- If the prompt is already detailed, refine and enhance the existing details slightly "
-        "without overcomplicating.",
-        "- If the prompt contains explicit material, do not remove this information from the "
-        "output, which would damage the performance of downstream classifiers.",
-        "Here are examples of how to transform or refine prompts:",
-        "- User Prompt: A cat sleeping -> Enhanced: A cat sleeping peacefully, showcasing the joy "
-        "of pet ownership. Cute floof kitty cat gatto.",
-        "- User Prompt: A busy city street -> Enhanced: A bustling city street scene featuring a "
-        "crowd of people.",
-        "Please generate only the enhanced description for the prompt below and avoid including "
-        "any additional commentary or evaluations:",
-        "User Prompt: ",
-    ]
-)
-
 OPTIONS = [
     # --- model selection ---
     opt(
         "model_family",
         str,
         None,
-        "Architecture to train (e.g. sdxl, flux, sd3). Decides which pipeline, text encoders, "
-        "VAE and noise schedule are loaded.",
-        choices=(
-            "kolors",
-            "auraflow",
-            "omnigen",
-            "flux",
-            "deepfloyd",
-            "cosmos2image",
-            "sana",
-            "qwen_image",
-            "pixart_sigma",
-            "sdxl",
-            "sd1x",
-            "sd2x",
-            "wan",
-            "hidream",
-            "sd3",
-            "lumina2",
-            "ltxvideo",
-        ),
+        "Architecture to train: one of the families in st_ray/models (or a plugin package, see "
+        "ST_RAY_FAMILY_PACKAGES). Decides which pipeline, text encoders, VAE and noise "
+        "schedule are loaded.",
+        # The family names are filled in by st_ray.plan from the discovered families.
+        choices=(),
         required=True,
-        unsupported_values={
-            "wan": "video families are not supported yet",
-            "ltxvideo": "video families are not supported yet",
-        },
     ),
     opt(
         "model_flavour",
         str,
         None,
-        "Named variant of the chosen family (e.g. 'dev' or 'schnell' for Flux). Picks the "
+        "Named variant of the chosen family (e.g. 'dev' or 'schnell'). Picks the "
         "default checkpoint and family-specific settings; unset uses the family's default.",
+        caches=("text",),
     ),
     opt(
         "model_type",
@@ -101,7 +57,8 @@ OPTIONS = [
         str,
         None,
         "What the denoiser is trained to predict. Leave unset to use the family's native "
-        "objective; override only for checkpoints trained differently (e.g. a v-prediction SDXL).",
+        "objective; override only for checkpoints trained differently (e.g. a v-prediction "
+        "fine-tune of an epsilon model).",
         choices=(None, "epsilon", "v_prediction", "sample", "flow_matching"),
     ),
     # --- checkpoint locations ---
@@ -110,14 +67,14 @@ OPTIONS = [
         str,
         None,
         "Hugging Face repo id or local path of the base model. Unset uses the flavour's default "
-        "repository; single-file .safetensors checkpoints work for SDXL, Flux and SD3.",
+        "repository; or a single-file .safetensors checkpoint.",
     ),
     opt(
         "pretrained_transformer_model_name_or_path",
         str,
         None,
         "Load the transformer (denoiser) from a different repo or path than the rest of the "
-        "pipeline, e.g. a fine-tuned Flux transformer.",
+        "pipeline, e.g. a fine-tuned transformer.",
     ),
     opt(
         "pretrained_transformer_subfolder",
@@ -130,7 +87,7 @@ OPTIONS = [
         "pretrained_unet_model_name_or_path",
         str,
         None,
-        "Load the UNet (SD 1.x/2.x, SDXL, Kolors, DeepFloyd) from a different repo or path than "
+        "Load the UNet (of the UNet families) from a different repo or path than "
         "the rest of the pipeline.",
     ),
     opt(
@@ -145,27 +102,32 @@ OPTIONS = [
         str,
         None,
         "Load the VAE from another repo or path instead of the one bundled with the base "
-        "model, e.g. madebyollin/sdxl-vae-fp16-fix for SDXL trained in fp16.",
+        "model, e.g. an fp16-safe fine-tune of the VAE for training in fp16.",
     ),
     opt(
         "pretrained_t5_model_name_or_path",
         str,
         None,
         "Load the T5 text encoder from a separate repo or path, e.g. to share one local T5 "
-        "copy between PixArt, SD3 or Flux runs instead of downloading it per model.",
+        "copy between the runs of several T5-conditioned families instead of downloading it per "
+        "model.",
+        caches=("text",),
     ),
     opt(
         "pretrained_gemma_model_name_or_path",
         str,
         None,
-        "Load the Gemma text encoder (Sana, Lumina2) from a separate repo or path instead of "
+        "Load the Gemma text encoder (of the Gemma-conditioned families) from a separate repo or "
+        "path instead of "
         "the base model's repository.",
+        caches=("text",),
     ),
     opt(
         "revision",
         str,
         None,
         "Git branch, tag or commit of the Hub repository to download the base model from.",
+        caches=("text",),
     ),
     opt(
         "variant",
@@ -173,6 +135,7 @@ OPTIONS = [
         None,
         "Weight file variant to load from the Hub repository, e.g. 'fp16' picks "
         "*.fp16.safetensors files.",
+        caches=("text",),
     ),
     # --- quantisation and dtypes ---
     opt(
@@ -190,27 +153,31 @@ OPTIONS = [
         "no_change",
         "Quantise the first text encoder; only affects memory while text embeddings are cached.",
         choices=_PRECISIONS,
+        caches=("text",),
     ),
     opt(
         "text_encoder_2_precision",
         str,
         "no_change",
-        "Quantise the second text encoder (if the family has one), e.g. T5 for Flux or SD3.",
+        "Quantise the second text encoder (if the family has one), e.g. a T5.",
         choices=_PRECISIONS,
+        caches=("text",),
     ),
     opt(
         "text_encoder_3_precision",
         str,
         "no_change",
-        "Quantise the third text encoder (if the family has one), e.g. T5 for SD3.",
+        "Quantise the third text encoder (if the family has one), e.g. a T5.",
         choices=_PRECISIONS,
+        caches=("text",),
     ),
     opt(
         "text_encoder_4_precision",
         str,
         "no_change",
-        "Quantise the fourth text encoder (if the family has one), e.g. Llama for HiDream.",
+        "Quantise the fourth text encoder (if the family has one), e.g. a Llama.",
         choices=_PRECISIONS,
+        caches=("text",),
     ),
     opt(
         "quantize_via",
@@ -372,8 +339,8 @@ OPTIONS = [
         "offload_during_startup",
         bool,
         False,
-        "Keep the text encoders on the CPU while latents are cached, so large models (e.g. "
-        "HiDream) do not run out of GPU memory at startup. Slows startup down.",
+        "Keep the text encoders on the CPU while latents are cached, so models with large text "
+        "encoders do not run out of GPU memory at startup. Slows startup down.",
         no_effect="text encoders and the VAE live only in the caching stage's actors",
     ),
     opt(
@@ -468,50 +435,7 @@ OPTIONS = [
         "How padding tokens of T5 embeddings are treated: 'zero' zeroes them, 'unmodified' "
         "keeps the encoder's output as is.",
         choices=("zero", "unmodified"),
-    ),
-    opt(
-        "flux_attention_masked_training",
-        bool,
-        False,
-        "Flux: mask padding tokens of the T5 prompt in attention so the model does not learn "
-        "from them. Needs text embeddings cached with their attention masks.",
-    ),
-    opt(
-        "sd3_clip_uncond_behaviour",
-        str,
-        "empty_string",
-        "SD3: how the CLIP embeddings of empty (dropped) captions are made: encode an empty "
-        "string, or use zeros.",
-        choices=("empty_string", "zero"),
-    ),
-    opt(
-        "sd3_t5_uncond_behaviour",
-        str,
-        None,
-        "SD3: same as sd3_clip_uncond_behaviour for the T5 embeddings; unset follows the CLIP "
-        "setting.",
-        choices=(None, "empty_string", "zero"),
-    ),
-    opt(
-        "sana_complex_human_instruction",
-        str,
-        _SANA_INSTRUCTION,
-        "Sana: system prompt prepended to every caption before the Gemma text encoder, as "
-        "during Sana's own training. Set it to an empty string to encode captions alone.",
-    ),
-    opt(
-        "hidream_use_load_balancing_loss",
-        bool,
-        False,
-        "HiDream: add the mixture-of-experts router's load-balancing loss so experts are used "
-        "evenly (experimental).",
-    ),
-    opt(
-        "hidream_load_balancing_loss_weight",
-        float,
-        None,
-        "HiDream: weight of the load-balancing loss; unset uses the model's built-in weight.",
-        minimum=0,
+        caches=("text",),
     ),
     # --- reproducibility ---
     opt(

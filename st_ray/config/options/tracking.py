@@ -67,7 +67,9 @@ OPTIONS = [
         str,
         "latest",
         "Where training continues from: 'latest' picks the newest checkpoint of this run if "
-        "there is one; a checkpoint name, path or s3:// URI picks that one; empty starts fresh.",
+        "there is one; a checkpoint name, path or s3:// URI picks that one; 'none' or empty "
+        "starts fresh in a new run folder. A finished run is not trained again; a changed "
+        "model, adapter, optimizer or dataset is refused.",
     ),
     # Tracking
     opt(

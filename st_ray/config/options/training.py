@@ -17,6 +17,9 @@ OPTIONS = [
         "Samples per forward/backward pass on each GPU. The effective batch is this times "
         "gradient_accumulation_steps times the number of workers.",
         minimum=1,
+        dataset_field=True,
+        dataset_unsupported="every dataset uses the run-wide train_batch_size; per-dataset "
+        "batch sizes are not implemented yet",
     ),
     opt(
         "gradient_accumulation_steps",
@@ -479,43 +482,6 @@ OPTIONS = [
         "takes effect when flow_schedule_shift is 0.",
         aliases=("flux_schedule_auto_shift",),
     ),
-    opt(
-        "flux_fast_schedule",
-        bool,
-        False,
-        "Flux: experimental timestep schedule aimed at few-step (schnell-style) models.",
-        unsupported="Flux's experimental fast schedule is not implemented by st_ray yet",
-    ),
-    # --- Flux guidance ---
-    opt(
-        "flux_guidance_mode",
-        str,
-        "constant",
-        "Flux: what the guidance embedding is fed while training: flux_guidance_value every "
-        "step ('constant') or a random value between flux_guidance_min and max.",
-        choices=("constant", "random-range"),
-    ),
-    opt(
-        "flux_guidance_value",
-        float,
-        1.0,
-        "Flux: value fed to the guidance-distilled model's guidance embedding in 'constant' mode.",
-        minimum=0,
-    ),
-    opt(
-        "flux_guidance_min",
-        float,
-        0.0,
-        "Flux: lower bound of the guidance value in 'random-range' mode.",
-        minimum=0,
-    ),
-    opt(
-        "flux_guidance_max",
-        float,
-        4.0,
-        "Flux: upper bound of the guidance value in 'random-range' mode.",
-        minimum=0,
-    ),
     # --- loss ---
     opt(
         "loss_type",
@@ -560,7 +526,7 @@ OPTIONS = [
         bool,
         False,
         "Use a smooth soft-min instead of a hard cap for Min-SNR weighting. Mainly helps pixel "
-        "models such as DeepFloyd; may blur latent models.",
+        "(pixel-space) models; may blur latent models.",
     ),
     opt(
         "soft_min_snr_sigma_data",

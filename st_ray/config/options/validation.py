@@ -6,7 +6,7 @@ _NO_ADAPTER = "loading extra adapters only for validation is not implemented in 
 _NO_EXTERNAL = "st_ray renders validations in its own pipeline; external scripts are not supported"
 _NO_SLG = "skip-layer guidance during validation is not implemented in st_ray"
 _NO_PREVIEW = "streaming validation previews needs webhooks, which st_ray does not implement"
-_FLUX_REAL_CFG = "true-CFG sampling for distilled Flux models is not implemented in st_ray"
+_REAL_CFG = "true-CFG sampling for guidance-distilled models is not implemented in st_ray"
 
 GROUP = "Validation and evaluation"
 
@@ -207,18 +207,18 @@ OPTIONS = [
         "validation_guidance_real",
         float,
         1.0,
-        "True classifier-free guidance scale for guidance-distilled models such as Flux; 1.0 "
-        "leaves it off.",
+        "True classifier-free guidance scale for guidance-distilled models; 1.0 leaves it off.",
         minimum=1,
-        unsupported=_FLUX_REAL_CFG,
+        unsupported=_REAL_CFG,
     ),
     opt(
         "validation_no_cfg_until_timestep",
         int,
         2,
-        "With true CFG on Flux, the number of initial sampling steps run without it.",
+        "With true CFG on a guidance-distilled model, the number of initial sampling steps run "
+        "without it.",
         minimum=0,
-        unsupported=_FLUX_REAL_CFG,
+        unsupported=_REAL_CFG,
     ),
     opt(
         "validation_guidance_skip_layers",

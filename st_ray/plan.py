@@ -1,5 +1,11 @@
 """The resolved plan of a run: every check that can fail before Ray starts, in one place.
 
+This is st_ray's composition root. ``st_ray.config`` knows options, loaders, dataset entries
+and the generic rules, and nothing of the components; importing this module adds to it what
+the components declare: the model families' own options and the model_family names (from the
+discovered families), and the checks of the families, the training builders (optimizer, LR
+schedule, adapters, quantisation, attention) and placement.
+
 ``build_plan`` loads the options, applies the rules between them, resolves the model and
 the dataset file, and raises one ``ConfigError`` listing every problem it found.
 """
@@ -11,15 +17,56 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from st_ray.config import options as catalog
+from st_ray.config import rules
 from st_ray.config.datasets import DatasetEntry, load_datasets, resolve_local
 from st_ray.config.errors import ConfigError, ProblemList
 from st_ray.config.loader import LoadedConfig, load_config
 from st_ray.config.options import OPTIONS
 from st_ray.config.redact import redact
 from st_ray.config.rules import check_rules
-from st_ray.config.schema import Json
+from st_ray.config.schema import Json, Option
 from st_ray.config.sources import read_json
-from st_ray.models import FAMILIES, FamilySpec
+from st_ray.models import family_rules
+from st_ray.models.family import FAMILIES, UNAVAILABLE_FAMILIES, FamilySpec
+from st_ray.train import config_checks
+
+
+def _check_placement(loaded: LoadedConfig, problems: ProblemList) -> None:
+    from st_ray.placement import check_options
+
+    for key, problem in check_options(loaded.values):
+        problems.add(loaded.provenance.get(key, "configuration"), key, problem)
+
+
+def _family_options() -> dict[str, Option]:
+    """Every option a family owns, once (families may share one declaration)."""
+    owned: dict[str, Option] = {}
+    for spec in FAMILIES.values():
+        for option in spec.options:
+            if owned.setdefault(option.name, option) != option:
+                raise RuntimeError(
+                    f"option {option.name!r} of family {spec.name!r} is declared differently "
+                    "by another family"
+                )
+    return owned
+
+
+def compose() -> None:
+    """Complete the option catalog and the rules with what the components declare (runs once,
+    on import)."""
+    catalog.contribute("model families", _family_options().values(), "Model family options")
+    catalog.set_choices("model_family", [*FAMILIES, *UNAVAILABLE_FAMILIES], UNAVAILABLE_FAMILIES)
+    rules.register(
+        family_rules.check_family,
+        config_checks.check_training_setup,
+        config_checks.check_hardware,
+        _check_placement,
+    )
+    catalog.mark_complete()
+
+
+compose()
 
 SECRET_OPTIONS = tuple(o.name for o in OPTIONS if o.secret)
 # Options that name a file or folder which must exist when set.

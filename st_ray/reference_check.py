@@ -1,7 +1,7 @@
 """Check the option catalog against a SimpleTuner option reference (the text of its docs with
 the English ``--help`` output at the end).
 
-    python -m st_ray.config.reference_check path/to/OPTIONS.md
+    python -m st_ray.reference_check path/to/OPTIONS.md
 
 Prints the options the reference names that st_ray does not know, and the choices that
 differ; exits 1 if any option is missing. Used by maintainers when SimpleTuner adds options;
@@ -14,6 +14,8 @@ import re
 import sys
 from pathlib import Path
 
+# The complete catalog: st_ray.plan (the composition root) adds the families' options.
+import st_ray.plan  # noqa: F401
 from st_ray.config.options import REGISTRY
 
 _HELP_LINE = re.compile(r"^  --([a-z0-9_]+)(?: \{([^}]*)\})?")

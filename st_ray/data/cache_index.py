@@ -1,0 +1,363 @@
+"""Where each cached row lives: key -> (shard, row group, row) plus the byte range of its payload.
+
+A committed cache (``cache_store``) gets one row-index file per set of committed shards,
+``rows-<digest of the shard list>.parquet``, written at commit time (and built from the shards
+on first use for caches written before it existed). For each key (a latent cache's content
+hash with status "ok", a text cache's caption hash) it records the shard, row group and row,
+and for each payload column (``latent``; or every ``<name>`` beside ``<name>_shape`` and
+``<name>_dtype``) its shape, dtype, size and -- when the column chunk holds just that value --
+the chunk's byte range and codec. New shards are written so that every row does
+(``SHARD_WRITE_ARGS``: one row per row group, no dictionary): the chunk is one data page whose
+(decompressed) content ends with the PLAIN-encoded value, preceded by its 4-byte
+little-endian length. So a read fetches the row's payload and a few header bytes
+(``cache_rows``); other layouts (older caches) fall back to reading the row's row group.
+
+The file carries its row count and a SHA-256 of its content in the Parquet schema metadata: a
+truncated or corrupt index is detected and rebuilt from the shards, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+ROWS_PREFIX = "rows-"
+# Latent caches: key column and whether only status "ok" rows count; text caches.
+KEY_COLUMNS = {"latents": ("content_hash", True), "text_embeds": ("caption_hash", False)}
+OK = "ok"
+# What the caching stage passes to Ray Data's write_parquet (and the feed benchmark to
+# pyarrow): rows readable by byte range. Footers grow by ~1 KiB a row; only the index
+# builder reads them.
+SHARD_WRITE_ARGS = {"row_group_size": 1, "use_dictionary": False}
+# Column-chunk codecs a direct read decodes (pyarrow.Codec names, lower case); index = code.
+CODECS = ("UNCOMPRESSED", "ZSTD", "SNAPPY", "GZIP", "BROTLI", "LZ4_RAW")
+_META_ROWS = b"st_ray.rows"
+_META_SHA = b"st_ray.sha256"
+_META_SHARDS = b"st_ray.shards"
+_META_PAYLOAD = b"st_ray.payload"
+
+log = logging.getLogger(__name__)
+
+
+class ShardReadError(RuntimeError):
+    """A committed shard is missing or unreadable: the run must stop, not skip rows."""
+
+
+def shard_error(root: str, shard: str, error: BaseException) -> ShardReadError:
+    return ShardReadError(
+        f"cache {root}: shard {shard} is missing or unreadable ({type(error).__name__}: "
+        f"{error}). Training stops rather than train on other data than planned; restore the "
+        "file or rebuild the cache (jobs/cache.py, or delete the cache folder)"
+    )
+
+
+def payload_columns(kind: str, names: Sequence[str]) -> list[str]:
+    """The byte columns a reader decodes: ``latent``, or each ``<n>`` with ``<n>_shape`` and
+    ``<n>_dtype`` beside it (text encoders' outputs)."""
+    if kind == "latents":
+        return [c for c in ["latent"] if {c, f"{c}_shape", f"{c}_dtype"} <= set(names)]
+    return [n for n in names if f"{n}_shape" in names and f"{n}_dtype" in names]
+
+
+def index_name(shards: Sequence[str]) -> str:
+    digest = hashlib.sha256(json.dumps(list(shards)).encode()).hexdigest()[:16]
+    return f"{ROWS_PREFIX}{digest}.parquet"
+
+
+@dataclass
+class RowIndex:
+    """The in-memory index: numpy columns (compact at millions of rows) and key -> position."""
+
+    shards: list[str]
+    payload: list[str]
+    table: pa.Table
+
+    def __post_init__(self) -> None:
+        self.position = {k: i for i, k in enumerate(self.table.column("key").to_pylist())}
+        self.shard = self.table.column("shard").to_numpy()
+        self.row_group = self.table.column("row_group").to_numpy()
+        self.row = self.table.column("row").to_numpy()
+        self.offset = {c: self.table.column(f"{c}.offset").to_numpy() for c in self.payload}
+        self.length = {c: self.table.column(f"{c}.length").to_numpy() for c in self.payload}
+        self.codec = {c: self.table.column(f"{c}.codec").to_numpy() for c in self.payload}
+        self.nbytes = {c: self.table.column(f"{c}.nbytes").to_numpy() for c in self.payload}
+        # Shapes and dtypes repeat (one per bucket): keep the distinct ones and an id per row.
+        self.layouts: list[tuple[tuple[int, ...], str]] = []
+        self.layout = {}
+        for c in self.payload:
+            known: dict[tuple[tuple[int, ...], str], int] = {}
+            shapes = self.table.column(f"{c}.shape").to_pylist()
+            dtypes = self.table.column(f"{c}.dtype").to_pylist()
+            ids = np.empty(len(shapes), dtype=np.int32)
+            for i, (shape, dtype) in enumerate(zip(shapes, dtypes, strict=True)):
+                layout = (tuple(shape), dtype)
+                if layout not in known:
+                    known[layout] = len(self.layouts)
+                    self.layouts.append(layout)
+                ids[i] = known[layout]
+            self.layout[c] = ids
+        self.table = None  # the arrays above are all a reader needs
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    def row_bytes(self, position: int) -> int:
+        """Payload bytes of the row at ``position`` (what a read of it must fetch)."""
+        return int(sum(self.nbytes[c][position] for c in self.payload))
+
+
+def build_entries(
+    fs: pafs.FileSystem, root_path: str, kind: str, shards: Sequence[str], first_id: int = 0
+) -> tuple[pa.Table, list[str]]:
+    """Index rows of ``shards`` (ids counted from ``first_id``), read from their footers and
+    small columns only. Returns (table, payload columns)."""
+    key_column, status_filter = KEY_COLUMNS[kind]
+    parts: list[dict[str, list]] = []
+    payload: list[str] | None = None
+    for shard_id, shard in enumerate(shards, start=first_id):
+        try:
+            with fs.open_input_file(f"{root_path}/{shard}") as handle:
+                part, columns = _shard_entries(
+                    pq.ParquetFile(handle), kind, key_column, status_filter, shard_id
+                )
+        except (OSError, pa.ArrowException) as error:
+            raise shard_error(root_path, shard, error) from error
+        if payload is not None and columns != payload:
+            raise ShardReadError(
+                f"cache {root_path}: shard {shard} holds columns {columns}, others {payload}"
+            )
+        payload = columns
+        parts.append(part)
+    payload = payload or []
+    merged: dict[str, list] = {name: [] for name in _schema(payload).names}
+    for part in parts:
+        for name, values in part.items():
+            merged[name] += values
+    return pa.Table.from_pydict(merged, schema=_schema(payload)), payload
+
+
+def _schema(payload: Sequence[str]) -> pa.Schema:
+    fields = [
+        pa.field("key", pa.string()),
+        pa.field("shard", pa.int32()),
+        pa.field("row_group", pa.int32()),
+        pa.field("row", pa.int32()),
+    ]
+    for c in payload:
+        fields += [
+            pa.field(f"{c}.offset", pa.int64()),
+            pa.field(f"{c}.length", pa.int64()),
+            pa.field(f"{c}.codec", pa.int8()),
+            pa.field(f"{c}.nbytes", pa.int64()),
+            pa.field(f"{c}.shape", pa.list_(pa.int64())),
+            pa.field(f"{c}.dtype", pa.string()),
+        ]
+    return pa.schema(fields)
+
+
+def _shard_entries(
+    file: pq.ParquetFile, kind: str, key_column: str, status_filter: bool, shard_id: int
+) -> tuple[dict[str, list], list[str]]:
+    names = file.schema_arrow.names
+    payload = payload_columns(kind, names)
+    small = [key_column, *(["status"] if status_filter else [])]
+    small += [f"{c}_{part}" for c in payload for part in ("shape", "dtype")]
+    table = file.read(columns=small)
+    keys = table.column(key_column).to_pylist()
+    statuses = table.column("status").to_pylist() if status_filter else None
+    shapes = {c: table.column(f"{c}_shape").to_pylist() for c in payload}
+    dtypes = {c: table.column(f"{c}_dtype").to_pylist() for c in payload}
+    metadata = file.metadata
+    leaf = {metadata.schema.column(j).path: j for j in range(metadata.num_columns)}
+    out: dict[str, list] = {name: [] for name in _schema(payload).names}
+    row = 0
+    for group in range(metadata.num_row_groups):
+        meta = metadata.row_group(group)
+        for in_group in range(meta.num_rows):
+            i = row + in_group
+            if statuses is not None and statuses[i] != OK:
+                continue
+            out["key"].append(keys[i])
+            out["shard"].append(shard_id)
+            out["row_group"].append(group)
+            out["row"].append(in_group)
+            for c in payload:
+                nbytes = math.prod(shapes[c][i]) * np.dtype(dtypes[c][i]).itemsize
+                chunk = meta.column(leaf[c])
+                direct = (
+                    meta.num_rows == 1
+                    and chunk.compression in CODECS
+                    and not chunk.has_dictionary_page
+                    and chunk.physical_type == "BYTE_ARRAY"
+                )
+                out[f"{c}.offset"].append(chunk.data_page_offset if direct else -1)
+                out[f"{c}.length"].append(chunk.total_compressed_size)
+                out[f"{c}.codec"].append(CODECS.index(chunk.compression) if direct else -1)
+                out[f"{c}.nbytes"].append(nbytes)
+                out[f"{c}.shape"].append(list(shapes[c][i]))
+                out[f"{c}.dtype"].append(dtypes[c][i])
+        row += meta.num_rows
+    return out, payload
+
+
+def _dedupe(table: pa.Table) -> pa.Table:
+    """One row per key, the last one (a later commit wins)."""
+    last = {k: i for i, k in enumerate(table.column("key").to_pylist())}
+    if len(last) == table.num_rows:
+        return table
+    return table.take(pa.array(sorted(last.values()), pa.int64()))
+
+
+def _checksum(table: pa.Table) -> str:
+    # Canonical types and one chunk per column: a Parquet round trip changes neither the
+    # values nor this digest.
+    payload = [n[: -len(".offset")] for n in table.column_names if n.endswith(".offset")]
+    canonical = table.replace_schema_metadata(None).cast(_schema(payload)).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, canonical.schema) as writer:
+        writer.write_table(canonical)
+    return hashlib.sha256(sink.getvalue()).hexdigest()
+
+
+def encode(table: pa.Table, shards: Sequence[str], payload: Sequence[str]) -> bytes:
+    """The index file: Parquet with row count, checksum, shards and payload in its metadata."""
+    metadata = {
+        _META_ROWS: str(table.num_rows).encode(),
+        _META_SHA: _checksum(table).encode(),
+        _META_SHARDS: json.dumps(list(shards)).encode(),
+        _META_PAYLOAD: json.dumps(list(payload)).encode(),
+    }
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata(metadata), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def decode(data: bytes, shards: Sequence[str]) -> tuple[pa.Table, list[str]]:
+    """The table of an index file. Raises ValueError when it is truncated, corrupt, or made
+    for other shards."""
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (OSError, pa.ArrowException) as error:
+        raise ValueError(f"unreadable ({error})") from error
+    meta = table.schema.metadata or {}
+    if not {_META_SHA, _META_ROWS, _META_SHARDS, _META_PAYLOAD} <= set(meta):
+        raise ValueError("no checksum")
+    if int(meta[_META_ROWS]) != table.num_rows:
+        raise ValueError(f"{table.num_rows} rows, the file says {int(meta[_META_ROWS])}")
+    if json.loads(meta[_META_SHARDS]) != list(shards):
+        raise ValueError("made for other shards")
+    payload = json.loads(meta[_META_PAYLOAD])
+    if set(table.column_names) != set(_schema(payload).names):
+        raise ValueError("written by another st_ray version")
+    if _checksum(table) != meta[_META_SHA].decode():
+        raise ValueError("checksum mismatch")
+    return table.replace_schema_metadata(None), payload
+
+
+def update(
+    fs: pafs.FileSystem,
+    root_path: str,
+    kind: str,
+    shards: Sequence[str],
+    previous: tuple[pa.Table, list[str], list[str]] | None = None,
+) -> tuple[pa.Table, list[str]]:
+    """The index of ``shards``: ``previous`` (table, its shards, payload) reused when its
+    shards are a prefix of ``shards``, the rest read from the new shards."""
+    if previous is not None and list(shards[: len(previous[1])]) == previous[1]:
+        old, old_shards, old_payload = previous
+        if len(old_shards) == len(shards):
+            return old, old_payload
+        new, payload = build_entries(
+            fs, root_path, kind, shards[len(old_shards) :], len(old_shards)
+        )
+        if not old.num_rows:
+            return _dedupe(new), payload
+        if payload != old_payload:
+            raise ShardReadError(
+                f"cache {root_path}: new shards hold columns {payload}, older ones {old_payload}"
+            )
+        return _dedupe(pa.concat_tables([old, new])), payload
+    table, payload = build_entries(fs, root_path, kind, shards)
+    return _dedupe(table), payload
+
+
+# --- the index file of a cache store (duck-typed: cache_store imports this module) ----------
+
+
+def _read(store, shards: Sequence[str]) -> tuple[pa.Table, list[str]] | None:
+    """The valid index file of ``shards``; None when absent; ValueError when it is bad."""
+    path = f"{store.path}/{index_name(shards)}"
+    try:
+        data = store.fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+    return decode(data, shards)
+
+
+def _write(store, table: pa.Table, shards: Sequence[str], payload: Sequence[str]) -> None:
+    from st_ray import storage
+
+    data = encode(table, shards, payload)
+    storage.atomic_write_bytes(storage.join(store.root, index_name(shards)), data, store.s3)
+
+
+def load(store, shards: Sequence[str]) -> RowIndex:
+    """The row index of a committed cache. A missing one (caches older than row indexes) or a
+    truncated/corrupt one is rebuilt from the shards and written back (best effort: a
+    read-only cache still trains, rebuilding at each start)."""
+    name = index_name(shards)
+    found = None
+    try:
+        found = _read(store, shards)
+    except ValueError as problem:
+        log.warning(
+            "row index %s of %s is bad (%s); rebuilding it from the shards",
+            name,
+            store.root,
+            problem,
+        )
+    if found is None:
+        table, payload = update(store.pyarrow_filesystem(), store.path, store.kind, shards)
+        try:
+            _write(store, table, shards, payload)
+        except OSError as error:
+            log.warning("could not save the row index %s of %s: %s", name, store.root, error)
+        found = (table, payload)
+    return RowIndex(list(shards), found[1], found[0])
+
+
+def commit(store, old_shards: Sequence[str], shards: Sequence[str]) -> None:
+    """Write the index of ``shards`` (extending that of ``old_shards`` when valid) before the
+    manifest that lists them is written."""
+    try:
+        current = _read(store, shards)
+    except ValueError:
+        current = None
+    if current is not None:
+        return
+    previous = None
+    try:
+        found = _read(store, old_shards) if old_shards else None
+    except ValueError:
+        found = None
+    if found is not None:
+        previous = (found[0], list(old_shards), found[1])
+    table, payload = update(store.pyarrow_filesystem(), store.path, store.kind, shards, previous)
+    _write(store, table, shards, payload)
+
+
+def remove_stale(store, shards: Sequence[str] | None) -> None:
+    """Delete row-index files of other shard lists (an older commit, an interrupted one)."""
+    keep = index_name(shards) if shards is not None else None
+    for path in store.fs.glob(f"{store.path}/{ROWS_PREFIX}*.parquet"):
+        if path.rsplit("/", 1)[-1] != keep:
+            store.fs.rm(path)

@@ -1,0 +1,72 @@
+"""The training components' checks of a run's options, registered by the composition root
+(``st_ray.plan``): what the optimizer, LR schedule, adapter, quantisation and attention
+builders would refuse at the first step, asked before any Ray work. The builders are imported
+when a check runs (they pull in torch)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from st_ray.config.errors import ProblemList
+from st_ray.config.loader import LoadedConfig
+
+
+def check_training_setup(loaded: LoadedConfig, problems: ProblemList) -> None:
+    from st_ray.train.adapters import check_lora_options
+    from st_ray.train.lr_schedules import check_schedule_options
+    from st_ray.train.optimizers import OptimizerUnavailable, check_available
+
+    values = loaded.values
+    checks = (
+        ("optimizer", lambda: check_available(values)),
+        (
+            "lr_scheduler",
+            lambda: check_schedule_options(
+                values, world_size=int(values.get("num_processes") or 1)
+            ),
+        ),
+    )
+    if values.get("model_type") == "lora":
+        base_dir = loaded.config_path.parent if loaded.config_path else None
+        checks += (("lora_type", lambda: check_lora_options(values, base_dir)),)
+    for key, check in checks:
+        try:
+            check()
+        except (ValueError, OptimizerUnavailable) as err:
+            problems.add(loaded.provenance.get(key, "configuration"), key, str(err))
+
+
+def check_hardware(loaded: LoadedConfig, problems: ProblemList) -> None:
+    """base_model_precision / text_encoder_N_precision and attention_mechanism that cannot run:
+    a missing package, or hardware the run will not have (known when it is CPU-only)."""
+    from st_ray.models.quantize import check_options
+
+    values = loaded.values
+    cpu_only = _cpu_only(values)
+    for key, message in check_options(values, cpu_only=cpu_only):
+        problems.add(loaded.provenance.get(key, "configuration"), key, message)
+    if cpu_only:
+        from st_ray.train.attention import check
+
+        try:
+            check(values.get("attention_mechanism"), "cpu")
+        except ValueError as err:
+            problems.add(
+                loaded.provenance.get("attention_mechanism", "configuration"),
+                "attention_mechanism",
+                str(err),
+            )
+
+
+def _cpu_only(values: Mapping[str, Any]) -> bool:
+    use_gpu = str(values.get("use_gpu") or "auto")
+    remote = values.get("ray_address") or os.environ.get("RAY_ADDRESS")
+    if use_gpu == "false":
+        return True
+    if use_gpu != "auto" or remote:
+        return False
+    import torch
+
+    return not torch.cuda.is_available()

@@ -1,0 +1,153 @@
+"""What happens around the steps: metrics and the progress line, eval loss, checkpoints,
+validation images, the early-stop question, and the final export with its model card."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from st_ray.train import eval_loss
+from st_ray.train.build import Run
+from st_ray.train.checkpoints import Progress
+from st_ray.train.context import StopRequested, WorkerContext, say
+from st_ray.train.model_card import write_model_card
+from st_ray.train.saving import evaluation_mode, export_final, final_output_dir, report_checkpoint
+from st_ray.train.tracking import tracker_for
+from st_ray.train.validation import Validator
+
+
+@dataclass
+class Events:
+    run: Run
+    ctx: WorkerContext
+    tracker: Any
+    validator: Validator | None
+    evaluator: eval_loss.EvalLoss | None  # rank 0 only; every rank reports at its steps
+    eval_interval: int | None  # None: no eval loss
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False
+    checkpointed_step: int = -1
+
+    @classmethod
+    def start(cls, run: Run, ctx: WorkerContext, progress: Progress) -> Events:
+        tracker = tracker_for(
+            run.plan, ctx.rank, progress.tracking_run_id, derived=run.derived.as_dict()
+        )
+        progress.tracking_run_id = tracker.run_id
+        # Rank 0 renders; the other ranks wait for it at their next gradient all-reduce.
+        validator = None
+        if ctx.rank == 0 and run.loop.validation:
+            out_dir = final_output_dir(run.plan.options)
+            validator = Validator(run.plan, run.core, ctx.device, ema=run.ema, out_dir=out_dir)
+        enabled = eval_loss.is_enabled(run.plan)
+        return cls(
+            run=run,
+            ctx=ctx,
+            tracker=tracker,
+            validator=validator,
+            evaluator=eval_loss.EvalLoss.from_run(run) if enabled and ctx.rank == 0 else None,
+            eval_interval=eval_loss.step_interval(run.plan.options, run.steps_per_epoch)
+            if enabled
+            else None,
+            resumed=progress.global_step > 0,
+        )
+
+    def before_training(self, progress: Progress) -> None:
+        if not self.resumed:  # the base model's images, for comparison
+            self.validate(progress.global_step, self.validator and self.validator.is_due(0))
+
+    def after_step(
+        self, progress: Progress, metrics: dict[str, Any], generator: torch.Generator
+    ) -> None:
+        step = progress.global_step
+        done = step >= self.run.total_steps
+        loop = self.run.loop
+        evaluated = self.evaluate(step, done, metrics)
+        self.tracker.log_metrics(metrics, step)
+        if self.ctx.rank == 0:
+            say(progress_line(progress, self.run.total_steps, metrics))
+        metrics["step"] = step
+        self.last_metrics = metrics
+        if done or (loop.checkpoint_steps and step % loop.checkpoint_steps == 0):
+            report_checkpoint(self.run, self.ctx, progress, metrics, generator)
+            self.checkpointed_step = step
+        elif self.ctx.report_each_step or evaluated:  # Tune ranks trials on eval steps
+            self.ctx.report(metrics, None)
+        if not done and self.ctx.should_stop and self.ctx.should_stop():
+            raise StopRequested(step)
+        if loop.cache_clear_steps and step % loop.cache_clear_steps == 0:
+            empty_device_cache(self.ctx.device)
+        self.validate(step, self.validator and self.validator.is_due(step))
+
+    def after_epoch(
+        self, progress: Progress, generator: torch.Generator, ran_batches: bool
+    ) -> None:
+        every = self.run.loop.checkpoint_epochs
+        epoch_due = every and progress.epoch % every == 0
+        if epoch_due and ran_batches and self.checkpointed_step != progress.global_step:
+            report_checkpoint(self.run, self.ctx, progress, self.last_metrics, generator)
+            self.checkpointed_step = progress.global_step
+        due = self.validator and self.validator.is_due(
+            progress.global_step, epoch_end=True, epoch=progress.epoch
+        )
+        self.validate(progress.global_step, due)
+
+    def evaluate(self, step: int, final: bool, metrics: dict[str, Any]) -> bool:
+        """Add the eval loss to ``metrics`` when due; True on eval steps (on every rank)."""
+        if self.eval_interval is None:
+            return False
+        due = final or (self.eval_interval > 0 and step % self.eval_interval == 0)
+        if due and self.evaluator is not None:
+            with evaluation_mode(self.run):
+                metrics.update(self.evaluator.compute(self.run))
+        return due
+
+    def validate(self, step: int, due: bool | None) -> list[Path]:
+        if not due or self.validator is None:
+            return []
+        with evaluation_mode(self.run):
+            images = self.validator.run(step)
+        if images:
+            self.tracker.log_artifact(images[0].parent, "validation")
+        return images
+
+    def after_training(self, progress: Progress) -> None:
+        if self.ctx.rank != 0:
+            return
+        output_dir = final_output_dir(self.run.plan.options)
+        for name in export_final(self.run, output_dir):
+            self.tracker.log_artifact(output_dir / name, "final")
+        images = self.validate(progress.global_step, self.validator is not None)
+        card = write_model_card(
+            output_dir,
+            self.run.plan,
+            steps=progress.global_step,
+            final_loss=self.last_metrics.get("loss"),
+            validation_images=images,
+            image_counts={d.dataset_id: len(d.samples) for d in self.run.datasets},
+            derived=self.run.derived.as_dict(),
+        )
+        self.tracker.log_artifact(card, "final")
+
+    def stopped(self, progress: Progress) -> None:
+        if self.ctx.rank == 0:
+            say(f"stopped early by the campaign at step {progress.global_step}")
+        self.tracker.finish("KILLED")
+
+
+def progress_line(progress: Progress, total_steps: int, metrics: dict[str, Any]) -> str:
+    return (
+        f"step {progress.global_step}/{total_steps}  epoch {progress.epoch}  "
+        f"loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
+        f"{metrics['samples_per_s']:.1f} samples/s  "
+        f"data wait {metrics.get('data_wait_s', 0.0) * 1000:.0f} ms"
+        + (f"  eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "")
+    )
+
+
+def empty_device_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -1,0 +1,118 @@
+"""A run's checkpoints, its resume from one, and the final export.
+
+The weights go through the run's ``Trainable`` (diffusers layout); ``training_state.pt`` and
+the manifest are st_ray.train.checkpoints'. Schedule-free optimizers hold training-mode
+weights, so every save happens in evaluation mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from st_ray.plan import Plan
+from st_ray.train import checkpoints, run_identity
+from st_ray.train.checkpoints import Progress
+from st_ray.train.context import WorkerContext
+from st_ray.train.optimizers import set_train_mode
+
+if TYPE_CHECKING:
+    from st_ray.train.build import Run
+
+
+def report_checkpoint(
+    run: Run,
+    ctx: WorkerContext,
+    progress: Progress,
+    metrics: dict[str, Any],
+    generator: torch.Generator,
+) -> None:
+    """Every rank reports; rank 0 attaches the checkpoint (DDP replicas hold the same weights)."""
+    if ctx.rank != 0:
+        ctx.report(metrics, None)
+        return
+    # The report takes ownership of the folder: Ray uploads it in the background and deletes
+    # it afterwards, so training does not wait on the upload.
+    directory = Path(tempfile.mkdtemp(prefix="st_ray-ckpt-"))
+    with evaluation_mode(run):
+        files = save_weights(run, directory)
+        checkpoints.save_state(
+            directory,
+            {
+                # The trained tensors exactly as trained (PEFT keys for a LoRA) for resume;
+                # the weight files beside them are the export people load.
+                "adapter": run.trainable.state(run.core),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "ema": run.ema.state_dict() if run.ema is not None else None,
+                "rng": checkpoints.rng_state(),
+                "generator": generator.get_state(),
+            },
+        )
+        checkpoints.write_manifest(
+            directory,
+            progress,
+            model_type=run.trainable.model_type,
+            family=run.plan.family.name,
+            files=[*files, checkpoints.STATE],
+            fingerprint=config_fingerprint(run.plan),
+            derived=run.derived.as_dict(),
+            run_identity=run_identity.record(run.plan, run.steps_per_epoch),
+        )
+    ctx.report(metrics, directory)
+
+
+def save_weights(run: Run, directory: Path) -> list[str]:
+    """The trained weights in diffusers layout; returns the paths written (relative)."""
+    return run.trainable.save(run.core, directory)
+
+
+def restore(run: Run, directory: Path, generator: torch.Generator) -> Progress:
+    """Continue from a checkpoint: weights, optimizer, schedule, EMA, RNGs; where it stood."""
+    manifest = checkpoints.read_manifest(directory)
+    state = checkpoints.load_state(directory)
+    run.trainable.load(run.core, directory, state["adapter"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.ema is not None and state["ema"] is not None:
+        run.ema.load_state_dict(state["ema"])
+    checkpoints.restore_rng(state["rng"])
+    generator.set_state(state["generator"])
+    return checkpoints.progress_from(manifest)
+
+
+def export_final(run: Run, output_dir: Path) -> list[str]:
+    """The final weights in output_dir, loadable by diffusers (EMA weights when use_ema)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    swap = run.ema.swapped_in() if run.ema is not None else contextlib.nullcontext()
+    with evaluation_mode(run), swap:
+        return save_weights(run, output_dir)
+
+
+@contextlib.contextmanager
+def evaluation_mode(run: Run) -> Iterator[None]:
+    """Schedule-free optimizers hold training-mode weights; saving needs the averaged ones."""
+    set_train_mode(run.optimizer, False)
+    try:
+        yield
+    finally:
+        set_train_mode(run.optimizer, True)
+
+
+def config_fingerprint(plan: Plan) -> str:
+    text = json.dumps(plan.to_dict()["options"], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def final_output_dir(options: Mapping[str, Any]) -> Path:
+    """output_dir, or output_dir/<hub_model_id> when a model id is given (SimpleTuner)."""
+    output_dir = Path(options["output_dir"])
+    model_id = options.get("hub_model_id")
+    return output_dir / str(model_id).split("/")[-1] if model_id else output_dir
