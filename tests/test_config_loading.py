@@ -71,7 +71,7 @@ def test_simpletuner_config_loads_unchanged(
     assert styles["minimum_image_size"] == values["minimum_image_size"] == 512
     assert photos["minimum_image_size"] == 768
     # SimpleTuner's own spellings of "off": skip_file_discovery false, clearing off
-    assert photos["skip_file_discovery"] == "" and photos["vae_cache_clear_each_epoch"] is False
+    assert photos["skip_file_discovery"] == [] and photos["vae_cache_clear_each_epoch"] is False
     # eval_steps_interval without an eval dataset: SimpleTuner runs it, st_ray notes it
     assert any("eval_steps_interval schedules the evaluation loss" in n for n in plan.notes)
     assert "sdxl" in format_plan(plan)
