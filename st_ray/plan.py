@@ -29,6 +29,7 @@ from st_ray.config.schema import Json, Option
 from st_ray.config.sources import read_json
 from st_ray.models import family_rules
 from st_ray.models.family import FAMILIES, UNAVAILABLE_FAMILIES, FamilySpec
+from st_ray.publish.checks import check_publishing
 from st_ray.train import config_checks
 
 
@@ -62,6 +63,7 @@ def compose() -> None:
         config_checks.check_training_setup,
         config_checks.check_hardware,
         _check_placement,
+        check_publishing,
     )
     catalog.mark_complete()
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from st_ray.publish.publisher import Publisher
 from st_ray.train import eval_loss
 from st_ray.train.build import Run
 from st_ray.train.checkpoints import Progress
@@ -30,6 +31,7 @@ class Events:
     last_metrics: dict[str, Any] = field(default_factory=dict)
     resumed: bool = False
     checkpointed_step: int = -1
+    publisher: Publisher | None = None  # rank 0: Hub and publishing_config uploads
 
     @classmethod
     def start(cls, run: Run, ctx: WorkerContext, progress: Progress) -> Events:
@@ -53,6 +55,7 @@ class Events:
             if enabled
             else None,
             resumed=progress.global_step > 0,
+            publisher=Publisher.from_plan(run.plan) if ctx.rank == 0 else None,
         )
 
     def before_training(self, progress: Progress) -> None:
@@ -72,7 +75,7 @@ class Events:
         metrics["step"] = step
         self.last_metrics = metrics
         if done or (loop.checkpoint_steps and step % loop.checkpoint_steps == 0):
-            report_checkpoint(self.run, self.ctx, progress, metrics, generator)
+            report_checkpoint(self.run, self.ctx, progress, metrics, generator, self.publisher)
             self.checkpointed_step = step
         elif self.ctx.report_each_step or evaluated:  # Tune ranks trials on eval steps
             self.ctx.report(metrics, None)
@@ -88,7 +91,9 @@ class Events:
         every = self.run.loop.checkpoint_epochs
         epoch_due = every and progress.epoch % every == 0
         if epoch_due and ran_batches and self.checkpointed_step != progress.global_step:
-            report_checkpoint(self.run, self.ctx, progress, self.last_metrics, generator)
+            report_checkpoint(
+                self.run, self.ctx, progress, self.last_metrics, generator, self.publisher
+            )
             self.checkpointed_step = progress.global_step
         due = self.validator and self.validator.is_due(
             progress.global_step, epoch_end=True, epoch=progress.epoch
@@ -131,10 +136,15 @@ class Events:
             derived=self.run.derived.as_dict(),
         )
         self.tracker.log_artifact(card, "final")
+        if self.publisher is not None:  # after validation, from the final output folder
+            self.publisher.final(output_dir, progress.global_step)
+            self.publisher.wait()  # raises when the final output could not be published
 
     def stopped(self, progress: Progress) -> None:
         if self.ctx.rank == 0:
             say(f"stopped early by the campaign at step {progress.global_step}")
+            if self.publisher is not None:  # checkpoint uploads still under way
+                self.publisher.wait()
         self.tracker.finish("KILLED")
 
 

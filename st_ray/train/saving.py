@@ -24,6 +24,7 @@ from st_ray.train.context import WorkerContext
 from st_ray.train.optimizers import set_train_mode
 
 if TYPE_CHECKING:
+    from st_ray.publish.publisher import Publisher
     from st_ray.train.build import Run
 
 
@@ -33,8 +34,10 @@ def report_checkpoint(
     progress: Progress,
     metrics: dict[str, Any],
     generator: torch.Generator,
+    publisher: Publisher | None = None,
 ) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint (DDP replicas hold the same weights)."""
+    """Every rank reports; rank 0 attaches the checkpoint (DDP replicas hold the same weights)
+    and hands its weights and manifest to ``publisher`` (push_checkpoints_to_hub)."""
     if ctx.rank != 0:
         ctx.report(metrics, None)
         return
@@ -66,6 +69,8 @@ def report_checkpoint(
             derived=run.derived.as_dict(),
             run_identity=run_identity.record(run.plan, run.steps_per_epoch),
         )
+    if publisher is not None:
+        publisher.checkpoint(directory, [*files, checkpoints.MANIFEST], progress.global_step)
     ctx.report(metrics, directory)
 
 
