@@ -220,3 +220,25 @@ def test_watermark_is_embedded_and_readable():
     assert watermark.apply(image, {"enable_watermark": False}) is image
     small = Image.new("RGB", (64, 64))
     assert watermark.apply(small, {"enable_watermark": True}) is small  # below 256x256
+
+
+def test_validation_images_carry_the_watermark(zoo_root: Path, tmp_path: Path) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+    from PIL import Image
+
+    from st_ray import zoo
+    from st_ray.train import watermark
+    from st_ray.train.validation import Validator
+    from tests.test_validation import FAST as FAST_VALIDATION
+    from tests.test_validation import _plan
+
+    model = zoo.ensure("sd1x", zoo_root)
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
+    options = {**FAST_VALIDATION, "validation_resolution": "256", "enable_watermark": True}
+    (path,) = Validator(_plan(tmp_path, "sd1x", model, **options), unet, torch.device("cpu")).run(1)
+    image = Image.open(path)
+    bits = watermark.read(image)
+    # An unmarked image matches about half of the 48 bits by chance.
+    assert sum(a == b for a, b in zip(bits, watermark.BITS, strict=True)) >= 44
+    assert "Seed:" in image.text["parameters"]  # the PNG's parameters are kept

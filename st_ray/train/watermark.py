@@ -1,7 +1,7 @@
 """``enable_watermark``: an invisible watermark in generated validation images.
 
 The ``invisible-watermark`` package's DWT-DCT method embeds the 48-bit message that diffusers'
-SDXL watermarker uses, so the usual detectors read it. Like diffusers, images under 256x256
+stock watermarker uses, so the usual detectors read it. Like diffusers, images under 256x256
 pixels are left unmarked: the method needs that much area (a note says so once per run).
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 PACKAGE = "invisible-watermark"
-# The 48-bit message of diffusers' SDXL watermark (public), most significant bit first.
+# The 48-bit message of diffusers' stock watermarker (public), most significant bit first.
 MESSAGE = 0b101100111110110010010000011110111011000110011110
 BITS = [int(bit) for bit in bin(MESSAGE)[2:]]
 MIN_AREA = 256 * 256

@@ -144,7 +144,7 @@ OPTIONS = [
         bool,
         False,
         "Add an invisible watermark (the invisible-watermark package, DWT-DCT, the 48-bit "
-        "message of diffusers' SDXL watermarker) to generated validation images of at least "
+        "message diffusers' own watermarker embeds) to generated validation images of at least "
         "256x256 pixels.",
     ),
 ]
