@@ -108,9 +108,10 @@ def test_lora_trains_exports_and_tracks(sd1x_setup, tmp_path: Path, hub_server) 
     for name in ("pytorch_lora_weights.safetensors", "README.md"):
         assert pushed.files[name] == (final / name).read_bytes()
     ckpt = tmp_path / "ckpt" / "checkpoint-4"
-    assert pushed.files["checkpoint-4/checkpoint_manifest.json"] == (
-        ckpt / "checkpoint_manifest.json"
-    ).read_bytes()
+    assert (
+        pushed.files["checkpoint-4/checkpoint_manifest.json"]
+        == (ckpt / "checkpoint_manifest.json").read_bytes()
+    )
 
     def render(pipe):
         generator = torch.Generator().manual_seed(0)
