@@ -80,3 +80,31 @@ def test_a_wrong_token_is_not_retried(hub_server: HubTestServer, tmp_path, monke
     with pytest.raises(PublishError, match="401"):
         repo.push_folder(_folder(tmp_path), backoff=FAST)
     assert len(hub_server.requests_to("create")) == 1
+
+
+def test_what_counts_as_transient():
+    from types import SimpleNamespace
+
+    from st_ray.publish.retry import is_transient, with_retries
+
+    def http(status: int) -> Exception:
+        err = RuntimeError(f"HTTP {status}")
+        err.response = SimpleNamespace(status_code=status)  # type: ignore[attr-defined]
+        return err
+
+    assert is_transient(http(503)) and is_transient(http(429)) and is_transient(http(500))
+    assert not is_transient(http(404)) and not is_transient(http(401))
+    assert is_transient(ConnectionResetError()) and is_transient(TimeoutError())
+    assert not is_transient(ValueError("bad README metadata"))
+    assert Backoff(attempts=5, first_wait_s=2, max_wait_s=10).waits() == [2, 4, 8, 10]
+
+    calls, waited = [], []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise http(502)
+        return "done"
+
+    assert with_retries(flaky, "test", Backoff(attempts=3), sleep=waited.append) == "done"
+    assert waited == [2.0, 4.0]

@@ -120,11 +120,9 @@ class Publisher:
         folder, staged = Path(directory), False
         if self.background:  # Ray removes the folder after report(): upload from hard links
             folder, staged = stage(Path(directory), files), True
-        job = _Job(
-            _HubTarget(self.hub), "hub", folder, f"checkpoint-{step}", list(files), step,
-            "checkpoint", cleanup=staged,
-        )  # fmt: skip
-        self._submit([job])
+        path = f"checkpoint-{step}"
+        hub = _HubTarget(self.hub)
+        self._submit([_Job(hub, "hub", folder, path, list(files), step, "checkpoint", staged)])
 
     def final(self, output_dir: Path, step: int) -> None:
         """Push the final output folder to the Hub and every publishing_config target."""
