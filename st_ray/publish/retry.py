@@ -73,8 +73,12 @@ def with_retries(
 
 
 def short(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+    """The error's first line; a token-like word or a URL carrying credentials is redacted."""
+    from st_ray.config.redact import redact
+
+    lines = str(error).strip().splitlines()
+    words = [redact(word.strip("'\"")) for word in (lines[0] if lines else "").split(" ")]
+    return f"{type(error).__name__}: {' '.join(words)}"[:300]
 
 
 def say(line: str) -> None:
