@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from st_ray.config.sources import read_json
 from st_ray.models.family import FamilySpec, get_family, get_family_module, unwrap
 from st_ray.models.quantize import quantize_text_encoders
-from st_ray.train import attention, lycoris_adapter
+from st_ray.train import attention, lycoris_adapter, watermark
 
 if TYPE_CHECKING:
     import torch
@@ -431,6 +431,7 @@ def render_with(
                         path = folder / f"{name}-{width}x{height}-{i}{tail}.png"
                         info = PngInfo()
                         info.add_text("parameters", _parameters(prompt, seed, settings))
+                        image = watermark.apply(image, options)
                         image.save(path, pnginfo=info)
                         paths.append(path)
     finally:
