@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -80,7 +81,12 @@ def run_ray_bare(plan: Plan, shapes: CachedShapes, steps: int, storage: Path) ->
     shipped = dataclasses.replace(plan, config=dataclasses.replace(plan.config, env={}))
     trainer = TorchTrainer(
         _bare_worker,
-        train_loop_config={"plan": shipped, "shapes": shapes, "steps": steps},
+        train_loop_config={
+            "plan": shipped,
+            "shapes": shapes,
+            "steps": steps,
+            "out": str(storage / "bare-step-times.json"),
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=1,
             use_gpu=use_gpu,
@@ -88,17 +94,20 @@ def run_ray_bare(plan: Plan, shapes: CachedShapes, steps: int, storage: Path) ->
         ),
         run_config=ray.train.RunConfig(name="bare", storage_path=str(storage)),
     )
-    return list(trainer.fit().metrics["step_times_s"])
+    # Ray Train keeps the metrics of checkpoint reports only: the times come back in a file
+    # (one node: the worker runs beside this process).
+    out = storage / "bare-step-times.json"
+    storage.mkdir(parents=True, exist_ok=True)
+    trainer.fit()
+    return json.loads(out.read_text())
 
 
 def _bare_worker(config: dict[str, Any]) -> None:
-    import ray.train
-
     from st_ray.device import use_worker_cpus
 
     use_worker_cpus()  # what train_worker does first
     times = run_bare(config["plan"], config["shapes"], config["steps"])
-    ray.train.report({"step_times_s": times})
+    Path(config["out"]).write_text(json.dumps(times))
 
 
 def ray_train_figures(
