@@ -36,9 +36,11 @@ first callback, after the time to first step is taken.
    (``cpus_per_worker: auto``), on the running Ray instance or a local one. Its per-step
    ``step_time_s`` and the intervals between consecutive steps' MLflow timestamps (taken when
    each step's metrics are queued: everything a step costs, bookkeeping included) are read
-   back from the run's MLflow store. Then a bare loop runs alone in this process with as many
-   torch threads as the worker had, and the two are printed side by side. They cannot be
-   interleaved (the worker is another process), so they run one after the other.
+   back from the run's MLflow store. Then the bare loop runs in a Ray Train worker of the same
+   size, then alone in this process with as many torch threads as the worker had
+   (st_ray.bench.train_ray): the first ratio is what Ray itself costs, the second what st_ray
+   adds under Ray Train. They cannot be interleaved (the workers are other processes), so they
+   run one after the other.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from st_ray import zoo
+from st_ray.bench.bare import BareLoop, cached_shapes, run_bare
 from st_ray.bench.cache import _fresh, _ray_session, generate_images, write_config
+from st_ray.bench.train_ray import ray_train_figures, ray_train_lines, run_ray_bare, run_ray_train
 from st_ray.bench.workdir import run_and_report
 from st_ray.plan import Plan, build_plan
 
@@ -104,190 +108,6 @@ def run_loop(
         intervals_s=[b - a for a, b in zip(left, entered[1:], strict=False)],
         reported=reported,
     )
-
-
-@dataclass
-class CachedShapes:
-    bucket: tuple[int, int]  # (width, height) in pixels
-    latent: tuple[int, ...]  # one latent, (C, h, w)
-    text: dict[str, tuple[tuple[int, ...], Any]]  # key -> (shape without batch, torch dtype)
-
-
-def cached_shapes(plan: Plan) -> CachedShapes:
-    """The shapes (and the embeddings' dtypes) the loop reads from the caches."""
-    from st_ray.data.pipeline import text_cache_root
-    from st_ray.storage import S3Settings
-    from st_ray.train import data_feed
-
-    s3 = S3Settings.from_options(plan.options)
-    entry = next(d for d in plan.datasets if d.is_image)
-    root = str(entry["cache_dir_vae"])
-    samples = data_feed.load_dataset_samples(root, entry, s3).samples
-    if not samples:
-        raise RuntimeError(f"no cached latents in {root}")
-    buckets = {s.bucket for s in samples}
-    if len(buckets) != 1:
-        raise RuntimeError(f"expected one aspect bucket, got {sorted(buckets)}")
-    first = samples[0]
-    (latent,) = data_feed.LatentStore(root, s3).load([first.content_hash]).values()
-    texts = data_feed.TextEmbedStore(text_cache_root(plan), s3)
-    (embeds,) = texts.load_captions(first.captions[:1]).values()
-    return CachedShapes(
-        first.bucket, tuple(latent.shape), {k: (tuple(v.shape), v.dtype) for k, v in embeds.items()}
-    )
-
-
-class BareLoop:
-    """The bare loop (see the module docstring): built as the loop's ``build_run`` builds its
-    denoiser, LoRA and optimizer; ``step()`` runs one optimizer step and returns its seconds."""
-
-    def __init__(self, plan: Plan, shapes: CachedShapes) -> None:
-        import torch
-
-        from st_ray.device import pick_device
-        from st_ray.models.family import get_family_module
-        from st_ray.train import adapters, noise
-        from st_ray.train.optimizers import build_optimizer
-        from st_ray.train.settings import weight_dtype
-
-        options = self.options = plan.options
-        device = self.device = pick_device()
-        seed = int(options.get("seed") or 0)
-        family = self.family = get_family_module(plan.family.name)
-        dtype = self.dtype = weight_dtype(options, device)
-        # Built while st_ray's loop runs: seed the LoRA init without touching its global RNG.
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            core = self.core = family.load_denoiser(
-                plan.model, dtype=dtype, device=device, options=options
-            )
-            core.requires_grad_(False)
-            adapters.add_lora(core, plan.family.name, options)
-        core.train()
-        params = [p for p in core.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(params, options)
-
-        scheduler_config = family.noise_scheduler_config(plan.model, options)
-        self.flow = plan.family.flow_matching
-        self.num_timesteps = int(scheduler_config.get("num_train_timesteps") or 1000)
-        self.prediction_type = options.get("prediction_type") or plan.family.prediction_types[0]
-        self.alphas = None
-        if not self.flow:
-            self.alphas = noise.alphas_cumprod_from_config(
-                scheduler_config, rescale_betas_zero_snr=bool(options["rescale_betas_zero_snr"])
-            ).to(device)
-
-        batch = self.batch = int(options["train_batch_size"])
-        self.on_device = torch.Generator(device=device).manual_seed(seed)
-        self.on_cpu = torch.Generator().manual_seed(
-            seed
-        )  # for per-step draws (e.g. random guidance)
-        self.x0 = torch.randn((batch, *shapes.latent), generator=self.on_device, device=device)
-        width, height = shapes.bucket
-        # What collate gives the size-conditioning inputs: (height, width), crops at (0, 0).
-        sizes = torch.tensor([[height, width]] * batch, dtype=torch.long, device=device)
-        self.inputs = {
-            **{
-                key: torch.randn((batch, *shape), generator=self.on_device, device=device).to(kind)
-                for key, (shape, kind) in shapes.text.items()
-            },
-            "original_size": sizes,
-            "target_size": sizes,
-            "crop_top_left": torch.zeros_like(sizes),
-        }
-
-    def step(self) -> float:
-        import torch
-        import torch.nn.functional as F
-
-        from st_ray.train import noise
-        from st_ray.train.step import autocast
-
-        x0, device, gen = self.x0, self.device, self.on_device
-        self._sync()  # st_ray's step may still be running on the GPU
-        start = time.perf_counter()
-        eps = torch.randn(x0.shape, generator=gen, device=device)
-        if self.flow:
-            sigmas = torch.rand(self.batch, generator=gen, device=device)
-            t = sigmas * 1000
-            noisy, target = noise.flow_noisy(x0, eps, sigmas), noise.flow_target(x0, eps)
-        else:
-            t = torch.randint(0, self.num_timesteps, (self.batch,), generator=gen, device=device)
-            noisy = noise.add_noise(x0, eps, t, self.alphas)
-            target = noise.ddpm_target(self.prediction_type, x0, eps, t, self.alphas)
-        with autocast(self.dtype, self.core):
-            pred = self.family.predict(
-                self.core, noisy.to(self.dtype), t, self.inputs, self.options, generator=self.on_cpu
-            ).output
-            loss = F.mse_loss(pred.float(), target.float())
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self._sync()  # the GPU runs ahead; time the work, not the launch
-        return time.perf_counter() - start
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.synchronize(self.device)
-
-
-@dataclass
-class RayTrainRun:
-    """``fit(plan)`` under Ray Train, timed from the worker's own MLflow records."""
-
-    step_times_s: list[float]  # the worker's step_time_s, by step
-    data_wait_s: list[float]
-    intervals_s: list[float]  # step k-1 -> step k MLflow timestamps, k = 2..N
-    torch_threads: int  # what the worker reported
-    cpus_per_worker: int
-    cpus_reason: str
-    wall_s: float  # fit() call -> return: Ray Train start-up, steps, checkpoint, export
-
-
-def run_ray_train(plan: Plan, stdout: TextIO | None = None) -> RayTrainRun:
-    """``fit(plan)`` on the connected Ray cluster; the worker's progress lines, forwarded to
-    this process, go to ``stdout`` (None: this process's)."""
-    import mlflow
-
-    from st_ray.placement import cluster_nodes, train_worker_cpus
-    from st_ray.train.trainer import _use_gpu, fit
-
-    chosen = train_worker_cpus(plan.options, _use_gpu(plan.options["use_gpu"]), cluster_nodes())
-    with contextlib.redirect_stdout(stdout) if stdout else contextlib.nullcontext():
-        start = time.perf_counter()
-        result = fit(plan)
-        wall = time.perf_counter() - start
-    client = mlflow.MlflowClient(plan.tracking_uri)
-    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
-
-    def history(key: str) -> list[Any]:
-        return sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-
-    stamps = [m.timestamp / 1000 for m in history("loss")]
-    return RayTrainRun(
-        step_times_s=[m.value for m in history("step_time_s")],
-        data_wait_s=[m.value for m in history("data_wait_s")],
-        intervals_s=[b - a for a, b in zip(stamps, stamps[1:], strict=False)],
-        torch_threads=int(result.metrics["torch_threads"]),
-        cpus_per_worker=chosen.cpus,
-        cpus_reason=chosen.reason,
-        wall_s=wall,
-    )
-
-
-def run_bare(plan: Plan, shapes: CachedShapes, steps: int, threads: int) -> list[float]:
-    """``steps`` bare steps alone in this process with ``threads`` torch threads."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        loop = BareLoop(plan, shapes)
-        return [loop.step() for _ in range(steps)]
-    finally:
-        torch.set_num_threads(previous)
 
 
 def run_benchmark(
@@ -366,9 +186,9 @@ def run_benchmark(
         real_plan = build_plan(config, [*overrides, "--output_dir", str(workdir / "ray-out")], {})
         with _ray_session(None), (workdir / "ray-train-stdout.txt").open("w") as stdout:
             ray_run = run_ray_train(real_plan, stdout)
-        real = _ray_train_figures(
-            ray_run, run_bare(plan, shapes, steps, ray_run.torch_threads), warmup
-        )
+            bare_in_ray = run_ray_bare(plan, shapes, steps, workdir / "ray-bare")
+        bare_alone = run_bare(plan, shapes, steps, ray_run.torch_threads)
+        real = ray_train_figures(ray_run, bare_alone, bare_in_ray, warmup)
 
     steady = loop.reported[warmup:]
     step_times = [float(r["step_time_s"]) for r in steady]
@@ -417,27 +237,6 @@ def run_benchmark(
         "st_ray_intervals_s": loop.intervals_s,
         "bare_step_times_s": bare_times,
         **real,
-    }
-
-
-def _ray_train_figures(run: RayTrainRun, bare: list[float], warmup: int) -> dict[str, Any]:
-    steps = run.step_times_s[warmup:]
-    intervals = run.intervals_s[max(warmup - 1, 0) :]
-    bare_median = statistics.median(bare[warmup:])
-    return {
-        "ray_train_cpus_per_worker": run.cpus_per_worker,
-        "ray_train_cpus_reason": run.cpus_reason,
-        "ray_train_torch_threads": run.torch_threads,
-        "ray_train_wall_s": run.wall_s,
-        "ray_train_step_time_median_s": statistics.median(steps),
-        "ray_train_step_interval_median_s": statistics.median(intervals),
-        "ray_train_data_wait_median_s": statistics.median(run.data_wait_s[warmup:]),
-        "bare_same_threads_step_time_median_s": bare_median,
-        "ratio_ray_train_vs_bare": statistics.median(steps) / bare_median,
-        "ratio_ray_train_interval_vs_bare": statistics.median(intervals) / bare_median,
-        "ray_train_step_times_s": run.step_times_s,
-        "ray_train_intervals_s": run.intervals_s,
-        "bare_same_threads_step_times_s": bare,
     }
 
 
@@ -509,44 +308,9 @@ def format_report(r: dict[str, Any]) -> str:
             f"{r['data_wait_fraction']:.3f}",
             "data-wait fraction (median of per-step data_wait_s / step_time_s): "
             f"{r['data_wait_fraction_median']:.3f}",
-            *(_ray_train_lines(r) if "ray_train_step_time_median_s" in r else []),
+            *(ray_train_lines(r) if "ray_train_step_time_median_s" in r else []),
         ]
     )
-
-
-def _ray_train_lines(r: dict[str, Any]) -> list[str]:
-    first, last = r["warmup"] + 1, r["steps"]
-    threads = r["ray_train_torch_threads"]
-    rows = [
-        (
-            "",
-            f"Ray Train (TorchTrainer, 1 worker, default options)   bare loop, {threads} "
-            "threads, alone",
-        ),
-        (
-            "step time (median)",
-            f"{_ms(r['ray_train_step_time_median_s'])} step_time_s, "
-            f"{_ms(r['ray_train_step_interval_median_s'])} between steps   "
-            f"{_ms(r['bare_same_threads_step_time_median_s'])}",
-        ),
-        ("data wait (median)", _ms(r["ray_train_data_wait_median_s"], 2)),
-        (
-            "worker CPUs",
-            f"cpus_per_worker {r['ray_train_cpus_per_worker']} ({r['ray_train_cpus_reason']}), "
-            f"torch threads {threads}",
-        ),
-        ("fit() wall time", f"{r['ray_train_wall_s']:.2f} s (start-up, steps, export)"),
-    ]
-    width = max(len(name) for name, _ in rows)
-    return [
-        "",
-        f"real path: st_ray.train.trainer.fit (what jobs/train.py runs), steps {first}-{last}; "
-        "then the bare loop alone",
-        *(f"{name.ljust(width)}  {value}" for name, value in rows),
-        f"ratio Ray Train/bare step time (median step_time_s): {r['ratio_ray_train_vs_bare']:.2f}x",
-        f"ratio Ray Train/bare step time (median interval between steps): "
-        f"{r['ratio_ray_train_interval_vs_bare']:.2f}x   (goal <= 1.05x)",
-    ]
 
 
 def _ms(seconds: float, digits: int = 1) -> str:
