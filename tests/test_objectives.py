@@ -6,7 +6,9 @@ on at the same seed changes the first step's loss by exactly what the method say
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -127,14 +129,48 @@ def _first_steps(config: Path, out: Path, *extra: str) -> list[dict]:
     return reported
 
 
+@contextlib.contextmanager
+def _unet_timesteps() -> Iterator[list[int]]:
+    """The timestep of every training-mode UNet forward pass inside the block."""
+    from diffusers import UNet2DConditionModel
+
+    seen: list[int] = []
+
+    def hook(module, args, kwargs, output):
+        if isinstance(module, UNet2DConditionModel) and module.training:
+            t = args[1] if len(args) > 1 else kwargs["timestep"]
+            seen.append(int(torch.as_tensor(t).reshape(-1)[0]))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@pytest.fixture(scope="module")
+def base_runs(setups, tmp_path_factory):
+    """(reported metrics, UNet timesteps) of each family's plain 2-step run, run once."""
+    made: dict[str, tuple[list[dict], list[int]]] = {}
+
+    def get(family: str) -> tuple[list[dict], list[int]]:
+        if family not in made:
+            with _unet_timesteps() as seen:
+                steps = _first_steps(setups(family)[1], tmp_path_factory.mktemp(f"base-{family}"))
+            made[family] = (steps, seen)
+        return made[family]
+
+    return get
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_layersync_adds_exactly_its_term(family: str, setups, tmp_path: Path) -> None:
+def test_layersync_adds_exactly_its_term(family: str, setups, base_runs, tmp_path: Path) -> None:
     _, config = setups(family)
     student, teacher = FAMILIES[family]
-    base = _first_steps(config, tmp_path / "base")
+    base, _ = base_runs(family)
     synced = _first_steps(
         config,
-        tmp_path / "sync",
+        tmp_path,
         *("--layersync_enabled", "--layersync_lambda", "0.5"),
         *("--layersync_student_block", student, "--layersync_teacher_block", teacher),
     )
@@ -144,39 +180,25 @@ def test_layersync_adds_exactly_its_term(family: str, setups, tmp_path: Path) ->
     # Same seed, same weights at step 1: the loss differs by -λ·similarity, nothing else.
     assert first["layersync_loss"] == pytest.approx(-0.5 * first["layersync_similarity"])
     assert first["loss"] - base[0]["loss"] == pytest.approx(first["layersync_loss"], abs=1e-5)
-    assert -1 <= first["layersync_similarity"] <= 1 and first["layersync_similarity"] != 1
+    assert -1 <= first["layersync_similarity"] < 1
 
 
 def test_diff2flow_rescales_the_v_prediction_loss_by_its_flow_factor(
-    setups, tmp_path: Path
+    setups, base_runs, tmp_path: Path
 ) -> None:
     """For v-prediction the flow error is (v̂ - v)·(sqrt(ᾱ) + sqrt(1-ᾱ)): at the same seed the
     first step's diff2flow loss is the native one times that factor squared, at the timestep
     the UNet was called with."""
-    from diffusers import UNet2DConditionModel
-
     from st_ray.models.family import get_family_module
     from st_ray.train import noise
 
     _, config = setups("sd2x")
-    seen: list[torch.Tensor] = []
-
-    def hook(module, args, kwargs, output):
-        if isinstance(module, UNet2DConditionModel) and module.training:
-            seen.append(torch.as_tensor(args[1] if len(args) > 1 else kwargs["timestep"]))
-
-    handle = torch.nn.modules.module.register_module_forward_hook(hook, with_kwargs=True)
-    try:
-        native = _first_steps(config, tmp_path / "native")
-        steps_native = len(seen)
-        bridged = _first_steps(
-            config, tmp_path / "bridged", "--diff2flow_enabled", "--diff2flow_loss"
-        )
-    finally:
-        handle.remove()
-    t = int(seen[0].reshape(-1)[0])
-    assert int(seen[steps_native].reshape(-1)[0]) == t  # the same draw at the same seed
-    plan = _plan(config, tmp_path / "p")
+    native, native_t = base_runs("sd2x")
+    with _unet_timesteps() as seen:
+        bridged = _first_steps(config, tmp_path, "--diff2flow_enabled", "--diff2flow_loss")
+    t = seen[0]
+    assert native_t[0] == t  # the same draw at the same seed
+    plan = _plan(config, tmp_path / "plan")
     scheduler = get_family_module("sd2x").noise_scheduler_config(plan.model, plan.options)
     alpha = float(noise.alphas_cumprod_from_config(scheduler)[t])
     factor = (math.sqrt(alpha) + math.sqrt(1 - alpha)) ** 2
