@@ -7,6 +7,7 @@ on at the same seed changes the first step's loss by exactly what the method say
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from st_ray.config.errors import ConfigError
+from st_ray.plan import build_plan
 from st_ray.train import diff2flow, layersync
 from st_ray.train.trainer import fit_in_process
 from tests.test_config_errors import _base, _run
@@ -66,6 +68,11 @@ def test_objectives_are_refused_where_they_cannot_apply(tmp_path: Path) -> None:
     assert "diff2flow_loss: needs diff2flow_enabled" in message
     message = _refusals(tmp_path, diff2flow_enabled=True, diff2flow_loss=True, loss_type="huber")
     assert "loss_type: 'huber' would be ignored" in message
+    config, datasets = _base(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "diff2flow_enabled": True}))
+    (tmp_path / "multidatabackend.json").write_text(json.dumps(datasets))
+    notes = build_plan(tmp_path / "config.json", [], {}).notes
+    assert any("diff2flow_enabled without diff2flow_loss changes nothing" in n for n in notes)
     message = _refusals(tmp_path, model_family="auraflow", layersync_enabled=True)
     assert "auraflow does not expose its denoiser's block list" in message
     assert "layersync_student_block: is required" in message

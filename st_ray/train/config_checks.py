@@ -88,3 +88,8 @@ def check_objectives(loaded: LoadedConfig, problems: ProblemList) -> None:
     ]
     for key, message in found:
         problems.add(loaded.provenance.get(key, "configuration"), key, message)
+    if values.get("diff2flow_enabled") and not values.get("diff2flow_loss"):
+        problems.note(
+            "diff2flow_enabled without diff2flow_loss changes nothing (as in SimpleTuner): "
+            "set diff2flow_loss to train against the flow target"
+        )
