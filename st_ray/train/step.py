@@ -102,7 +102,9 @@ def batch_loss(
         )
     if run.layersync is not None:
         term, similarity = run.layersync.loss()
-        run.metrics.update(layersync_loss=float(term), layersync_similarity=float(similarity))
+        run.metrics.update(
+            layersync_loss=float(term.detach()), layersync_similarity=float(similarity.detach())
+        )
         loss = loss + term.to(loss.device)
     # A family's own loss term from that forward pass (e.g. a MoE load-balancing loss).
     extra = prediction.aux_loss
