@@ -36,7 +36,7 @@ def test_diff2flow_converts_epsilon_and_v_predictions_by_hand() -> None:
     # ε̂ = 3: x̂0 = 2/0.8 - 0.75·3 = 0.25, flow 2.75, squared error 1.75² = 3.0625.
     wrong = torch.full((1, 1), 3.0)
     assert diff2flow.flow_loss(
-        wrong, noisy, t, alphas, "epsilon", x0=x0, noise=eps
+        wrong, noisy, t, alphas, "epsilon", target_flow=eps - x0
     ).item() == pytest.approx(3.0625)
     # v = 0.8·2 - 0.6·1 = 1; v̂ = 2: x̂0 = 1.6 - 1.2 = 0.4, ε̂ = 1.6 + 1.2 = 2.8, flow 2.4.
     v = torch.ones(1, 1)
@@ -44,7 +44,7 @@ def test_diff2flow_converts_epsilon_and_v_predictions_by_hand() -> None:
         pytest.approx(1)
     )
     assert diff2flow.flow_loss(
-        2 * v, noisy, t, alphas, "v_prediction", x0=x0, noise=eps
+        2 * v, noisy, t, alphas, "v_prediction", target_flow=eps - x0
     ).item() == pytest.approx(1.96)
     with pytest.raises(ValueError, match="epsilon or v_prediction"):
         diff2flow.prediction_to_flow(v, noisy, t, alphas, "sample")

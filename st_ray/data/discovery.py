@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,6 @@ from st_ray.storage import S3Settings
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"})
 CAPTION_EXTENSION = "txt"
 HF_SCHEME = "hf"
 ROW_KEYS = (
@@ -97,6 +96,19 @@ def discover(
     ``parquet_caption_column`` fallbacks; ``base_dir`` (the config's folder) resolves relative
     local paths that do not exist from the working directory.
     """
+    return discover_counted(entry, s3, options=options, base_dir=base_dir)[0]
+
+
+def discover_counted(
+    entry: DatasetEntry,
+    s3: S3Settings | None = None,
+    *,
+    options: Mapping[str, Any] | None = None,
+    base_dir: Path | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """``discover``'s rows, and how many listed files were ignored for their extension
+    (folders and S3 prefixes; table-driven backends list no other files)."""
+    ignored = 0
     if not entry.holds_images:
         raise DiscoveryError(
             f"dataset '{entry.id}': only image datasets are discovered, not '{entry.dataset_type}'"
@@ -109,6 +121,7 @@ def discover(
     elif entry.backend in ("local", "aws"):
         settings = s3 if s3 is not None else S3Settings.from_entry(entry)
         root, files = _list(entry, settings, base_dir)
+        ignored = ignored_count(files)
         if entry["metadata_backend"] == "parquet":
             table = _read_table(entry, root, settings, base_dir)
             rows = _parquet_rows(entry, files, table, run)
@@ -118,7 +131,7 @@ def discover(
         raise DiscoveryError(
             f"dataset '{entry.id}': storage type '{entry.backend}' is not supported"
         )
-    return sorted(rows, key=lambda row: row["image_id"])
+    return sorted(rows, key=lambda row: row["image_id"]), ignored
 
 
 def _row(dataset_id: str, image_id: str, uri: str, **values: Any) -> dict[str, Any]:
@@ -131,8 +144,34 @@ def _extension(name: str) -> str:
     return posixpath.splitext(name)[1][1:].lower()
 
 
+@functools.cache
+def image_extensions() -> frozenset[str]:
+    """Every extension Pillow can open (as SimpleTuner takes): jpg, png, webp, gif (its first
+    frame), avif, ppm, tga, tiff, ... Stub formats Pillow only names (no decoder) are left out."""
+    from PIL import Image, ImageFile
+
+    Image.init()
+
+    def decodes(fmt: str) -> bool:
+        factory = Image.OPEN[fmt][0]
+        return not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+
+    return frozenset(
+        ext[1:].lower()
+        for ext, fmt in Image.registered_extensions().items()
+        if fmt in Image.OPEN and decodes(fmt)
+    )
+
+
 def is_image_name(name: str) -> bool:
-    return _extension(name) in IMAGE_EXTENSIONS
+    return _extension(name) in image_extensions()
+
+
+def ignored_count(files: Iterable[_File]) -> int:
+    """Listed files that are neither an image Pillow opens nor a caption sidecar."""
+    return sum(
+        1 for f in files if not is_image_name(f.rel) and _extension(f.rel) != CAPTION_EXTENSION
+    )
 
 
 # ---------------------------------------------------------------------------------------------

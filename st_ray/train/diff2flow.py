@@ -57,12 +57,12 @@ def flow_loss(
     alphas_cumprod: torch.Tensor,
     prediction_type: str,
     *,
-    x0: torch.Tensor,
-    noise: torch.Tensor,
+    target_flow: torch.Tensor,
 ) -> torch.Tensor:
-    """Mean squared error between the converted prediction and the flow target noise - x0."""
+    """Mean squared error between the converted prediction and ``target_flow`` (noise - x0;
+    for regularisation data the base model's prediction converted the same way)."""
     flow = prediction_to_flow(pred, noisy, timesteps, alphas_cumprod, prediction_type)
-    return torch.nn.functional.mse_loss(flow, (noise - x0).float())
+    return torch.nn.functional.mse_loss(flow, target_flow.float())
 
 
 def active(options: Mapping[str, Any]) -> bool:

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from st_ray.train import attention, data_feed, diff2flow, layersync, noise, timesteps
+from st_ray.train import (
+    attention,
+    data_feed,
+    diff2flow,
+    layersync,
+    noise,
+    regularisation,
+    timesteps,
+)
 from st_ray.train.losses import compute_loss
 
 if TYPE_CHECKING:
@@ -81,15 +89,24 @@ def batch_loss(
         **{k: v.to(device) for k, v in batch["text_embeds"].items()},
         **{k: batch[k].to(device) for k in ("original_size", "crop_top_left", "target_size")},
     }
+    regularised = regularisation.is_regularisation_batch(run.datasets, batch)
+    if regularised:  # before: aux_loss state
+
+        def base_prediction(gen: torch.Generator | None) -> torch.Tensor:
+            args = (run.core, noisy.to(run.dtype), t, inputs, run.plan.options)
+            return run.family.predict(*args, generator=gen).output
+
+        target = regularisation.base_model_target(base_prediction, run.core, generator)
     with layersync.capturing(run.layersync):
         prediction = run.family.predict(
             run.denoiser, noisy.to(run.dtype), t, inputs, run.plan.options, generator=generator
         )
     pred = prediction.output.float()
     if draw.sigmas is None and diff2flow.active(run.plan.options):
-        loss = diff2flow.flow_loss(
-            pred, noisy, t, run.alphas_cumprod, run.prediction_type, x0=x0, noise=target_noise
-        )
+        convert = (noisy, t, run.alphas_cumprod, run.prediction_type)
+        # Regularisation data: the base model's prediction, as a flow, is the target.
+        flow = diff2flow.prediction_to_flow(target, *convert) if regularised else target_noise - x0
+        loss = diff2flow.flow_loss(pred, *convert, target_flow=flow)
     else:
         loss = compute_loss(
             run.loss_config,

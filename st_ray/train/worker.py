@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from st_ray.train.context import (
     ray_context,
 )
 from st_ray.train.events import Events
-from st_ray.train.saving import final_output_dir, restore
+from st_ray.train.saving import final_output_dir, prefer_rolling, restore
 from st_ray.train.settings import LoopSettings
 from st_ray.train.step import train_step
 
@@ -51,6 +52,8 @@ def train_worker(config: dict[str, Any]) -> None:
     ctx = ray_context()
     if ctx.resume_dir is None:
         ctx.resume_dir = explicit_checkpoint(plan)
+    prefer_rolling(ctx)  # the newest of either checkpoint series (st_ray.train.rolling)
+    ctx.job_id = config.get("job_id")
     if config.get("stop_check") is not None:
         ctx.should_stop = config["stop_check"]()
     train(plan, ctx)
@@ -89,9 +92,13 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
     except StopRequested:
         events.stopped(progress)
         return progress
-    except BaseException:
+    except BaseException as err:
         events.tracker.finish("FAILED")
+        events.notifier.failed(err, progress.global_step)
         raise
+    finally:
+        run.feed.close()  # the read-ahead threads end with the loop, however it ends
+        events.notifier.close()
     events.tracker.finish()
     return progress
 
@@ -99,9 +106,11 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
 Group = list[list[data_feed.Sample]]
 
 
-def groups(batches: Group, size: int) -> list[Group]:
-    """The batches of one optimizer step each (gradient_accumulation_steps)."""
-    return [batches[start : start + size] for start in range(0, len(batches), size)]
+def groups(batches: Sequence[list[data_feed.Sample]], size: int) -> Iterator[Group]:
+    """The batches of one optimizer step each (gradient_accumulation_steps), made one step at
+    a time (a plan holds positions, not samples)."""
+    for start in range(0, len(batches), size):
+        yield list(batches[start : start + size])
 
 
 def step_metrics(
