@@ -63,6 +63,7 @@ def compose() -> None:
         family_rules.check_family,
         config_checks.check_training_setup,
         config_checks.check_hardware,
+        config_checks.check_objectives,
         check_notify_options,
         _check_placement,
         check_publishing,
@@ -145,6 +146,7 @@ def build_plan(
 
     dataset_config, datasets = _load_dataset_config(loaded, problems, base_dir)
     _check_eval(loaded, datasets, problems)
+    _check_captions(dataset_config, datasets, problems)
     _check_regularisation(loaded, datasets, problems)
 
     output_dir = Path(str(values["output_dir"])).expanduser()
@@ -221,6 +223,14 @@ def _load_dataset_config(
     except ConfigError as err:  # unreadable or malformed file
         problems.items.extend(err.problems)
         return path, []
+
+
+def _check_captions(source: Path, datasets: list[DatasetEntry], problems: ProblemList) -> None:
+    from st_ray.data.captions import caption_shuffle_problems
+
+    for entry in datasets:
+        for key, message in caption_shuffle_problems(entry.fields.get("caption_shuffle")):
+            problems.add(f"{source} [entry {entry.index}] (id '{entry.id}')", key, message)
 
 
 EVAL_SCHEDULE_OPTIONS = ("eval_steps_interval", "eval_epoch_interval", "eval_dataset_id")

@@ -18,6 +18,9 @@ caption fields of ``documentation/DATALOADER.md``:
   else the fallback caption column when the caption is null or empty.
 - ``only_instance_prompt`` replaces whatever the strategy found by ``instance_prompt``;
   ``prepend_instance_prompt`` puts ``"<instance_prompt> "`` in front of every caption.
+- ``caption_shuffle`` adds tag-shuffled variants of every caption (before the instance prompt
+  is prepended): see ``shuffled_variants``. Each variant is a caption of its own, so it gets its
+  own text embedding (cached by the caption's text) and training picks among them.
 - ``caption_filter_list`` (set on the text-embeds dataset in SimpleTuner, applied to the final
   prompt just before encoding): see ``apply_caption_filters``.
 
@@ -27,8 +30,10 @@ No caption dropout here: that is a training-time decision.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
+import random
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -162,6 +167,73 @@ def apply_caption_filters(caption: str, filters: Sequence[str]) -> str:
     return caption.strip()
 
 
+# caption_shuffle split_on -> (split character, joiner), as SimpleTuner's CaptionShuffler.
+SHUFFLE_SPLITS = {"comma": (",", ", "), "space": (" ", " "), "period": (".", ". ")}
+
+
+def caption_shuffle_problems(config: Any) -> list[tuple[str, str]]:
+    """(field, message) for a caption_shuffle block SimpleTuner refuses at start-up."""
+    if not config:
+        return []
+    if not isinstance(config, Mapping):
+        return [("caption_shuffle", f"must be an object, found {type(config).__name__}")]
+    problems = []
+    if config.get("split_on", "comma") not in SHUFFLE_SPLITS:
+        problems.append(
+            (
+                "caption_shuffle.split_on",
+                f"{config['split_on']!r} is not accepted; accepted: {', '.join(SHUFFLE_SPLITS)}",
+            )
+        )
+    for key, low, default in (("count", 1, 1), ("position_start", 0, 0)):
+        value = config.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            problems.append(
+                (f"caption_shuffle.{key}", f"must be an integer >= {low}, not {value!r}")
+            )
+    return problems
+
+
+def with_shuffle_seed(entry_fields: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """The entry's fields with the seed caption_shuffle will use written into its block, so a
+    fingerprint of the fields changes when the run's seed changes the variants."""
+    fields = dict(entry_fields)
+    shuffle = fields.get("caption_shuffle")
+    if isinstance(shuffle, Mapping) and shuffle.get("enable") and "seed" not in shuffle:
+        fields["caption_shuffle"] = {**shuffle, "seed": seed}
+    return fields
+
+
+def shuffled_variants(caption: str, config: Mapping[str, Any] | None, seed: int) -> list[str]:
+    """``caption`` and its tag-shuffled variants, as SimpleTuner's caption_shuffle makes them.
+
+    The caption is split on ``split_on`` (comma, space or period; blank tags dropped), the first
+    ``position_start`` tags stay in place and the rest are shuffled ``count`` times, each with
+    ``random.Random(seed + md5(caption) mod 2**32 + i)``, so a caption always gets the same
+    variants; ``seed`` is the block's own, else the run's. Duplicate variants are dropped, the
+    original is kept first unless ``include_original`` is false, and a caption with fewer than
+    two shufflable tags stays as it is.
+    """
+    if not config or not config.get("enable") or not caption.strip():
+        return [caption]
+    split, joiner = SHUFFLE_SPLITS[config.get("split_on", "comma")]
+    tags = [tag.strip() for tag in caption.split(split) if tag.strip()]
+    start = int(config.get("position_start", 0))
+    fixed, movable = tags[:start], tags[start:]
+    if len(movable) < 2:
+        return [caption]
+    variants = [caption] if config.get("include_original", True) else []
+    base = int(config.get("seed", seed) or 0)
+    digest = int(hashlib.md5(caption.encode("utf-8")).hexdigest(), 16) & 0xFFFFFFFF
+    for i in range(int(config.get("count", 1))):
+        order = list(movable)
+        random.Random(base + digest + i).shuffle(order)
+        variant = joiner.join(fixed + order)
+        if variant not in variants:
+            variants.append(variant)
+    return variants or [caption]
+
+
 def resolve_captions(
     strategy: str | None,
     *,
@@ -172,6 +244,7 @@ def resolve_captions(
     entry_fields: Mapping[str, Any],
     generated_caption: str | None = None,
     caption_filters: Sequence[str] = (),
+    seed: int = 0,
 ) -> list[str]:
     """The captions of one image under the dataset's caption settings; ``[]`` when none.
 
@@ -184,6 +257,7 @@ def resolve_captions(
         when the strategy itself yields nothing.
     caption_filters: caption_filter_list rules (``load_caption_filters``); captions left empty
         by the filters are dropped.
+    seed: the run's seed, for caption_shuffle blocks without their own.
 
     Raises ValueError for settings SimpleTuner rejects at start-up: caption_strategy
     'instanceprompt', only_instance_prompt or prepend_instance_prompt without an
@@ -212,6 +286,8 @@ def resolve_captions(
             captions = captions_from_metadata(meta_caption, meta_fallback)
         if not captions and generated_caption:
             captions = captions_from_text(generated_caption, split_lines=split_lines)
+        shuffle = entry_fields.get("caption_shuffle")
+        captions = [v for c in captions for v in shuffled_variants(c, shuffle, seed)]
         if prepend:
             captions = [f"{prompts[0]} {c}" for c in captions]
 

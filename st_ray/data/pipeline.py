@@ -28,7 +28,7 @@ from st_ray.data import captioning, discovery, listing
 from st_ray.data.bucketing import BucketSettings
 from st_ray.data.cache_index import SHARD_WRITE_ARGS
 from st_ray.data.cache_store import CacheStore, Manifest
-from st_ray.data.captions import load_caption_filters, resolve_captions
+from st_ray.data.captions import load_caption_filters, resolve_captions, with_shuffle_seed
 from st_ray.data.encoders import TextEncoder, VaeEncoder
 from st_ray.data.prepare import CACHED, OK, PrepareSettings, prepare_batch
 from st_ray.models.family import LATENT_CACHE, TEXT_CACHE, FamilySpec
@@ -195,7 +195,8 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
         return report, set()
 
     caption_filters = tuple(load_caption_filters(entry.fields.get("caption_filter_list")))
-    definition = listing.fingerprint(entry.fields, caption_filters)
+    seeded = with_shuffle_seed(entry.fields, int(options.get("seed") or 0))
+    definition = listing.fingerprint(seeded, caption_filters)
     stored = None if entry.fields.get("scan_for_errors") else store.read_listing(manifest)
     delete = bool(options.get("delete_problematic_images") or options.get("delete_unwanted_images"))
     split = listing.split_rows(rows, stored, definition, cached, retry_skipped=delete)

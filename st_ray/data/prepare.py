@@ -96,6 +96,7 @@ def prepare_row(row: dict[str, Any], settings: PrepareSettings) -> dict[str, Any
         entry_fields=settings.entry_fields,
         generated_caption=row.get("generated_caption"),
         caption_filters=settings.caption_filters,
+        seed=settings.seed,
     )
     if not captions:
         return {**result, "status": "missing_caption"}

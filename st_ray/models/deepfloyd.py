@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, Prediction, conditioning, unwrap
+from st_ray.models.family import UNET_BLOCKS, FamilySpec, Prediction, conditioning, unwrap
 
 if TYPE_CHECKING:
     import numpy as np
@@ -28,6 +28,7 @@ SPEC = FamilySpec(
     name="deepfloyd",
     denoiser="unet",
     denoiser_class="UNet2DConditionModel",
+    hidden_blocks=UNET_BLOCKS,
     prediction_types=("epsilon", "v_prediction"),
     # SimpleTuner's flavour names (stage I only).
     flavours={

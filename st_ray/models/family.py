@@ -36,6 +36,12 @@ if TYPE_CHECKING:
 
 # Every attention projection of diffusers' Attention blocks: the LoRA preset of most families.
 ATTENTION_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+# Block lists (``FamilySpec.hidden_blocks``) shared by families: diffusers' UNet2DConditionModel
+# (down blocks return (hidden states, skip connections)), and a DiT whose blocks return the
+# image tokens, or (text tokens, image tokens) as diffusers' joint blocks do.
+UNET_BLOCKS = (("down_blocks", 0), ("mid_block", 0), ("up_blocks", 0))
+DIT_BLOCKS = (("transformer_blocks", 0),)
+JOINT_DIT_BLOCKS = (("transformer_blocks", 1),)
 # Extra packages whose modules with a ``SPEC`` are families too (plugins), comma-separated.
 PACKAGES_ENV = "ST_RAY_FAMILY_PACKAGES"
 # Caches an option can make stale (``Option.caches``).
@@ -78,6 +84,10 @@ class FamilySpec:
     # Options only this family reads (declared here, collected into the option catalog; set
     # for another family they are refused). ``Option.caches`` says which caches they change.
     options: tuple[Option, ...] = ()
+    # The denoiser's blocks in forward order, for regularisers that read hidden states
+    # (LayerSync): (attribute path, index of the image hidden states when a block returns a
+    # tuple). A path naming a ModuleList contributes each of its blocks; empty: not exposed.
+    hidden_blocks: tuple[tuple[str, int], ...] = ()
     # The module whose ``build(out_dir, seed)`` writes the tiny test model; default
     # ``st_ray.zoo.<name>``.
     zoo_recipe: str = ""

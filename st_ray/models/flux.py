@@ -122,6 +122,7 @@ SPEC = FamilySpec(
     name="flux",
     denoiser="transformer",
     denoiser_class="FluxTransformer2DModel",
+    hidden_blocks=(("transformer_blocks", 1), ("single_transformer_blocks", 1)),
     prediction_types=("flow_matching",),
     flavours={
         "dev": "black-forest-labs/FLUX.1-dev",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from st_ray.models import chatglm_text
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, Prediction, conditioning, unwrap
+from st_ray.models.family import UNET_BLOCKS, FamilySpec, Prediction, conditioning, unwrap
 from st_ray.models.sdxl import time_ids
 from st_ray.models.unet_common import call_unet
 
@@ -20,6 +20,7 @@ SPEC = FamilySpec(
     name="kolors",
     denoiser="unet",
     denoiser_class="UNet2DConditionModel",
+    hidden_blocks=UNET_BLOCKS,
     prediction_types=("epsilon",),
     # SimpleTuner's mapping (the Kwai-Kolors/Kolors-diffusers weights, repackaged).
     flavours={"1.0": "terminusresearch/kwai-kolors-1.0"},

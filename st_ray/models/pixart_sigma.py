@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, Prediction, conditioning, unwrap
+from st_ray.models.family import DIT_BLOCKS, FamilySpec, Prediction, conditioning, unwrap
 
 if TYPE_CHECKING:
     import numpy as np
@@ -18,6 +18,7 @@ SPEC = FamilySpec(
     name="pixart_sigma",
     denoiser="transformer",
     denoiser_class="PixArtTransformer2DModel",
+    hidden_blocks=DIT_BLOCKS,
     prediction_types=("epsilon",),
     flavours={
         "600M-1024": "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",

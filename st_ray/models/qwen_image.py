@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from st_ray.models import qwen_text
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, Prediction, conditioning, unwrap
+from st_ray.models.family import JOINT_DIT_BLOCKS, FamilySpec, Prediction, conditioning, unwrap
 from st_ray.models.latent_stats import normalised_latents
 
 if TYPE_CHECKING:
@@ -19,6 +19,7 @@ SPEC = FamilySpec(
     name="qwen_image",
     denoiser="transformer",
     denoiser_class="QwenImageTransformer2DModel",
+    hidden_blocks=JOINT_DIT_BLOCKS,
     prediction_types=("flow_matching",),
     flavours={"v1.0": "Qwen/Qwen-Image"},
     pixel_granularity=16,  # 8x VAE, 2x2 patches

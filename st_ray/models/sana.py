@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from st_ray.config.schema import opt
 from st_ray.models import gemma_text
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, Prediction, conditioning, unwrap
+from st_ray.models.family import DIT_BLOCKS, FamilySpec, Prediction, conditioning, unwrap
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,6 +53,7 @@ SPEC = FamilySpec(
     name="sana",
     denoiser="transformer",
     denoiser_class="SanaTransformer2DModel",
+    hidden_blocks=DIT_BLOCKS,
     prediction_types=("flow_matching",),
     # SimpleTuner's flavours; the first is its default.
     flavours={

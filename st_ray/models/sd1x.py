@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec
+from st_ray.models.family import UNET_BLOCKS, FamilySpec
 from st_ray.models.unet_common import predict as predict
 
 if TYPE_CHECKING:
@@ -18,6 +18,7 @@ SPEC = FamilySpec(
     name="sd1x",
     denoiser="unet",
     denoiser_class="UNet2DConditionModel",
+    hidden_blocks=UNET_BLOCKS,
     prediction_types=("epsilon", "v_prediction"),
     flavours={"1.5": "stable-diffusion-v1-5/stable-diffusion-v1-5"},
     pixel_granularity=8,

@@ -1,6 +1,6 @@
 """Stable Diffusion 2.x: UNet, OpenCLIP text encoder, v-prediction (768) or epsilon (base)."""
 
-from st_ray.models.family import FamilySpec
+from st_ray.models.family import UNET_BLOCKS, FamilySpec
 
 # Same single-CLIP conditioning and UNet call as SD 1.x (OpenCLIP ViT-H instead of CLIP ViT-L,
 # same layout).
@@ -12,6 +12,7 @@ SPEC = FamilySpec(
     name="sd2x",
     denoiser="unet",
     denoiser_class="UNet2DConditionModel",
+    hidden_blocks=UNET_BLOCKS,
     prediction_types=("v_prediction", "epsilon"),
     flavours={
         "2.1": "stabilityai/stable-diffusion-2-1",

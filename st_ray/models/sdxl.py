@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, Prediction, conditioning, unwrap
+from st_ray.models.family import UNET_BLOCKS, FamilySpec, Prediction, conditioning, unwrap
 from st_ray.models.unet_common import call_unet
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ SPEC = FamilySpec(
     name="sdxl",
     denoiser="unet",
     denoiser_class="UNet2DConditionModel",
+    hidden_blocks=UNET_BLOCKS,
     prediction_types=("epsilon", "v_prediction"),
     flavours={
         "base-1.0": "stabilityai/stable-diffusion-xl-base-1.0",

@@ -23,6 +23,7 @@ from st_ray.train.checkpoints import Progress
 from st_ray.train.context import WorkerContext
 from st_ray.train.ema import EMAModel
 from st_ray.train.feed import Feed, rank_planner
+from st_ray.train.layersync import LayerSync
 from st_ray.train.losses import LossConfig
 from st_ray.train.lr_schedules import schedule_scheduler
 from st_ray.train.optimizers import build_optimizer
@@ -55,6 +56,7 @@ class Run:
     alphas_cumprod: torch.Tensor | None
     prediction_type: str
     dtype: torch.dtype
+    layersync: LayerSync | None = None  # hooks on the core's student / teacher blocks
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -149,6 +151,7 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
         alphas_cumprod=alphas,
         prediction_type=options.get("prediction_type") or plan.family.prediction_types[0],
         dtype=dtype,
+        layersync=LayerSync.attach(options, core, plan.family.hidden_blocks),
     )
 
 

@@ -70,3 +70,26 @@ def _cpu_only(values: Mapping[str, Any]) -> bool:
     import torch
 
     return not torch.cuda.is_available()
+
+
+def check_objectives(loaded: LoadedConfig, problems: ProblemList) -> None:
+    """Training objectives and regularisers that cannot apply to the run's family."""
+    from st_ray.models.family import FAMILIES
+    from st_ray.train import diff2flow, layersync
+
+    values = loaded.values
+    family = FAMILIES.get(values.get("model_family"))
+    if family is None:
+        return  # reported by the family check
+    prediction = values.get("prediction_type") or family.prediction_types[0]
+    found = [
+        *diff2flow.option_problems(values, prediction_type=prediction, family=family.name),
+        *layersync.option_problems(values, hidden_blocks=family.hidden_blocks, family=family.name),
+    ]
+    for key, message in found:
+        problems.add(loaded.provenance.get(key, "configuration"), key, message)
+    if values.get("diff2flow_enabled") and not values.get("diff2flow_loss"):
+        problems.note(
+            "diff2flow_enabled without diff2flow_loss changes nothing (as in SimpleTuner): "
+            "set diff2flow_loss to train against the flow target"
+        )

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from st_ray.train import attention, data_feed, noise, regularisation, timesteps
+from st_ray.train import (
+    attention,
+    data_feed,
+    diff2flow,
+    layersync,
+    noise,
+    regularisation,
+    timesteps,
+)
 from st_ray.train.losses import compute_loss
 
 if TYPE_CHECKING:
@@ -81,26 +89,40 @@ def batch_loss(
         **{k: v.to(device) for k, v in batch["text_embeds"].items()},
         **{k: batch[k].to(device) for k in ("original_size", "crop_top_left", "target_size")},
     }
-    if regularisation.is_regularisation_batch(run.datasets, batch):  # before: aux_loss state
+    regularised = regularisation.is_regularisation_batch(run.datasets, batch)
+    if regularised:  # before: aux_loss state
 
         def base_prediction(gen: torch.Generator | None) -> torch.Tensor:
             args = (run.core, noisy.to(run.dtype), t, inputs, run.plan.options)
             return run.family.predict(*args, generator=gen).output
 
         target = regularisation.base_model_target(base_prediction, run.core, generator)
-    prediction = run.family.predict(
-        run.denoiser, noisy.to(run.dtype), t, inputs, run.plan.options, generator=generator
-    )
+    with layersync.capturing(run.layersync):
+        prediction = run.family.predict(
+            run.denoiser, noisy.to(run.dtype), t, inputs, run.plan.options, generator=generator
+        )
     pred = prediction.output.float()
-    loss = compute_loss(
-        run.loss_config,
-        pred,
-        target.float(),
-        timesteps=t,
-        snr=snr,
-        prediction_type="flow_matching" if draw.sigmas is not None else run.prediction_type,
-        num_train_timesteps=run.timestep_sampler.num_train_timesteps,
-    )
+    if draw.sigmas is None and diff2flow.active(run.plan.options):
+        convert = (noisy, t, run.alphas_cumprod, run.prediction_type)
+        # Regularisation data: the base model's prediction, as a flow, is the target.
+        flow = diff2flow.prediction_to_flow(target, *convert) if regularised else target_noise - x0
+        loss = diff2flow.flow_loss(pred, *convert, target_flow=flow)
+    else:
+        loss = compute_loss(
+            run.loss_config,
+            pred,
+            target.float(),
+            timesteps=t,
+            snr=snr,
+            prediction_type="flow_matching" if draw.sigmas is not None else run.prediction_type,
+            num_train_timesteps=run.timestep_sampler.num_train_timesteps,
+        )
+    if run.layersync is not None:
+        term, similarity = run.layersync.loss()
+        run.metrics.update(
+            layersync_loss=float(term.detach()), layersync_similarity=float(similarity.detach())
+        )
+        loss = loss + term.to(loss.device)
     # A family's own loss term from that forward pass (e.g. a MoE load-balancing loss).
     extra = prediction.aux_loss
     return loss if extra is None else loss + extra.to(loss.device, loss.dtype)

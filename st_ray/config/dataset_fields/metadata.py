@@ -45,10 +45,12 @@ METADATA: list[Option] = group(
             "caption_shuffle",
             Json,
             None,
-            "Tag-order augmentation: {enable, count, seed, split_on: comma|space|period, "
-            "position_start, include_original}; extra caption variants are made with the "
-            "shuffled tags and embedded up front.",
-            unsupported="caption tag shuffling is not implemented yet",
+            "Tag-order augmentation: {enable, count (default 1), seed (default: the run's), "
+            "split_on: comma|space|period (default comma), position_start (tags kept in "
+            "place, default 0), include_original (default true)}. Each caption gets count "
+            "shuffled variants (deterministic per caption and seed) before the instance prompt "
+            "is prepended; every variant is embedded at caching time and training picks one "
+            "per step like any multi-caption image.",
         ),
         opt(
             "captioning_model",

@@ -5,9 +5,7 @@ from st_ray.config.schema import Json, opt
 _NO_CONTROL = "ControlNet and control-signal training are not implemented in st_ray"
 _NO_VIDEO = "st_ray trains image models only; video and audio options are not implemented"
 _NO_CREPA = "CREPA regularisation is on st_ray's later roadmap, not implemented yet"
-_NO_LAYERSYNC = "LayerSync regularisation is on st_ray's later roadmap, not implemented yet"
 _NO_SCHEDULED = "scheduled sampling is on st_ray's later roadmap, not implemented yet"
-_NO_DIFF2FLOW = "the diffusion-to-flow objective bridge is not implemented in st_ray"
 _NO_DISTILL = "model distillation is not implemented in st_ray"
 _NO_GROUP_OFFLOAD = "diffusers group offloading is not implemented in st_ray"
 _NO_MUSUBI = "Musubi-style block swapping is not implemented in st_ray"
@@ -322,33 +320,33 @@ OPTIONS = [
         "layersync_enabled",
         bool,
         False,
-        "Add the LayerSync loss, which pulls a student block's hidden states towards a teacher "
-        "block of the same model.",
-        unsupported=_NO_LAYERSYNC,
+        "Add the LayerSync loss: -layersync_lambda x the mean cosine similarity between a "
+        "student block's hidden states and a detached teacher block's of the same denoiser "
+        "(logged as layersync_loss). Families that expose their block list only.",
     ),
     opt(
         "layersync_student_block",
         int,
         None,
-        "Index of the student transformer block (required when LayerSync is on).",
+        "The student block (required with LayerSync): a 1-based depth as in the LayerSync "
+        "paper (n is the n-th block); 0 is the first block. UNets count down blocks, the mid "
+        "block, then up blocks.",
         minimum=0,
-        unsupported=_NO_LAYERSYNC,
     ),
     opt(
         "layersync_teacher_block",
         int,
         None,
-        "Index of the teacher transformer block. Unset: the student block.",
+        "The teacher block, indexed like layersync_student_block; its hidden states must have "
+        "the student's shape. Unset: the student block.",
         minimum=0,
-        unsupported=_NO_LAYERSYNC,
     ),
     opt(
         "layersync_lambda",
         float,
         0.2,
-        "Weight of the LayerSync cosine-similarity loss; must be above zero when enabled.",
+        "Weight of the LayerSync term; must be above zero when LayerSync is enabled.",
         minimum=0,
-        unsupported=_NO_LAYERSYNC,
     ),
     # Scheduled sampling (rollout)
     opt(
@@ -472,17 +470,16 @@ OPTIONS = [
         "diff2flow_enabled",
         bool,
         False,
-        "Let epsilon- or v-prediction models be trained against flow-matching targets without "
-        "changing their architecture.",
-        unsupported=_NO_DIFF2FLOW,
+        "Enable the diffusion-to-flow bridge for epsilon- or v-prediction models (not for "
+        "flow-matching families). On its own it changes nothing: set diff2flow_loss too.",
     ),
     opt(
         "diff2flow_loss",
         bool,
         False,
-        "With diff2flow_enabled, compute the loss against the flow target instead of the "
-        "model's native target.",
-        unsupported=_NO_DIFF2FLOW,
+        "With diff2flow_enabled: convert the model's epsilon / v prediction into a flow vector "
+        "field and train it with the mean squared error against the flow target "
+        "(noise - latents) instead of the native target (no Min-SNR weighting, loss_type l2).",
     ),
     opt(
         "distillation_method",
