@@ -39,7 +39,8 @@ from PIL import Image, ImageDraw
 from st_ray import zoo
 from st_ray.bench.workdir import run_and_report
 from st_ray.data import discovery
-from st_ray.data.bucketing import BucketSettings, plan_image
+from st_ray.data.bucket_settings import BucketSettings
+from st_ray.data.bucketing import plan_image
 from st_ray.data.captions import resolve_captions
 from st_ray.data.encoders import TextEncoder, VaeEncoder
 from st_ray.data.pipeline import CacheReport, build_caches

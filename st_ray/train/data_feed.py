@@ -10,10 +10,10 @@ another's larger bucket). Per epoch, following SimpleTuner (``documentation/DATA
 ``select_dataloader_index`` / ``get_backend_weight``):
 
 * repeats: a dataset is gone through ``repeats + 1`` times, each pass in a fresh order.
-* buckets: ``bucketing.prune_buckets`` drops the buckets that cannot fill one batch on every
+* buckets: ``bucket_counts.prune_buckets`` drops the buckets that cannot fill one batch on every
   rank (``count x (repeats+1) < batch x world``), unless disable_bucket_pruning. Every bucket
   left must then reach one effective batch (batch x world x gradient_accumulation_steps):
-  ``bucketing.bucket_repeats`` raises its repeats with allow_dataset_oversubscription (when
+  ``bucket_counts.bucket_repeats`` raises its repeats with allow_dataset_oversubscription (when
   repeats is 0), else raises an error that lists the short buckets. So with
   disable_bucket_pruning a too-small bucket is kept and trained, through oversubscribed repeats,
   or the run stops with that error (SimpleTuner's split check does the same) -- it is never
@@ -59,7 +59,7 @@ from typing import Any
 
 import torch
 
-from st_ray.data.bucketing import bucket_repeats, prune_buckets
+from st_ray.data.bucket_counts import bucket_repeats, prune_buckets
 from st_ray.data.cache_rows import CacheRows
 from st_ray.data.cache_store import CacheStore
 from st_ray.data.pipeline import LATENTS, TEXT, caption_hash
@@ -167,7 +167,7 @@ def plan_epoch(
     allow_oversubscription: bool = False,
 ) -> EpochPlan:
     """The epoch's global steps (see the module docstring for the rules). Raises ValueError
-    for a bucket short of one effective batch (see ``bucketing.bucket_repeats``) and when no
+    for a bucket short of one effective batch (see ``bucket_counts.bucket_repeats``) and when no
     dataset yields a batch."""
     for name, value in (("batch_size", batch_size), ("world_size", world_size)):
         if value < 1:
