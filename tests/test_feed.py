@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from st_ray.bench.feed import write_caches
+from st_ray.bench.feed_caches import write_caches
 from st_ray.data import cache_index
 from st_ray.data.cache_index import ShardReadError
 from st_ray.data.cache_store import CacheStore
