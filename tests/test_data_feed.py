@@ -16,13 +16,15 @@ import torch
 
 from st_ray.data.cache_store import CacheStore
 from st_ray.train.data_feed import (
-    DatasetSamples,
     LatentStore,
-    Sample,
     TextEmbedStore,
     batch_captions,
     collate,
     load_dataset_samples,
+)
+from st_ray.train.epoch_plan import (
+    DatasetSamples,
+    Sample,
     plan_epoch,
     plan_options,
     steps_per_epoch,

@@ -88,7 +88,7 @@ def consume(config: dict[str, Any]) -> dict[str, Any]:
     """Train-like consumption of a cache: the feed (or the old reader), a sleeping step."""
     import torch
 
-    from st_ray.train import data_feed
+    from st_ray.train import data_feed, epoch_plan
     from st_ray.train.feed import Feed
 
     # The simulated step computes nothing; on a busy machine, OpenMP wake-ups of collate's
@@ -98,7 +98,7 @@ def consume(config: dict[str, Any]) -> dict[str, Any]:
     step_s = config["step_ms"] / 1000
     started = time.perf_counter()
     data = data_feed.load_dataset_samples(config["vae"], {"id": "bench"}, s3)
-    plan = data_feed.plan_epoch(
+    plan = epoch_plan.plan_epoch(
         [data], epoch=0, seed=1, batch_size=config["batch_size"], world_size=1
     )
     batches = plan.batches(0)

@@ -26,15 +26,8 @@ from typing import Any
 import torch
 
 from st_ray.data.pipeline import caption_hash
-from st_ray.train.data_feed import (
-    DatasetSamples,
-    LatentStore,
-    Sample,
-    TextEmbedStore,
-    batch_captions,
-    plan_epoch,
-    plan_options,
-)
+from st_ray.train.data_feed import LatentStore, TextEmbedStore, batch_captions
+from st_ray.train.epoch_plan import DatasetSamples, Sample, plan_epoch, plan_options
 
 MIB = 1024 * 1024
 DEFAULT_PREFETCH_MIB = 256
