@@ -30,3 +30,15 @@ def gpus_available() -> int:
     import ray
 
     return int(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0
+
+
+def use_worker_cpus() -> int:
+    """Give torch as many intra-op threads as Ray assigned this worker CPUs; returns the
+    count. (Ray caps OpenMP through OMP_NUM_THREADS at the same figure; torch is set
+    explicitly so its pool matches whatever was imported first.)"""
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
+    if cpus >= 1:
+        torch.set_num_threads(int(cpus))
+    return torch.get_num_threads()

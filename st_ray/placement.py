@@ -102,10 +102,27 @@ def parse_gpus(value: Any, key: str = "cache_num_gpus") -> float | None:
     return gpus
 
 
+def parse_cpus(value: Any, key: str = "cpus_per_worker") -> int | None:
+    """``auto`` (None: decided from the cluster) or a whole number of CPUs >= 1."""
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        cpus = int(str(value).strip())
+    except ValueError:
+        cpus = 0
+    if cpus < 1:
+        raise ValueError(
+            f"{key}: '{value}' is not a CPU count; accepted: auto (the CPUs of the worker's "
+            "node divided among the Train workers on it), or a whole number >= 1"
+        )
+    return cpus
+
+
 def check_options(values: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(key, problem) for every placement option that Ray would refuse."""
     problems = []
     for key, parse in (
+        ("cpus_per_worker", parse_cpus),
         ("cache_num_gpus", parse_gpus),
         ("cache_resources", parse_resources),
         ("train_resources", parse_resources),
@@ -153,9 +170,61 @@ def actors_that_fit(demand: Mapping[str, float], nodes: Sequence[Mapping[str, fl
     return total
 
 
-def train_worker_resources(options: Mapping[str, Any], use_gpu: bool) -> dict[str, float]:
-    """``resources_per_worker`` of the Train ScalingConfig."""
-    resources: dict[str, float] = {"CPU": int(options["cpus_per_worker"])}
+@dataclass(frozen=True)
+class WorkerCpus:
+    """The CPUs each Train worker asks for, and why (for the plan printout)."""
+
+    cpus: int
+    reason: str
+
+
+def train_worker_cpus(
+    options: Mapping[str, Any], use_gpu: bool, nodes: Sequence[Mapping[str, float]]
+) -> WorkerCpus:
+    """``cpus_per_worker``, with ``auto`` resolved for the alive ``nodes``.
+
+    ``auto``: on every node that can host a worker (its GPUs, ``train_resources`` and
+    ``train_accelerator_type`` allow one), the node's CPUs divided by the most workers it may
+    hold (all of them, up to what its GPUs or custom resources allow: PACK fills a node, and a
+    group restarted after losing a node packs onto fewer); the smallest such share, so the
+    group fits wherever Ray puts it. STRICT_SPREAD holds one worker per node. Ray Train's
+    controller and the driver reserve no CPU, so a worker may take its whole share.
+    """
+    explicit = parse_cpus(options.get("cpus_per_worker"))
+    if explicit is not None:
+        return WorkerCpus(explicit, "set by cpus_per_worker")
+    workers = int(options.get("num_processes") or 1)
+    demand = train_worker_resources({**options, "cpus_per_worker": 1}, use_gpu)
+    demand.pop("CPU")
+    accelerator = options.get("train_accelerator_type")
+    if accelerator:
+        demand[f"accelerator_type:{accelerator}"] = ACCELERATOR_SHARE
+    one_per_node = options.get("placement_strategy") == "STRICT_SPREAD"
+    shares = []
+    for node in nodes:
+        slots = actors_that_fit(demand, [node]) if demand else workers
+        if slots < 1 or node.get("CPU", 0) < 1:
+            continue
+        per_node = 1 if one_per_node else min(workers, slots)
+        shares.append((int(node["CPU"] // per_node), int(node["CPU"]), per_node))
+    if not shares:
+        return WorkerCpus(1, "auto: no node that can host a worker is up yet, so 1")
+    cpus, node_cpus, per_node = min(shares)
+    if cpus < 1:
+        return WorkerCpus(1, f"auto: {node_cpus} CPUs for {per_node} workers on a node, so 1")
+    many = " (the smallest share over the nodes that can host one)" if len(shares) > 1 else ""
+    return WorkerCpus(cpus, f"auto: {node_cpus} CPUs of a node / {per_node} worker(s) on it{many}")
+
+
+def train_worker_resources(
+    options: Mapping[str, Any], use_gpu: bool, nodes: Sequence[Mapping[str, float]] = ()
+) -> dict[str, float]:
+    """``resources_per_worker`` of the Train ScalingConfig (``nodes``: to resolve
+    ``cpus_per_worker: auto``)."""
+    cpus = parse_cpus(options.get("cpus_per_worker"))
+    if cpus is None:
+        cpus = train_worker_cpus(options, use_gpu, nodes).cpus
+    resources: dict[str, float] = {"CPU": cpus}
     if use_gpu:
         resources["GPU"] = 1
     resources.update(parse_resources(options.get("train_resources"), "train_resources"))

@@ -296,6 +296,12 @@ def _shown(option, value: str) -> str:
     return "the value (not shown: it may be secret)" if option.secret else f"'{value}'"
 
 
+def _cpus_shown(value: Any) -> str:
+    if str(value).strip().lower() == "auto":
+        return "auto (the node's CPUs / its workers; resolved when training starts)"
+    return str(value)
+
+
 def format_plan(plan: Plan) -> str:
     """A short human summary of what the run will do (secrets redacted)."""
     values = plan.options
@@ -308,7 +314,8 @@ def format_plan(plan: Plan) -> str:
         f"  family        {plan.family.name} ({plan.family.denoiser}, "
         f"{values.get('model_type')}{adapter})",
         f"  base model    {redact(plan.model)} ({source})",
-        f"  workers       {values['num_processes']} Ray Train worker(s), gpu: {values['use_gpu']}",
+        f"  workers       {values['num_processes']} Ray Train worker(s), gpu: {values['use_gpu']}, "
+        f"cpus each: {_cpus_shown(values.get('cpus_per_worker'))}",
         f"  training      {length}, batch {values.get('train_batch_size')}, "
         f"lr {values.get('learning_rate'):g}, optimizer {values.get('optimizer')}",
         f"  output_dir    {plan.output_dir}",

@@ -1,4 +1,5 @@
-"""``python -m st_ray.bench train`` in-process with tiny numbers: every figure is produced.
+"""``python -m st_ray.bench train`` with tiny numbers, in-process and under Ray Train: every figure
+is produced.
 No timing assertions: this machine's speed proves nothing."""
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def test_train_benchmark_figures(tmp_path: Path, zoo_root: Path) -> None:
     assert "ratio st_ray/bare step time, report interval (median):" in report
     assert "data-wait fraction (sum data_wait_s / sum step_time_s, steady state):" in report
     assert "time to first step" in report
+    # The real path: fit() under Ray Train with default options on the 2-CPU test instance:
+    # cpus_per_worker auto gives the one worker both CPUs, and its torch uses 2 threads.
+    assert result["ray_train_cpus_per_worker"] == result["ray_train_torch_threads"] == 2
+    assert len(result["ray_train_step_times_s"]) == len(result["bare_same_threads_step_times_s"])
+    assert len(result["ray_train_step_times_s"]) == 4 and len(result["ray_train_intervals_s"]) == 3
+    assert result["ratio_ray_train_vs_bare"] > 0 and result["ratio_ray_train_interval_vs_bare"] > 0
+    assert "ratio Ray Train/bare step time (median interval between steps):" in report
 
 
 def test_cli_checks_steps_before_any_work(tmp_path: Path) -> None:

@@ -140,6 +140,38 @@ def test_interrupted_run_leftovers_are_ignored(tmp_path: Path, sd1x: Path, examp
     assert _shards(vae_root)[: len(committed)] == committed
 
 
+def test_unchanged_files_are_not_read_again(tmp_path: Path, sd1x: Path, example_dataset) -> None:
+    """A re-run trusts the stored listing (size + mtime) and reads no image; a touched file,
+    or scan_for_errors, makes it read and hash again."""
+    images = tmp_path / "images"
+    shutil.copytree(example_dataset.images_dir, images)
+    config = _config(tmp_path, sd1x, images)
+    cold = build_caches(build_plan(config, [], {})).datasets[0]
+    assert cold.encoded == 14
+    # Two cached images overwritten with junk of the same size, their mtime put back: a run
+    # that read and hashed them would find no image there.
+    captioned = [i for i in example_dataset.images if i.caption and min(i.width, i.height) > 48]
+    junk = [images / i.relpath for i in captioned[:2]]
+    for path in junk:
+        info = path.stat()
+        path.write_bytes(b"x" * info.st_size)
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+    warm = build_caches(build_plan(config, [], {})).datasets[0]
+    assert (warm.reused, warm.encoded, warm.skipped) == (14, 0, cold.skipped)
+
+    info = junk[0].stat()
+    os.utime(junk[0], ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))  # touched
+    touched = build_caches(build_plan(config, [], {})).datasets[0]
+    assert (touched.reused, touched.encoded) == (13, 0)
+    assert touched.skipped["not_an_image"] == cold.skipped["not_an_image"] + 1
+
+    scanned = _config(tmp_path, sd1x, images, scan_for_errors=True)
+    forced = build_caches(build_plan(scanned, [], {})).datasets[0]
+    assert (forced.reused, forced.encoded) == (12, 0)
+    assert forced.skipped["not_an_image"] == cold.skipped["not_an_image"] + 2
+
+
 def test_instance_prompt_encodes_one_caption(tmp_path: Path, sd1x: Path, example_dataset) -> None:
     config = _config(
         tmp_path,

@@ -13,6 +13,7 @@ from st_ray.placement import (
     actors_that_fit,
     cache_actor_request,
     local_storage_warning,
+    train_worker_cpus,
     train_worker_resources,
 )
 
@@ -69,11 +70,36 @@ def test_train_worker_resources() -> None:
     assert train_worker_resources({"cpus_per_worker": 1}, False) == {"CPU": 1}
 
 
+def test_auto_cpus_per_worker_divides_each_node_among_its_workers() -> None:
+    def cpus(nodes, **options):
+        return train_worker_cpus({"cpus_per_worker": "auto", **options}, True, nodes).cpus
+
+    # 8 GPU workers fill the A100 node: 96 CPUs / 8. The L4 nodes could also host a worker
+    # (4 CPUs, 1 GPU): the smallest share is what every worker can have.
+    assert cpus([A100_NODE], num_processes=8) == 12
+    assert cpus(HETEROGENEOUS, num_processes=8) == 4
+    # Only nodes that can host a worker count: its accelerator type or custom resources.
+    assert cpus(HETEROGENEOUS, num_processes=2, train_accelerator_type="A100") == 48
+    assert cpus(HETEROGENEOUS, num_processes=8, train_resources={"trainer": 0.125}) == 12
+    # CPU-only workers may all pack onto one node; STRICT_SPREAD holds one per node.
+    cpu_only = {"cpus_per_worker": "auto", "num_processes": 2}
+    assert train_worker_cpus(cpu_only, False, [CPU_NODE, CPU_NODE]).cpus == 4
+    spread = {**cpu_only, "placement_strategy": "STRICT_SPREAD"}
+    assert train_worker_cpus(spread, False, [CPU_NODE, CPU_NODE]).cpus == 8
+    # Nothing up that can host one (an autoscaler brings it later), more GPUs than CPUs.
+    assert cpus([CPU_NODE], num_processes=1) == 1
+    assert cpus([{"CPU": 2.0, "GPU": 4.0}], num_processes=4) == 1
+    # An explicit number is kept, and asked of Ray as is.
+    assert train_worker_cpus({"cpus_per_worker": "3"}, True, HETEROGENEOUS).cpus == 3
+    assert train_worker_resources({"cpus_per_worker": "auto"}, False, [CPU_NODE]) == {"CPU": 8}
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         (["--cache_num_gpus", "lots"], "cache_num_gpus: 'lots' is not a number"),
         (["--cache_num_gpus", "1.5"], "not a valid GPU count"),
+        (["--cpus_per_worker", "0"], "cpus_per_worker: '0' is not a CPU count"),
         (["--cache_resources", '{"GPU": 1}'], "'GPU' is one of Ray's built-in resources"),
         (["--train_resources", '{"trainer": -1}'], "'trainer' must be a number >= 0"),
         (["--train_resources", "[1, 2]"], "expected a JSON object"),

@@ -171,6 +171,9 @@ def test_resume_from_s3_run_storage(setups, tmp_path: Path, s3_server, monkeypat
 
     first = fit(_plan(config, tmp_path / "a", *extra, "--max_train_steps", "2"))
     assert first.metrics["step"] == 2
+    # cpus_per_worker auto (the default): the one worker gets both CPUs of the local Ray
+    # instance, and torch computes with as many threads.
+    assert first.metrics["torch_threads"] == 2
     assert first.checkpoint.startswith(f"{bucket}/runs/s3-run/")
     assert _s3_manifest(client, bucket, first.checkpoint)["progress"]["global_step"] == 2
     assert not (tmp_path / "a" / "ray_runs").exists()  # nothing went to the local default

@@ -1,5 +1,6 @@
 """CLI: ``python -m st_ray.bench cache [--images N] [--family F] [--resolution PX] ...`` and
 ``python -m st_ray.bench train [--steps N] [--warmup N] [--batch-size B] [--resolution PX] ...``
+(in-process and under Ray Train)
 and ``python -m st_ray.bench sizing [--resolution PX ...] [--mfu F]``
 and ``python -m st_ray.bench feed [--rows N ...] [--s3-rows N ...] [--step-ms MS] [--old]``.
 """
@@ -33,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument(
         "--sequential-threads", type=int, default=1, help="torch threads of the sequential loop"
     )
+    cache.add_argument(
+        "--warm-cold-only",
+        action="store_true",
+        help="only a cold then a warm run of N images (no sequential loop, no 4N run)",
+    )
     cache.add_argument("--workdir", type=Path, default=None, help="default: a fresh temp folder")
     cache.add_argument("--keep", action="store_true", help="keep the temp folder")
     cache.add_argument("--json", type=Path, default=None, help="also save the figures here")
@@ -53,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_argument(
         "--threads", type=int, default=None, help="torch threads of both loops (default: torch's)"
+    )
+    train.add_argument(
+        "--no-ray-train",
+        action="store_true",
+        help="skip the real path (TorchTrainer, 1 worker, default options, vs a bare loop with "
+        "the worker's threads)",
     )
     train.add_argument("--workdir", type=Path, default=None, help="default: a fresh temp folder")
     train.add_argument("--keep", action="store_true", help="keep the temp folder")

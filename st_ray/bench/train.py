@@ -30,6 +30,15 @@ the loop's own timings, and the time it spends is taken out of the report interv
 so see the same machine load, which on a shared machine changes from second to second; run one
 after the other, their medians compare two different moments. The bare model is built in the
 first callback, after the time to first step is taken.
+
+4. the real path: ``st_ray.train.trainer.fit`` on the same plan (what ``jobs/train.py`` runs
+   once the caches are up to date), a ``TorchTrainer`` with 1 worker and the default options
+   (``cpus_per_worker: auto``), on the running Ray instance or a local one. Its per-step
+   ``step_time_s`` and the intervals between consecutive steps' MLflow timestamps (taken when
+   each step's metrics are queued: everything a step costs, bookkeeping included) are read
+   back from the run's MLflow store. Then a bare loop runs alone in this process with as many
+   torch threads as the worker had, and the two are printed side by side. They cannot be
+   interleaved (the worker is another process), so they run one after the other.
 """
 
 from __future__ import annotations
@@ -224,6 +233,63 @@ class BareLoop:
             torch.cuda.synchronize(self.device)
 
 
+@dataclass
+class RayTrainRun:
+    """``fit(plan)`` under Ray Train, timed from the worker's own MLflow records."""
+
+    step_times_s: list[float]  # the worker's step_time_s, by step
+    data_wait_s: list[float]
+    intervals_s: list[float]  # step k-1 -> step k MLflow timestamps, k = 2..N
+    torch_threads: int  # what the worker reported
+    cpus_per_worker: int
+    cpus_reason: str
+    wall_s: float  # fit() call -> return: Ray Train start-up, steps, checkpoint, export
+
+
+def run_ray_train(plan: Plan, stdout: TextIO | None = None) -> RayTrainRun:
+    """``fit(plan)`` on the connected Ray cluster; the worker's progress lines, forwarded to
+    this process, go to ``stdout`` (None: this process's)."""
+    import mlflow
+
+    from st_ray.placement import cluster_nodes, train_worker_cpus
+    from st_ray.train.trainer import _use_gpu, fit
+
+    chosen = train_worker_cpus(plan.options, _use_gpu(plan.options["use_gpu"]), cluster_nodes())
+    with contextlib.redirect_stdout(stdout) if stdout else contextlib.nullcontext():
+        start = time.perf_counter()
+        result = fit(plan)
+        wall = time.perf_counter() - start
+    client = mlflow.MlflowClient(plan.tracking_uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+    def history(key: str) -> list[Any]:
+        return sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+
+    stamps = [m.timestamp / 1000 for m in history("loss")]
+    return RayTrainRun(
+        step_times_s=[m.value for m in history("step_time_s")],
+        data_wait_s=[m.value for m in history("data_wait_s")],
+        intervals_s=[b - a for a, b in zip(stamps, stamps[1:], strict=False)],
+        torch_threads=int(result.metrics["torch_threads"]),
+        cpus_per_worker=chosen.cpus,
+        cpus_reason=chosen.reason,
+        wall_s=wall,
+    )
+
+
+def run_bare(plan: Plan, shapes: CachedShapes, steps: int, threads: int) -> list[float]:
+    """``steps`` bare steps alone in this process with ``threads`` torch threads."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        loop = BareLoop(plan, shapes)
+        return [loop.step() for _ in range(steps)]
+    finally:
+        torch.set_num_threads(previous)
+
+
 def run_benchmark(
     workdir: Path,
     *,
@@ -235,11 +301,12 @@ def run_benchmark(
     images: int | None = None,
     threads: int | None = None,
     zoo_root: Path | None = None,
+    ray_train: bool = True,
 ) -> dict[str, Any]:
     """Run every measurement; the returned figures are plain JSON values. The caches are built
     with the running Ray instance if there is one, else a local one started (and stopped)
-    here; training itself runs without Ray. ``threads``: torch threads of both loops (None:
-    torch's default)."""
+    here; the in-process loop runs without Ray. ``threads``: torch threads of both in-process
+    loops (None: torch's default). ``ray_train``: also measure the real path (4. above)."""
     if warmup < 0 or steps < warmup + 2:
         raise ValueError("--steps must exceed --warmup by at least 2 (and --warmup >= 0)")
     if batch_size < 1:
@@ -294,6 +361,15 @@ def run_benchmark(
             f"{len(loop.reported)} st_ray and {len(bare_times)} bare steps, expected {steps}"
         )
 
+    real: dict[str, Any] = {}
+    if ray_train:
+        real_plan = build_plan(config, [*overrides, "--output_dir", str(workdir / "ray-out")], {})
+        with _ray_session(None), (workdir / "ray-train-stdout.txt").open("w") as stdout:
+            ray_run = run_ray_train(real_plan, stdout)
+        real = _ray_train_figures(
+            ray_run, run_bare(plan, shapes, steps, ray_run.torch_threads), warmup
+        )
+
     steady = loop.reported[warmup:]
     step_times = [float(r["step_time_s"]) for r in steady]
     data_wait = [float(r["data_wait_s"]) for r in steady]
@@ -340,6 +416,28 @@ def run_benchmark(
         "st_ray_data_wait_s": [float(r["data_wait_s"]) for r in loop.reported],
         "st_ray_intervals_s": loop.intervals_s,
         "bare_step_times_s": bare_times,
+        **real,
+    }
+
+
+def _ray_train_figures(run: RayTrainRun, bare: list[float], warmup: int) -> dict[str, Any]:
+    steps = run.step_times_s[warmup:]
+    intervals = run.intervals_s[max(warmup - 1, 0) :]
+    bare_median = statistics.median(bare[warmup:])
+    return {
+        "ray_train_cpus_per_worker": run.cpus_per_worker,
+        "ray_train_cpus_reason": run.cpus_reason,
+        "ray_train_torch_threads": run.torch_threads,
+        "ray_train_wall_s": run.wall_s,
+        "ray_train_step_time_median_s": statistics.median(steps),
+        "ray_train_step_interval_median_s": statistics.median(intervals),
+        "ray_train_data_wait_median_s": statistics.median(run.data_wait_s[warmup:]),
+        "bare_same_threads_step_time_median_s": bare_median,
+        "ratio_ray_train_vs_bare": statistics.median(steps) / bare_median,
+        "ratio_ray_train_interval_vs_bare": statistics.median(intervals) / bare_median,
+        "ray_train_step_times_s": run.step_times_s,
+        "ray_train_intervals_s": run.intervals_s,
+        "bare_same_threads_step_times_s": bare,
     }
 
 
@@ -411,8 +509,44 @@ def format_report(r: dict[str, Any]) -> str:
             f"{r['data_wait_fraction']:.3f}",
             "data-wait fraction (median of per-step data_wait_s / step_time_s): "
             f"{r['data_wait_fraction_median']:.3f}",
+            *(_ray_train_lines(r) if "ray_train_step_time_median_s" in r else []),
         ]
     )
+
+
+def _ray_train_lines(r: dict[str, Any]) -> list[str]:
+    first, last = r["warmup"] + 1, r["steps"]
+    threads = r["ray_train_torch_threads"]
+    rows = [
+        (
+            "",
+            f"Ray Train (TorchTrainer, 1 worker, default options)   bare loop, {threads} "
+            "threads, alone",
+        ),
+        (
+            "step time (median)",
+            f"{_ms(r['ray_train_step_time_median_s'])} step_time_s, "
+            f"{_ms(r['ray_train_step_interval_median_s'])} between steps   "
+            f"{_ms(r['bare_same_threads_step_time_median_s'])}",
+        ),
+        ("data wait (median)", _ms(r["ray_train_data_wait_median_s"], 2)),
+        (
+            "worker CPUs",
+            f"cpus_per_worker {r['ray_train_cpus_per_worker']} ({r['ray_train_cpus_reason']}), "
+            f"torch threads {threads}",
+        ),
+        ("fit() wall time", f"{r['ray_train_wall_s']:.2f} s (start-up, steps, export)"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return [
+        "",
+        f"real path: st_ray.train.trainer.fit (what jobs/train.py runs), steps {first}-{last}; "
+        "then the bare loop alone",
+        *(f"{name.ljust(width)}  {value}" for name, value in rows),
+        f"ratio Ray Train/bare step time (median step_time_s): {r['ratio_ray_train_vs_bare']:.2f}x",
+        f"ratio Ray Train/bare step time (median interval between steps): "
+        f"{r['ratio_ray_train_interval_vs_bare']:.2f}x   (goal <= 1.05x)",
+    ]
 
 
 def _ms(seconds: float, digits: int = 1) -> str:
@@ -432,6 +566,7 @@ def main(args: argparse.Namespace) -> int:
             family=args.family,
             images=args.images,
             threads=args.threads,
+            ray_train=not args.no_ray_train,
         ),
         format_report,
     )

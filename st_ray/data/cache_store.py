@@ -6,6 +6,8 @@ Layout of one cache folder::
     shards/<run>/*.parquet written by Ray Data; only shards listed in the manifest count
     index-<id>.parquet     (latent caches) the dataset as of the last run: image -> hash,
                            bucket, captions; the manifest names the current one
+    listing-<id>.parquet   (latent caches) each listed file's stamp and what caching made
+                           of it (st_ray.data.listing); the manifest names the current one
     rows-<digest>.parquet  key -> shard, row group, row and payload byte ranges of the
                            committed shards (``cache_index``), written before the manifest
 
@@ -33,6 +35,7 @@ from st_ray.storage import S3Settings
 
 MANIFEST = "manifest.json"
 INDEX_PREFIX = "index-"
+LISTING_PREFIX = "listing-"
 FORMAT_VERSION = 1
 
 
@@ -59,6 +62,7 @@ class Manifest:
     rows: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
     index: str | None = None  # file name of the current index (latent caches)
+    listing: str | None = None  # file name of the current listing (latent caches)
     version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -72,6 +76,7 @@ class Manifest:
                 "rows": self.rows,
                 "summary": self.summary,
                 "index": self.index,
+                "listing": self.listing,
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
             indent=2,
@@ -107,6 +112,7 @@ class CacheStore:
             rows=int(data.get("rows", 0)),
             summary=data.get("summary", {}),
             index=data.get("index"),
+            listing=data.get("listing"),
             version=int(data.get("version", FORMAT_VERSION)),
         )
 
@@ -170,10 +176,11 @@ class CacheStore:
             for path in self.fs.find(base):
                 if path[len(self.path) + 1 :] not in committed:
                     self.fs.rm(path)
-        current = manifest.index if manifest else None
-        for path in self.fs.glob(self._p(f"{INDEX_PREFIX}*.parquet")):
-            if path.rsplit("/", 1)[-1] != current:
-                self.fs.rm(path)
+        current = {manifest.index, manifest.listing} if manifest else set()
+        for prefix in (INDEX_PREFIX, LISTING_PREFIX):
+            for path in self.fs.glob(self._p(f"{prefix}*.parquet")):
+                if path.rsplit("/", 1)[-1] not in current:
+                    self.fs.rm(path)
         cache_index.remove_stale(self, manifest.shards if manifest else None)
 
     def clear(self) -> None:
@@ -181,8 +188,9 @@ class CacheStore:
             if self.fs.exists(self._p(name)):
                 self.fs.rm(self._p(name), recursive=True)
         cache_index.remove_stale(self, None)
-        for path in self.fs.glob(self._p(f"{INDEX_PREFIX}*.parquet")):
-            self.fs.rm(path)
+        for prefix in (INDEX_PREFIX, LISTING_PREFIX):
+            for path in self.fs.glob(self._p(f"{prefix}*.parquet")):
+                self.fs.rm(path)
 
     def read_columns(self, manifest: Manifest, columns: list[str]) -> pa.Table:
         """Selected columns of every committed shard (cheap: Parquet reads only those)."""
@@ -199,13 +207,31 @@ class CacheStore:
 
     def write_index(self, table: pa.Table) -> str:
         """Write a new index file; it becomes current when the manifest naming it is committed."""
-        name = f"{INDEX_PREFIX}{uuid.uuid4().hex[:12]}.parquet"
+        return self._write_table(INDEX_PREFIX, table)
+
+    def write_listing(self, table: pa.Table) -> str:
+        """Write a new listing file; current once the manifest naming it is committed."""
+        return self._write_table(LISTING_PREFIX, table)
+
+    def _write_table(self, prefix: str, table: pa.Table) -> str:
+        name = f"{prefix}{uuid.uuid4().hex[:12]}.parquet"
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         storage.atomic_write_bytes(
             storage.join(self.root, name), sink.getvalue().to_pybytes(), self.s3
         )
         return name
+
+    def read_listing(self, manifest: Manifest) -> pa.Table | None:
+        """The current listing; None when there is none or it cannot be read (a listing only
+        saves work: without it every file is read again)."""
+        if not manifest.listing:
+            return None
+        try:
+            with self.fs.open(self._p(manifest.listing), "rb") as handle:
+                return pq.read_table(handle)
+        except (OSError, pa.ArrowException):
+            return None
 
     def read_index(self, manifest: Manifest) -> pa.Table | None:
         if not manifest.index:

@@ -51,6 +51,8 @@ ROW_KEYS = (
     "meta_fallback_caption",
     "meta_width",
     "meta_height",
+    "stamp",  # what identifies the file's version without reading it: see file_stamp
+    "caption_stamp",
 )
 
 
@@ -64,11 +66,21 @@ class DatasetNotFoundError(DiscoveryError, FileNotFoundError):
 
 @dataclass(frozen=True)
 class _File:
-    """One listed file: path relative to the dataset root, full URI, size from the listing."""
+    """One listed file: path relative to the dataset root, full URI, size and stamp from the
+    listing."""
 
     rel: str
     uri: str
     size: int | None
+    stamp: str | None = None
+
+
+def file_stamp(size: int | None, modified: int | str | None = None, etag: str | None = None) -> str:
+    """A file's version as its listing tells it, no read needed: the ETag on S3 (it changes
+    with the content), else size and modification time (local files)."""
+    if etag:
+        return f"etag:{etag.strip(chr(34))}"
+    return f"{size}:{modified}"
 
 
 def discover(
@@ -169,8 +181,9 @@ def _walk(root: str) -> Iterator[_File]:
                     pending.append(item.path)
                 elif item.is_file():
                     rel = Path(os.path.relpath(item.path, root)).as_posix()
-                    size = item.stat().st_size if is_image_name(item.name) else None
-                    yield _File(rel, item.path, size)
+                    info = item.stat()
+                    size = info.st_size if is_image_name(item.name) else None
+                    yield _File(rel, item.path, size, file_stamp(info.st_size, info.st_mtime_ns))
 
 
 def _list_s3(dataset_id: str, root: str, s3: S3Settings | None) -> list[_File]:
@@ -189,7 +202,12 @@ def _list_s3(dataset_id: str, root: str, s3: S3Settings | None) -> list[_File]:
         raise DatasetNotFoundError(f"dataset '{dataset_id}': no objects under {root}")
     start = len(path) + 1
     return [
-        _File(name[start:], f"s3://{name}", info.get("size"))
+        _File(
+            name[start:],
+            f"s3://{name}",
+            info.get("size"),
+            file_stamp(info.get("size"), str(info.get("LastModified")), info.get("ETag")),
+        )
         for name, info in found.items()
         if info.get("type", "file") == "file" and len(name) > start
     ]
@@ -198,22 +216,27 @@ def _list_s3(dataset_id: str, root: str, s3: S3Settings | None) -> list[_File]:
 def _listing_rows(dataset_id: str, files: list[_File]) -> list[dict[str, Any]]:
     captions = _caption_index(files)
     return [
-        _row(
-            dataset_id,
-            f.rel,
-            f.uri,
-            size_bytes=f.size,
-            caption_uri=captions.get(posixpath.splitext(f.rel)[0]),
-        )
+        _row(dataset_id, f.rel, f.uri, **_file_values(f, captions))
         for f in files
         if is_image_name(f.rel)
     ]
 
 
-def _caption_index(files: list[_File]) -> dict[str, str]:
-    """Caption file URI by relative path without extension (same folder, same stem)."""
+def _caption_index(files: list[_File]) -> dict[str, _File]:
+    """Caption file by relative path without extension (same folder, same stem)."""
     return {
-        posixpath.splitext(f.rel)[0]: f.uri for f in files if _extension(f.rel) == CAPTION_EXTENSION
+        posixpath.splitext(f.rel)[0]: f for f in files if _extension(f.rel) == CAPTION_EXTENSION
+    }
+
+
+def _file_values(image: _File, captions: Mapping[str, _File]) -> dict[str, Any]:
+    """The row values an image file and its caption file (if any) give."""
+    caption = captions.get(posixpath.splitext(image.rel)[0])
+    return {
+        "size_bytes": image.size,
+        "stamp": image.stamp,
+        "caption_uri": caption.uri if caption else None,
+        "caption_stamp": caption.stamp if caption else None,
     }
 
 
@@ -320,8 +343,7 @@ def _parquet_rows(
                 entry.id,
                 f.rel,
                 f.uri,
-                size_bytes=f.size,
-                caption_uri=captions.get(posixpath.splitext(f.rel)[0]),
+                **_file_values(f, captions),
                 meta_caption=_text(record.get(caption_column)),
                 meta_fallback_caption=_text(record.get(fallback_column))
                 if fallback_column
@@ -445,13 +467,18 @@ def _csv_rows(
             captions[url] = _text(record.get(caption_column))
     rows = []
     for url, caption in captions.items():
-        uri, size = _csv_location(entry.id, url, folder)
+        uri, size, stamp = _csv_location(entry.id, url, folder)
         image_id = url[len("file://") :] if url.startswith("file://") else url
-        rows.append(_row(entry.id, image_id, uri, size_bytes=size, meta_caption=caption))
+        rows.append(
+            _row(entry.id, image_id, uri, size_bytes=size, stamp=stamp, meta_caption=caption)
+        )
     return rows
 
 
-def _csv_location(dataset_id: str, url: str, folder: str | None) -> tuple[str, int | None]:
+def _csv_location(
+    dataset_id: str, url: str, folder: str | None
+) -> tuple[str, int | None, str | None]:
+    """(URI, size, stamp); local files only are stat'ed here (an s3:// row is not listed)."""
     kind = storage.scheme(url)
     if kind in ("http", "https"):
         raise DiscoveryError(
@@ -459,15 +486,16 @@ def _csv_location(dataset_id: str, url: str, folder: str | None) -> tuple[str, i
             "images. Download them first and list local paths (or s3:// URIs) in the CSV."
         )
     if kind not in ("", "file"):
-        return url, None
+        return url, None, None
     path = storage.local_path(url) if kind == "file" or os.path.isabs(url) else None
     if path is None:
         here = os.path.abspath(url)
         path = here if os.path.exists(here) or folder is None else os.path.join(folder, url)
     try:
-        return path, os.stat(path).st_size
+        info = os.stat(path)
     except OSError:
-        return path, None  # reading it later reports the file as unreadable
+        return path, None, None  # reading it later reports the file as unreadable
+    return path, info.st_size, file_stamp(info.st_size, info.st_mtime_ns)
 
 
 # ---------------------------------------------------------------------------------------------

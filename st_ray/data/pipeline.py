@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from st_ray.config.datasets import DatasetEntry
 from st_ray.config.options import CORE_OPTIONS
-from st_ray.data import captioning, discovery
+from st_ray.data import captioning, discovery, listing
 from st_ray.data.bucket_settings import BucketSettings
 from st_ray.data.cache_index import SHARD_WRITE_ARGS
 from st_ray.data.cache_store import CacheStore, Manifest
@@ -169,8 +169,9 @@ def build_caches(plan: Plan) -> CacheReport:
 
 
 def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[str]]:
-    import ray.data
-
+    """Bring one dataset's latent cache up to date. Files the stored listing already answers
+    (st_ray.data.listing: same size and mtime, or ETag) are neither read nor hashed; only the
+    others go through Ray Data, and with none left Ray Data does not run."""
     options = plan.options
     s3_data = S3Settings.from_entry(entry) if entry.backend == "aws" else None
     store = CacheStore(str(entry["cache_dir_vae"]), LATENTS, S3Settings.from_options(options))
@@ -187,6 +188,62 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
         store.commit(manifest, [], 0)
         return report, set()
 
+    caption_filters = tuple(load_caption_filters(entry.fields.get("caption_filter_list")))
+    definition = listing.fingerprint(entry.fields, caption_filters)
+    stored = None if entry.fields.get("scan_for_errors") else store.read_listing(manifest)
+    delete = bool(options.get("delete_problematic_images") or options.get("delete_unwanted_images"))
+    split = listing.split_rows(rows, stored, definition, cached, retry_skipped=delete)
+    run_table = listing.run_table(split.known)
+    shards: list[str] = []
+    if split.todo:
+        shards = _encode_rows(plan, entry, store, split.todo, cached, caption_filters, s3_data)
+        new = store.read_shards(shards, LIGHT_COLUMNS)
+        run_table = pa.concat_tables(
+            [run_table, new.select(run_table.column_names)], promote_options="default"
+        )
+    statuses = Counter(run_table.column("status").to_pylist())
+    report.reused = statuses.pop(CACHED, 0)
+    report.encoded = statuses.pop(OK, 0)
+    report.skipped = dict(sorted(statuses.items()))
+    manifest.summary = {
+        "seen": report.seen,
+        "reused": report.reused,
+        "encoded": report.encoded,
+        "skipped": report.skipped,
+    }
+    unchanged = (
+        not split.todo
+        and manifest.index is not None
+        and listing.usable_ids(stored) == listing.usable_ids(run_table)
+    )
+    if not unchanged:
+        index = _index(run_table, store, [*manifest.shards, *shards])
+        # The index is committed with the shards: one manifest write makes both visible.
+        manifest.index = store.write_index(index)
+    if split.todo or stored is None or len(split.known) != stored.num_rows:
+        manifest.listing = store.write_listing(
+            listing.listing_table(run_table, split.keys, definition)
+        )
+    store.commit(manifest, shards, report.encoded)
+    usable = run_table.filter(pc.is_in(run_table.column("status"), pa.array([OK, CACHED])))
+    captions = {c for row in usable.column("captions").to_pylist() for c in row}
+    return report, captions
+
+
+def _encode_rows(
+    plan: Plan,
+    entry: DatasetEntry,
+    store: CacheStore,
+    rows: list[dict[str, Any]],
+    cached: set[str],
+    caption_filters: tuple[str, ...],
+    s3_data: S3Settings | None,
+) -> list[str]:
+    """Read, hash, decode and VAE-encode ``rows`` with Ray Data into a new shard folder of
+    ``store``; returns the shards written (uncommitted)."""
+    import ray.data
+
+    options = plan.options
     settings = PrepareSettings(
         buckets=BucketSettings.from_entry(
             entry,
@@ -202,7 +259,7 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
         cached_hashes=frozenset(cached),
         delete_problematic=bool(options.get("delete_problematic_images")),
         delete_unwanted=bool(options.get("delete_unwanted_images")),
-        caption_filters=tuple(load_caption_filters(entry.fields.get("caption_filter_list"))),
+        caption_filters=caption_filters,
     )
     actors = caching_actors(plan)
     run_uri, run_dir = store.new_run_dir()
@@ -237,24 +294,7 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
             **SHARD_WRITE_ARGS,  # one row per row group: the feed reads rows by byte range
         )
     )
-    shards = store.shard_files(run_dir)
-    run_table = store.read_shards(shards, LIGHT_COLUMNS)
-    statuses = Counter(run_table.column("status").to_pylist())
-    report.reused = statuses.pop(CACHED, 0)
-    report.encoded = statuses.pop(OK, 0)
-    report.skipped = dict(sorted(statuses.items()))
-    manifest.summary = {
-        "seen": report.seen,
-        "reused": report.reused,
-        "encoded": report.encoded,
-        "skipped": report.skipped,
-    }
-    index = _index(run_table, store, [*manifest.shards, *shards])
-    # The index is committed with the shards: one manifest write makes both visible.
-    manifest.index = store.write_index(index)
-    store.commit(manifest, shards, report.encoded)
-    captions = {c for row in index.column("captions").to_pylist() for c in row}
-    return report, captions
+    return store.shard_files(run_dir)
 
 
 def caption_missing(

@@ -61,6 +61,7 @@ def ray_context() -> WorkerContext:
             say(f"resuming from checkpoint {checkpoint.path}")
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
+        metrics = {**metrics, "torch_threads": torch.get_num_threads()}
         if directory is None:
             ray.train.report(metrics)
             return

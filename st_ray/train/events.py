@@ -72,6 +72,7 @@ class Events:
         metrics["step"] = step
         self.last_metrics = metrics
         if done or (loop.checkpoint_steps and step % loop.checkpoint_steps == 0):
+            self.tracker.flush()  # a run resumed from this checkpoint has every step logged
             report_checkpoint(self.run, self.ctx, progress, metrics, generator)
             self.checkpointed_step = step
         elif self.ctx.report_each_step or evaluated:  # Tune ranks trials on eval steps
@@ -88,6 +89,7 @@ class Events:
         every = self.run.loop.checkpoint_epochs
         epoch_due = every and progress.epoch % every == 0
         if epoch_due and ran_batches and self.checkpointed_step != progress.global_step:
+            self.tracker.flush()
             report_checkpoint(self.run, self.ctx, progress, self.last_metrics, generator)
             self.checkpointed_step = progress.global_step
         due = self.validator and self.validator.is_due(

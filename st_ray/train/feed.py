@@ -1,6 +1,6 @@
 """The per-rank training feed: reads the rows of the next batches while the step computes.
 
-The epoch plan (``data_feed.plan_epoch``) is deterministic, so the batches a rank will train
+The epoch plan (``epoch_plan.plan_epoch``) is deterministic, so the batches a rank will train
 on are known ahead. ``Feed`` walks them -- the rest of the current epoch, then the next
 epochs' plans, computed in the background -- and keeps up to ``dataloader_prefetch_qlen``
 batches in flight or ready, as long as their payload stays within ``feed_prefetch_mib``

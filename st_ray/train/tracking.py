@@ -2,10 +2,18 @@
 
 ``report_to: none`` gives a tracker that records nothing. The default store is a local
 SQLite store (``<output_dir>/mlflow.db``); ``mlflow_tracking_uri`` points at a tracking server.
+
+Per-step metrics never wait on the store: ``log_metrics`` queues them and a background
+thread sends whatever has queued up in one ``log_batch`` call. ``flush`` (before a checkpoint
+is reported) and ``finish`` wait until everything queued is recorded, so a run restored from a
+checkpoint finds every earlier step in MLflow; a failed send is raised by the next call.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +31,9 @@ class Tracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
+
+    def flush(self) -> None:
+        """Return once every metric logged so far is recorded."""
 
     def log_artifact(self, path: Path, artifact_path: str) -> None:
         pass
@@ -59,10 +70,13 @@ class MlflowTracker(Tracker):
         self.run_id = active.info.run_id
         if run_id is None:  # a resumed run already has its params
             mlflow.log_params(flat_params(plan.to_dict(), derived))
+        self.sender = MetricSender(mlflow.MlflowClient(plan.tracking_uri), self.run_id)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        self.mlflow.log_metrics(numbers, step=step)
+        self.sender.put(metrics, step)
+
+    def flush(self) -> None:
+        self.sender.flush()
 
     def log_artifact(self, path: Path, artifact_path: str) -> None:
         """A file, or a folder (e.g. a full fine-tune's unet/) as a folder of artifacts."""
@@ -72,7 +86,73 @@ class MlflowTracker(Tracker):
             self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.mlflow.end_run(status=status)
+        try:
+            self.sender.close()
+        finally:
+            self.mlflow.end_run(status=status)
+
+
+class MetricSender:
+    """Sends queued metrics to one MLflow run from a daemon thread, in batches."""
+
+    MAX_BATCH = 1000  # metrics per log_batch request (MLflow's limit)
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.pending: queue.Queue[list[Any] | None] = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._send_loop, name="mlflow-metrics", daemon=True)
+        self.thread.start()
+
+    def put(self, metrics: Mapping[str, float], step: int) -> None:
+        """Queue one step's numeric metrics (timestamped now); returns at once."""
+        from mlflow.entities import Metric
+
+        self._raise_error()
+        stamp = int(time.time() * 1000)
+        numbers = [
+            Metric(k, float(v), stamp, step)
+            for k, v in metrics.items()
+            if isinstance(v, int | float)
+        ]
+        if numbers:
+            self.pending.put(numbers)
+
+    def flush(self) -> None:
+        self.pending.join()
+        self._raise_error()
+
+    def close(self) -> None:
+        """Send what is queued, then stop the thread."""
+        if self.thread.is_alive():
+            self.pending.put(None)
+            self.thread.join()
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise RuntimeError(f"MLflow: recording metrics failed: {error}") from error
+
+    def _send_loop(self) -> None:
+        while True:
+            first = self.pending.get()
+            items = [first]
+            while first is not None and not self.pending.empty():  # all that queued up
+                items.append(self.pending.get())
+            metrics = [m for item in items if item is not None for m in item]
+            try:
+                for start in range(0, len(metrics), self.MAX_BATCH):
+                    self.client.log_batch(
+                        self.run_id, metrics=metrics[start : start + self.MAX_BATCH]
+                    )
+            except BaseException as err:  # noqa: BLE001 - handed to the training thread
+                self.error = err
+            for _ in items:
+                self.pending.task_done()
+            if None in items:
+                return
 
 
 def _run_exists(mlflow: Any, run_id: str) -> bool:

@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from st_ray.device import pick_device
-from st_ray.placement import cluster_nodes, local_storage_warning, train_worker_resources
+from st_ray.placement import (
+    cluster_nodes,
+    local_storage_warning,
+    train_worker_cpus,
+    train_worker_resources,
+)
 from st_ray.plan import Plan
 from st_ray.train.checkpoints import Progress
 from st_ray.train.run_identity import run_name
@@ -46,10 +51,19 @@ def fit(
     options = plan.options
     use_gpu = _use_gpu(options["use_gpu"])
     storage_path, storage_fs = storage or run_storage(plan)
+    nodes = cluster_nodes()
     # A campaign's storage (Tune) is checked by the campaign.
-    warning = None if storage else local_storage_warning(plan.run_storage, len(cluster_nodes()))
+    warning = None if storage else local_storage_warning(plan.run_storage, len(nodes))
     if warning:
         print(warning, flush=True)
+    if resources_per_worker is None:
+        resources_per_worker = train_worker_resources(options, use_gpu, nodes)
+        chosen = train_worker_cpus(options, use_gpu, nodes)
+        print(
+            f"  cpus_per_worker {chosen.cpus} ({chosen.reason}); torch threads per worker = "
+            "its CPUs",
+            flush=True,
+        )
     # Workers need the resolved plan, not the driver's environment (it may hold secrets).
     shipped = dataclasses.replace(plan, config=dataclasses.replace(plan.config, env={}))
     trainer = TorchTrainer(
@@ -58,7 +72,7 @@ def fit(
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(options["num_processes"]),
             use_gpu=use_gpu,
-            resources_per_worker=resources_per_worker or train_worker_resources(options, use_gpu),
+            resources_per_worker=resources_per_worker,
             placement_strategy=str(options.get("placement_strategy") or "PACK"),
             accelerator_type=options.get("train_accelerator_type") or None,
         ),

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from st_ray.device import use_worker_cpus
 from st_ray.plan import Plan
 from st_ray.train import data_feed
 from st_ray.train.build import Run, build_run, plan_for
@@ -46,6 +47,7 @@ def train_worker(config: dict[str, Any]) -> None:
     # st_ray prints one progress line per step from rank 0; Ray Train's own per-report lines
     # would double every step in the driver's log.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    use_worker_cpus()  # torch threads = the worker's CPUs (cpus_per_worker)
     ctx = ray_context()
     if ctx.resume_dir is None:
         ctx.resume_dir = explicit_checkpoint(plan)

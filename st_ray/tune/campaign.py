@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from st_ray.config.redact import redact
+from st_ray.placement import parse_cpus
 from st_ray.plan import Plan
 from st_ray.train import eval_loss
 from st_ray.tune import results, space, stopping
@@ -321,5 +322,7 @@ def _campaign_callback(tuner: Any) -> CampaignCallback:
 
 
 def _worker_resources(plan: Plan, sweep: Sweep) -> dict[str, float]:
-    cpus = sweep.cpus_per_worker or float(plan.options["cpus_per_worker"])
+    # cpus_per_worker 'auto' would give each trial's workers whole nodes, so trials could not
+    # run side by side: a campaign asks for 1 CPU per worker unless told otherwise.
+    cpus = sweep.cpus_per_worker or float(parse_cpus(plan.options["cpus_per_worker"]) or 1)
     return {"CPU": cpus, **({"GPU": float(sweep.gpus_per_worker)} if sweep.gpus_per_worker else {})}

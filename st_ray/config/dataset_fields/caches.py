@@ -59,10 +59,10 @@ CACHES: list[Option] = group(
             "scan_for_errors",
             bool,
             False,
-            "At start-up, check cached latents against the bucket metadata and repair "
-            "mismatches (per vae_cache_scan_behaviour).",
-            unsupported="cache consistency scans are not implemented yet; delete the cache "
-            "folder to rebuild it",
+            "Read and hash every file again instead of trusting the stored listing (a file "
+            "whose size and modification time, or S3 ETag, are unchanged is otherwise taken as "
+            "unchanged), and check cached latents against their buckets (per "
+            "vae_cache_scan_behaviour).",
         ),
         opt(
             "text_cache_ondemand",

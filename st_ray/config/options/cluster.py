@@ -36,10 +36,12 @@ OPTIONS = [
     ),
     opt(
         "cpus_per_worker",
-        int,
-        1,
-        "CPUs reserved for each Ray Train worker.",
-        minimum=1,
+        str,
+        "auto",
+        "CPUs reserved for each Ray Train worker; torch uses as many threads. 'auto': the "
+        "CPUs of a node that can host a worker divided by the workers it may hold (the "
+        "smallest such share over the nodes that are up; 1 when none is up yet). A number "
+        "asks for exactly that many.",
     ),
     opt(
         "placement_strategy",
