@@ -54,7 +54,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from st_ray import zoo
-from st_ray.bench.cache import _fresh, _ray_session, generate_images, write_config
+from st_ray.bench.bare_loop import BareLoop, cached_shapes, run_bare
+from st_ray.bench.inputs import fresh, generate_images, ray_session, write_config
+from st_ray.bench.train_report import format_report
 from st_ray.bench.workdir import run_and_report
 from st_ray.plan import Plan, build_plan
 
@@ -107,133 +109,6 @@ def run_loop(
 
 
 @dataclass
-class CachedShapes:
-    bucket: tuple[int, int]  # (width, height) in pixels
-    latent: tuple[int, ...]  # one latent, (C, h, w)
-    text: dict[str, tuple[tuple[int, ...], Any]]  # key -> (shape without batch, torch dtype)
-
-
-def cached_shapes(plan: Plan) -> CachedShapes:
-    """The shapes (and the embeddings' dtypes) the loop reads from the caches."""
-    from st_ray.data.pipeline import text_cache_root
-    from st_ray.storage import S3Settings
-    from st_ray.train import data_feed
-
-    s3 = S3Settings.from_options(plan.options)
-    entry = next(d for d in plan.datasets if d.is_image)
-    root = str(entry["cache_dir_vae"])
-    samples = data_feed.load_dataset_samples(root, entry, s3).samples
-    if not samples:
-        raise RuntimeError(f"no cached latents in {root}")
-    buckets = {s.bucket for s in samples}
-    if len(buckets) != 1:
-        raise RuntimeError(f"expected one aspect bucket, got {sorted(buckets)}")
-    first = samples[0]
-    (latent,) = data_feed.LatentStore(root, s3).load([first.content_hash]).values()
-    texts = data_feed.TextEmbedStore(text_cache_root(plan), s3)
-    (embeds,) = texts.load_captions(first.captions[:1]).values()
-    return CachedShapes(
-        first.bucket, tuple(latent.shape), {k: (tuple(v.shape), v.dtype) for k, v in embeds.items()}
-    )
-
-
-class BareLoop:
-    """The bare loop (see the module docstring): built as the loop's ``build_run`` builds its
-    denoiser, LoRA and optimizer; ``step()`` runs one optimizer step and returns its seconds."""
-
-    def __init__(self, plan: Plan, shapes: CachedShapes) -> None:
-        import torch
-
-        from st_ray.device import pick_device
-        from st_ray.models.family import get_family_module
-        from st_ray.train import adapters, noise
-        from st_ray.train.optimizers import build_optimizer
-        from st_ray.train.settings import weight_dtype
-
-        options = self.options = plan.options
-        device = self.device = pick_device()
-        seed = int(options.get("seed") or 0)
-        family = self.family = get_family_module(plan.family.name)
-        dtype = self.dtype = weight_dtype(options, device)
-        # Built while st_ray's loop runs: seed the LoRA init without touching its global RNG.
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            core = self.core = family.load_denoiser(
-                plan.model, dtype=dtype, device=device, options=options
-            )
-            core.requires_grad_(False)
-            adapters.add_lora(core, plan.family.name, options)
-        core.train()
-        params = [p for p in core.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(params, options)
-
-        scheduler_config = family.noise_scheduler_config(plan.model, options)
-        self.flow = plan.family.flow_matching
-        self.num_timesteps = int(scheduler_config.get("num_train_timesteps") or 1000)
-        self.prediction_type = options.get("prediction_type") or plan.family.prediction_types[0]
-        self.alphas = None
-        if not self.flow:
-            self.alphas = noise.alphas_cumprod_from_config(
-                scheduler_config, rescale_betas_zero_snr=bool(options["rescale_betas_zero_snr"])
-            ).to(device)
-
-        batch = self.batch = int(options["train_batch_size"])
-        self.on_device = torch.Generator(device=device).manual_seed(seed)
-        self.on_cpu = torch.Generator().manual_seed(
-            seed
-        )  # for per-step draws (e.g. random guidance)
-        self.x0 = torch.randn((batch, *shapes.latent), generator=self.on_device, device=device)
-        width, height = shapes.bucket
-        # What collate gives the size-conditioning inputs: (height, width), crops at (0, 0).
-        sizes = torch.tensor([[height, width]] * batch, dtype=torch.long, device=device)
-        self.inputs = {
-            **{
-                key: torch.randn((batch, *shape), generator=self.on_device, device=device).to(kind)
-                for key, (shape, kind) in shapes.text.items()
-            },
-            "original_size": sizes,
-            "target_size": sizes,
-            "crop_top_left": torch.zeros_like(sizes),
-        }
-
-    def step(self) -> float:
-        import torch
-        import torch.nn.functional as F
-
-        from st_ray.train import noise
-        from st_ray.train.step import autocast
-
-        x0, device, gen = self.x0, self.device, self.on_device
-        self._sync()  # st_ray's step may still be running on the GPU
-        start = time.perf_counter()
-        eps = torch.randn(x0.shape, generator=gen, device=device)
-        if self.flow:
-            sigmas = torch.rand(self.batch, generator=gen, device=device)
-            t = sigmas * 1000
-            noisy, target = noise.flow_noisy(x0, eps, sigmas), noise.flow_target(x0, eps)
-        else:
-            t = torch.randint(0, self.num_timesteps, (self.batch,), generator=gen, device=device)
-            noisy = noise.add_noise(x0, eps, t, self.alphas)
-            target = noise.ddpm_target(self.prediction_type, x0, eps, t, self.alphas)
-        with autocast(self.dtype, self.core):
-            pred = self.family.predict(
-                self.core, noisy.to(self.dtype), t, self.inputs, self.options, generator=self.on_cpu
-            ).output
-            loss = F.mse_loss(pred.float(), target.float())
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self._sync()  # the GPU runs ahead; time the work, not the launch
-        return time.perf_counter() - start
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.synchronize(self.device)
-
-
-@dataclass
 class RayTrainRun:
     """``fit(plan)`` under Ray Train, timed from the worker's own MLflow records."""
 
@@ -277,19 +152,6 @@ def run_ray_train(plan: Plan, stdout: TextIO | None = None) -> RayTrainRun:
     )
 
 
-def run_bare(plan: Plan, shapes: CachedShapes, steps: int, threads: int) -> list[float]:
-    """``steps`` bare steps alone in this process with ``threads`` torch threads."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        loop = BareLoop(plan, shapes)
-        return [loop.step() for _ in range(steps)]
-    finally:
-        torch.set_num_threads(previous)
-
-
 def run_benchmark(
     workdir: Path,
     *,
@@ -314,10 +176,10 @@ def run_benchmark(
     # One epoch by default, so every step reads its samples from the cache shards.
     images = images or steps * batch_size
     model = zoo.ensure(family, zoo_root or workdir / "models")
-    data = _fresh(workdir / "data")
+    data = fresh(workdir / "data")
     # Square images of exactly the target area: one bucket, one latent shape for every step.
     generate_images(data, images, sides=(resolution, resolution))
-    config = write_config(_fresh(workdir / "run"), model, data, family, resolution)
+    config = write_config(fresh(workdir / "run"), model, data, family, resolution)
     overrides = ["--train_batch_size", str(batch_size), "--max_train_steps", str(steps)]
     plan = build_plan(config, overrides, {})
     if plan.options.get("checkpoint_step_interval") or plan.options.get(
@@ -325,7 +187,7 @@ def run_benchmark(
     ):
         raise RuntimeError("checkpoints must be off for the benchmark")
 
-    with _ray_session(None):
+    with ray_session(None):
         from st_ray.data.pipeline import build_caches
 
         report = build_caches(plan)
@@ -364,7 +226,7 @@ def run_benchmark(
     real: dict[str, Any] = {}
     if ray_train:
         real_plan = build_plan(config, [*overrides, "--output_dir", str(workdir / "ray-out")], {})
-        with _ray_session(None), (workdir / "ray-train-stdout.txt").open("w") as stdout:
+        with ray_session(None), (workdir / "ray-train-stdout.txt").open("w") as stdout:
             ray_run = run_ray_train(real_plan, stdout)
         real = _ray_train_figures(
             ray_run, run_bare(plan, shapes, steps, ray_run.torch_threads), warmup
@@ -439,118 +301,6 @@ def _ray_train_figures(run: RayTrainRun, bare: list[float], warmup: int) -> dict
         "ray_train_intervals_s": run.intervals_s,
         "bare_same_threads_step_times_s": bare,
     }
-
-
-def format_report(r: dict[str, Any]) -> str:
-    first, last = r["warmup"] + 1, r["steps"]
-    setup = (
-        f"{r['family']} tiny model + LoRA, batch {r['batch_size']} at {r['resolution']}px "
-        f"(latents {tuple(r['latent_shape'])}), {r['images']} images, {r['device']}, "
-        f"torch threads {r['torch_threads']} of {r['cpu_count']} CPUs"
-    )
-    rows = [
-        ("setup", setup),
-        (
-            "st_ray step_time_s",
-            f"{_ms(r['st_ray_step_time_median_s'])} median, "
-            f"{_ms(r['st_ray_step_time_min_s'])} min (steps {first}-{last})",
-        ),
-        (
-            "st_ray report interval",
-            f"{_ms(r['st_ray_step_interval_median_s'])} median (steps {first}-{last - 1})",
-        ),
-        (
-            "bare PyTorch step",
-            f"{_ms(r['bare_step_time_median_s'])} median, "
-            f"{_ms(r['bare_step_time_min_s'])} min (steps {first}-{last})",
-        ),
-        (
-            "time to first step",
-            f"{r['time_to_first_step_s']:.2f} s (the first step itself: "
-            f"{r['first_step_time_s']:.2f} s)",
-        ),
-        (
-            "st_ray loop wall time",
-            f"{r['st_ray_wall_s']:.2f} s, bare steps not counted (after the last report: "
-            f"{r['st_ray_tail_s']:.2f} s)",
-        ),
-        ("data wait per step", f"{_ms(r['data_wait_median_s'], 2)} median (steps {first}-{last})"),
-        (
-            "load average (1 min)",
-            f"{r['load_average_before']:.2f} before, {r['load_average_after']:.2f} after",
-        ),
-    ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(
-        [
-            *(f"{name.ljust(width)}  {value}" for name, value in rows),
-            "",
-            f"timed:  steady state = steps {first}-{last} of {last} ({r['warmup']} warm-up steps"
-            " left out).",
-            "        st_ray = worker.train() in this process with fit_in_process's context",
-            "        (world size 1) and a report callback that timestamps each call.",
-            "        step_time_s = the loop's own figure: data loading, forward/backward, grad",
-            "        norm/clip, optimizer + LR scheduler step. report interval = time between",
-            "        two reports: that plus the per-step MLflow call and progress line; the last",
-            "        step's is left out (the loop saves its final checkpoint before reporting).",
-            "        bare = the same denoiser, LoRA and optimizer on random tensors already on",
-            "        the device: noise + predict + MSE + backward + step + zero_grad; no data,",
-            "        checkpoints, scheduler, clipping or tracking. Interleaved: one bare step",
-            "        inside each st_ray report callback (not counted in st_ray's figures), so",
-            "        both loops run under the same machine load.",
-            "        time to first step = from calling the loop to its first report: denoiser",
-            "        load, LoRA, optimizer, cache index, MLflow run, lazy imports, step 1.",
-            "",
-            f"ratio st_ray/bare step time (median): {r['ratio_st_ray_vs_bare']:.2f}x",
-            "ratio st_ray/bare step time, report interval (median): "
-            f"{r['ratio_st_ray_interval_vs_bare']:.2f}x",
-            f"ratio st_ray/bare step time (min): {r['ratio_st_ray_vs_bare_min']:.2f}x",
-            f"data-wait fraction (sum data_wait_s / sum step_time_s, steady state): "
-            f"{r['data_wait_fraction']:.3f}",
-            "data-wait fraction (median of per-step data_wait_s / step_time_s): "
-            f"{r['data_wait_fraction_median']:.3f}",
-            *(_ray_train_lines(r) if "ray_train_step_time_median_s" in r else []),
-        ]
-    )
-
-
-def _ray_train_lines(r: dict[str, Any]) -> list[str]:
-    first, last = r["warmup"] + 1, r["steps"]
-    threads = r["ray_train_torch_threads"]
-    rows = [
-        (
-            "",
-            f"Ray Train (TorchTrainer, 1 worker, default options)   bare loop, {threads} "
-            "threads, alone",
-        ),
-        (
-            "step time (median)",
-            f"{_ms(r['ray_train_step_time_median_s'])} step_time_s, "
-            f"{_ms(r['ray_train_step_interval_median_s'])} between steps   "
-            f"{_ms(r['bare_same_threads_step_time_median_s'])}",
-        ),
-        ("data wait (median)", _ms(r["ray_train_data_wait_median_s"], 2)),
-        (
-            "worker CPUs",
-            f"cpus_per_worker {r['ray_train_cpus_per_worker']} ({r['ray_train_cpus_reason']}), "
-            f"torch threads {threads}",
-        ),
-        ("fit() wall time", f"{r['ray_train_wall_s']:.2f} s (start-up, steps, export)"),
-    ]
-    width = max(len(name) for name, _ in rows)
-    return [
-        "",
-        f"real path: st_ray.train.trainer.fit (what jobs/train.py runs), steps {first}-{last}; "
-        "then the bare loop alone",
-        *(f"{name.ljust(width)}  {value}" for name, value in rows),
-        f"ratio Ray Train/bare step time (median step_time_s): {r['ratio_ray_train_vs_bare']:.2f}x",
-        f"ratio Ray Train/bare step time (median interval between steps): "
-        f"{r['ratio_ray_train_interval_vs_bare']:.2f}x   (goal <= 1.05x)",
-    ]
-
-
-def _ms(seconds: float, digits: int = 1) -> str:
-    return f"{seconds * 1000:.{digits}f} ms"
 
 
 def main(args: argparse.Namespace) -> int:
