@@ -22,13 +22,8 @@ from st_ray.train.data_feed import (
     collate,
     load_dataset_samples,
 )
-from st_ray.train.epoch_plan import (
-    DatasetSamples,
-    Sample,
-    plan_epoch,
-    plan_options,
-    steps_per_epoch,
-)
+from st_ray.train.epoch_plan import DatasetSamples, plan_epoch, plan_options, steps_per_epoch
+from st_ray.train.samples import Sample
 
 SQUARE, TALL, WIDE = (64, 64), (64, 128), (128, 64)
 

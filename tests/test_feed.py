@@ -253,7 +253,7 @@ def test_s3_cache_is_read_by_byte_ranges(tmp_path: Path, s3_server) -> None:
         compression="none",
     )
     latents, texts = stores(caches, s3)
-    keys = sorted(latents.rows.index.position)
+    keys = latents.rows.index.key_list()
     got = latents.load(keys)
     assert len(got) == 12 and latents.rows.bytes_read == 12 * (32 + 4)
     embeds = texts.load_captions(["caption 1"])

@@ -4,6 +4,7 @@ with two DDP workers and a resumed run, MLflow records, outputs that diffusers l
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,8 @@ def test_resume_continues_exactly(sd1x_setup, tmp_path: Path) -> None:
     )
     assert resumed.global_step == straight.global_step == 4
     assert [r["loss"] for r in tail] == [r["loss"] for r in reported[2:]]
+    # The loop closes its feed: no read-ahead thread outlives a run.
+    assert not [t for t in threading.enumerate() if t.name.startswith("st-ray-feed")]
     a = load_file(tmp_path / "a" / "pytorch_lora_weights.safetensors")
     b = load_file(tmp_path / "b" / "pytorch_lora_weights.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -254,3 +257,5 @@ def test_lost_shard_stops_the_run_naming_it_and_keeps_its_checkpoint(
     with pytest.raises(ShardReadError, match=r"shard shards/.*\.parquet is missing or unread"):
         fit_in_process(_plan(config, tmp_path / "b"), tmp_path / "ck2", resume_from=kept)
     assert {p.name: p.read_bytes() for p in kept.iterdir() if p.is_file()} == before
+    # The feed is closed on the error path too.
+    assert not [t for t in threading.enumerate() if t.name.startswith("st-ray-feed")]

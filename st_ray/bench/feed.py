@@ -191,8 +191,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--s3-rows",
         type=int,
         nargs="+",
-        default=[1000, 10000],
-        help="S3 cache sizes (moto server in RAM)",
+        default=[1000, 10000, 100000],
+        help="S3 cache sizes (moto server in RAM: rows shrunk, see --s3-latent-side)",
     )
     parser.add_argument("--no-local", dest="local", action="store_false", help="skip local")
     parser.add_argument("--no-s3", dest="s3", action="store_false", help="skip S3")

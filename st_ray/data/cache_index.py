@@ -22,13 +22,16 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from st_ray.data.row_index import CHUNK_ROWS, RowIndex
+
+READ_ROWS = CHUNK_ROWS  # rows decoded at once when loading an index file (its row groups)
 
 ROWS_PREFIX = "rows-"
 # Latent caches: key column and whether only status "ok" rows count; text caches.
@@ -71,48 +74,6 @@ def payload_columns(kind: str, names: Sequence[str]) -> list[str]:
 def index_name(shards: Sequence[str]) -> str:
     digest = hashlib.sha256(json.dumps(list(shards)).encode()).hexdigest()[:16]
     return f"{ROWS_PREFIX}{digest}.parquet"
-
-
-@dataclass
-class RowIndex:
-    """The in-memory index: numpy columns (compact at millions of rows) and key -> position."""
-
-    shards: list[str]
-    payload: list[str]
-    table: pa.Table
-
-    def __post_init__(self) -> None:
-        self.position = {k: i for i, k in enumerate(self.table.column("key").to_pylist())}
-        self.shard = self.table.column("shard").to_numpy()
-        self.row_group = self.table.column("row_group").to_numpy()
-        self.row = self.table.column("row").to_numpy()
-        self.offset = {c: self.table.column(f"{c}.offset").to_numpy() for c in self.payload}
-        self.length = {c: self.table.column(f"{c}.length").to_numpy() for c in self.payload}
-        self.codec = {c: self.table.column(f"{c}.codec").to_numpy() for c in self.payload}
-        self.nbytes = {c: self.table.column(f"{c}.nbytes").to_numpy() for c in self.payload}
-        # Shapes and dtypes repeat (one per bucket): keep the distinct ones and an id per row.
-        self.layouts: list[tuple[tuple[int, ...], str]] = []
-        self.layout = {}
-        for c in self.payload:
-            known: dict[tuple[tuple[int, ...], str], int] = {}
-            shapes = self.table.column(f"{c}.shape").to_pylist()
-            dtypes = self.table.column(f"{c}.dtype").to_pylist()
-            ids = np.empty(len(shapes), dtype=np.int32)
-            for i, (shape, dtype) in enumerate(zip(shapes, dtypes, strict=True)):
-                layout = (tuple(shape), dtype)
-                if layout not in known:
-                    known[layout] = len(self.layouts)
-                    self.layouts.append(layout)
-                ids[i] = known[layout]
-            self.layout[c] = ids
-        self.table = None  # the arrays above are all a reader needs
-
-    def __len__(self) -> int:
-        return len(self.position)
-
-    def row_bytes(self, position: int) -> int:
-        """Payload bytes of the row at ``position`` (what a read of it must fetch)."""
-        return int(sum(self.nbytes[c][position] for c in self.payload))
 
 
 def build_entries(
@@ -218,14 +179,55 @@ def _dedupe(table: pa.Table) -> pa.Table:
 
 
 def _checksum(table: pa.Table) -> str:
-    # Canonical types and one chunk per column: a Parquet round trip changes neither the
-    # values nor this digest.
+    # Canonical types, in batches of CHUNK_ROWS rows: a Parquet round trip changes neither
+    # the values nor this digest, and a reader can check it a batch at a time.
     payload = [n[: -len(".offset")] for n in table.column_names if n.endswith(".offset")]
     canonical = table.replace_schema_metadata(None).cast(_schema(payload)).combine_chunks()
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, canonical.schema) as writer:
-        writer.write_table(canonical)
-    return hashlib.sha256(sink.getvalue()).hexdigest()
+    return _Digest(canonical.schema).update(canonical.to_batches(CHUNK_ROWS)).hexdigest()
+
+
+class _Digest:
+    """SHA-256 of the Arrow IPC stream of a table's batches, without holding the stream."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self._sha = hashlib.sha256()
+        self.closed = False
+        self._writer = pa.ipc.new_stream(pa.PythonFile(self, mode="w"), schema)
+
+    def write(self, data: bytes) -> int:  # the IPC writer's sink
+        self._sha.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def update(self, batches: Iterable[pa.RecordBatch]) -> _Digest:
+        for batch in batches:
+            self._writer.write_batch(batch)
+        return self
+
+    def hexdigest(self) -> str:
+        self._writer.close()
+        return self._sha.hexdigest()
+
+
+def _rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """``batches`` cut into batches of exactly ``rows`` rows (the last one fewer)."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        pending.append(batch)
+        count += batch.num_rows
+        while count >= rows:
+            merged = pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+            yield merged.slice(0, rows)
+            rest = merged.slice(rows)
+            pending, count = ([rest] if rest.num_rows else []), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 
 def encode(table: pa.Table, shards: Sequence[str], payload: Sequence[str]) -> bytes:
@@ -237,7 +239,7 @@ def encode(table: pa.Table, shards: Sequence[str], payload: Sequence[str]) -> by
         _META_PAYLOAD: json.dumps(list(payload)).encode(),
     }
     sink = pa.BufferOutputStream()
-    pq.write_table(table.replace_schema_metadata(metadata), sink)
+    pq.write_table(table.replace_schema_metadata(metadata), sink, row_group_size=CHUNK_ROWS)
     return sink.getvalue().to_pybytes()
 
 
@@ -249,18 +251,27 @@ def decode(data: bytes, shards: Sequence[str]) -> tuple[pa.Table, list[str]]:
     except (OSError, pa.ArrowException) as error:
         raise ValueError(f"unreadable ({error})") from error
     meta = table.schema.metadata or {}
-    if not {_META_SHA, _META_ROWS, _META_SHARDS, _META_PAYLOAD} <= set(meta):
-        raise ValueError("no checksum")
-    if int(meta[_META_ROWS]) != table.num_rows:
-        raise ValueError(f"{table.num_rows} rows, the file says {int(meta[_META_ROWS])}")
-    if json.loads(meta[_META_SHARDS]) != list(shards):
-        raise ValueError("made for other shards")
-    payload = json.loads(meta[_META_PAYLOAD])
-    if set(table.column_names) != set(_schema(payload).names):
-        raise ValueError("written by another st_ray version")
+    payload = _check_meta(meta, table.num_rows, shards, table.column_names)
     if _checksum(table) != meta[_META_SHA].decode():
         raise ValueError("checksum mismatch")
     return table.replace_schema_metadata(None), payload
+
+
+def _check_meta(
+    meta: dict[bytes, bytes], rows: int, shards: Sequence[str], names: Sequence[str]
+) -> list[str]:
+    """The payload columns an index file's metadata names; ValueError when it does not
+    describe this file (rows) or these shards, or comes from another version."""
+    if not {_META_SHA, _META_ROWS, _META_SHARDS, _META_PAYLOAD} <= set(meta):
+        raise ValueError("no checksum")
+    if int(meta[_META_ROWS]) != rows:
+        raise ValueError(f"{rows} rows, the file says {int(meta[_META_ROWS])}")
+    if json.loads(meta[_META_SHARDS]) != list(shards):
+        raise ValueError("made for other shards")
+    payload = json.loads(meta[_META_PAYLOAD])
+    if set(names) != set(_schema(payload).names):
+        raise ValueError("written by another st_ray version")
+    return payload
 
 
 def update(
@@ -303,6 +314,39 @@ def _read(store, shards: Sequence[str]) -> tuple[pa.Table, list[str]] | None:
     return decode(data, shards)
 
 
+def _scan(store, shards: Sequence[str]) -> RowIndex | None:
+    """The valid index file of ``shards`` read into a ``RowIndex`` a batch at a time (the
+    decoded table is never whole in memory); None when absent; ValueError when it is bad."""
+    path = f"{store.path}/{index_name(shards)}"
+    try:
+        data = store.fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+    try:
+        file = pq.ParquetFile(pa.BufferReader(data))
+        meta = file.schema_arrow.metadata or {}
+    except (OSError, pa.ArrowException) as error:
+        raise ValueError(f"unreadable ({error})") from error
+    payload = _check_meta(meta, file.metadata.num_rows, shards, file.schema_arrow.names)
+    schema = _schema(payload)
+    digest = _Digest(schema)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            raw = file.iter_batches(batch_size=READ_ROWS, use_threads=False)
+            for batch in _rebatch(raw, CHUNK_ROWS):
+                batch = pa.Table.from_batches([batch]).cast(schema).to_batches()[0]
+                digest.update([batch])
+                yield batch
+        except (OSError, pa.ArrowException) as error:
+            raise ValueError(f"unreadable ({error})") from error
+
+    index = RowIndex.from_batches(shards, payload, file.metadata.num_rows, batches())
+    if digest.hexdigest() != meta[_META_SHA].decode():
+        raise ValueError("checksum mismatch")
+    return index
+
+
 def _write(store, table: pa.Table, shards: Sequence[str], payload: Sequence[str]) -> None:
     from st_ray import storage
 
@@ -317,7 +361,7 @@ def load(store, shards: Sequence[str]) -> RowIndex:
     name = index_name(shards)
     found = None
     try:
-        found = _read(store, shards)
+        found = _scan(store, shards)
     except ValueError as problem:
         log.warning(
             "row index %s of %s is bad (%s); rebuilding it from the shards",
@@ -331,8 +375,8 @@ def load(store, shards: Sequence[str]) -> RowIndex:
             _write(store, table, shards, payload)
         except OSError as error:
             log.warning("could not save the row index %s of %s: %s", name, store.root, error)
-        found = (table, payload)
-    return RowIndex(list(shards), found[1], found[0])
+        found = RowIndex.from_table(shards, payload, table)
+    return found
 
 
 def commit(store, old_shards: Sequence[str], shards: Sequence[str]) -> None:

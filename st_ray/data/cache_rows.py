@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,29 +51,28 @@ class CacheRows:
         self.rows_read = 0  # rows fetched from storage
         self.bytes_read = 0  # bytes requested from storage (ranges and row groups)
         self.group_reads = 0  # rows read with their row group (layouts without byte ranges)
+        # Called before each row is read (the feed pauses its reader threads there while
+        # the training thread assembles a batch).
+        self.before_row: Callable[[], None] | None = None
 
     @property
     def payload(self) -> list[str]:
         return self.index.payload
 
     def __contains__(self, key: str) -> bool:
-        return key in self.index.position
+        return key in self.index
 
     def positions(self, keys: Iterable[str]) -> dict[str, int]:
         """Index positions of ``keys``; KeyError naming the cache for unknown ones."""
-        found, unknown = {}, []
-        for key in dict.fromkeys(keys):
-            position = self.index.position.get(key)
-            if position is None:
-                unknown.append(key)
-            else:
-                found[key] = position
+        wanted = list(dict.fromkeys(keys))
+        found = self.index.find(wanted).tolist()
+        unknown = [key for key, position in zip(wanted, found, strict=True) if position < 0]
         if unknown:
             raise KeyError(
                 f"{len(unknown)} key(s) not in the {self.store.kind} cache {self.store.root} "
                 f"(e.g. {unknown[0]}); rerun the caching stage to bring it up to date"
             )
-        return found
+        return dict(zip(wanted, found, strict=True))
 
     def nbytes(self, keys: Iterable[str]) -> int:
         """Payload bytes of ``keys`` (distinct): what fetching them reads (and holds)."""
@@ -84,6 +83,8 @@ class CacheRows:
         out = {}
         fallback: dict[tuple[int, int], list[tuple[str, int]]] = {}
         for key, position in self.positions(keys).items():
+            if self.before_row is not None:
+                self.before_row()
             row = None
             if all(self.index.offset[c][position] >= 0 for c in self.payload):
                 row = self._read_direct(position)

@@ -22,7 +22,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from st_ray.storage import S3Settings
 MANIFEST = "manifest.json"
 INDEX_PREFIX = "index-"
 LISTING_PREFIX = "listing-"
+INDEX_GROUP_ROWS = 16384  # rows per row group of index files
 FORMAT_VERSION = 1
 
 
@@ -216,7 +217,8 @@ class CacheStore:
     def _write_table(self, prefix: str, table: pa.Table) -> str:
         name = f"{prefix}{uuid.uuid4().hex[:12]}.parquet"
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
+        # Row groups of INDEX_GROUP_ROWS: a worker decodes it a group at a time.
+        pq.write_table(table, sink, row_group_size=INDEX_GROUP_ROWS)
         storage.atomic_write_bytes(
             storage.join(self.root, name), sink.getvalue().to_pybytes(), self.s3
         )
@@ -238,3 +240,13 @@ class CacheStore:
             return None
         with self.fs.open(self._p(manifest.index), "rb") as handle:
             return pq.read_table(handle)
+
+    def iter_index(
+        self, manifest: Manifest, columns: list[str], batch_rows: int = 4096
+    ) -> Iterator[pa.RecordBatch]:
+        """The current index's ``columns`` (those it has) in record batches: a reader that
+        keeps a compact form of each batch never holds the whole decoded table."""
+        with self.fs.open(self._p(manifest.index), "rb") as handle:
+            file = pq.ParquetFile(handle)
+            present = [c for c in columns if c in file.schema_arrow.names]
+            yield from file.iter_batches(batch_size=batch_rows, columns=present, use_threads=False)

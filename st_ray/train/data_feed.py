@@ -20,7 +20,8 @@ from st_ray.data.cache_rows import CacheRows
 from st_ray.data.cache_store import CacheStore
 from st_ray.data.pipeline import LATENTS, TEXT, caption_hash
 from st_ray.storage import S3Settings
-from st_ray.train.epoch_plan import DatasetSamples, Sample
+from st_ray.train.epoch_plan import DatasetSamples
+from st_ray.train.samples import Sample, SampleTable
 
 
 def load_dataset_samples(
@@ -33,30 +34,18 @@ def load_dataset_samples(
     dataset_id = str(fields["id"])
     store = CacheStore(cache_root, LATENTS, s3)
     manifest = store.read_manifest()
-    index = store.read_index(manifest) if manifest else None
-    if index is None:
+    if manifest is None or not manifest.index:
         raise FileNotFoundError(
             f"{dataset_id}: no latent cache index in {cache_root}; the caching stage "
             "(jobs/cache.py, or jobs/train.py before training) writes it"
         )
-    samples = []
-    if index.num_rows and "content_hash" in index.column_names:
-        for row in index.to_pylist():
-            samples.append(
-                Sample(
-                    dataset_id=dataset_id,
-                    content_hash=row["content_hash"],
-                    bucket=(int(row["bucket_width"]), int(row["bucket_height"])),
-                    captions=tuple(row["captions"] or ()),
-                    original_size=(int(row["original_width"]), int(row["original_height"])),
-                    crop=(int(row["crop_left"] or 0), int(row["crop_top"] or 0)),
-                )
-            )
+    batches = store.iter_index(manifest, list(SampleTable.INDEX_COLUMNS))
+    samples = SampleTable.from_batches(dataset_id, batches)
     regularisation = fields.get("is_regularisation_data", fields.get("is_regularization_data"))
     probability = fields.get("probability")
     return DatasetSamples(
         dataset_id=dataset_id,
-        samples=tuple(samples),
+        samples=samples,
         repeats=int(fields.get("repeats") or 0),
         probability=1.0 if probability is None else float(probability),
         is_regularisation=bool(regularisation),

@@ -1,7 +1,7 @@
 """What each rank trains on: the per-epoch batch plan (pure, no I/O).
 
-``plan_epoch`` turns the cached datasets into a list of global steps. A global step is
-``world_size`` batches of ``batch_size`` samples, all from ONE dataset and
+``plan_epoch`` turns the cached datasets into a list of global steps.
+A global step is ``world_size`` batches of ``batch_size`` samples, all from ONE dataset and
 ONE aspect bucket; rank r trains on the r-th batch of every step, so every rank gets exactly
 the same number of batches and, at each step, the same latent shape (no rank waits on
 another's larger bucket). Per epoch, following SimpleTuner (``documentation/DATALOADER.md``,
@@ -51,46 +51,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from st_ray.data.bucket_counts import bucket_repeats, prune_buckets
+from st_ray.train.plan_steps import PlannedSteps, RankBatches
+from st_ray.train.plan_steps import Step as Step  # re-exported
+from st_ray.train.samples import Sample, SampleTable, Size
 
 SAMPLING = ("uniform", "auto-weighting")
-
-Size = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One cached image. Sizes are (width, height); ``crop`` is (left, top) inside the resized
-    image; ``original_size`` is the source image's size (None: treated as the bucket size)."""
-
-    dataset_id: str
-    content_hash: str
-    bucket: Size
-    captions: tuple[str, ...]
-    original_size: Size | None = None
-    crop: Size = (0, 0)
 
 
 @dataclass(frozen=True)
 class DatasetSamples:
-    """A dataset's usable samples and its sampling fields from multidatabackend.json."""
+    """A dataset's usable samples and its sampling fields from multidatabackend.json.
+    ``samples`` may be given as ``Sample`` objects; it is held as a ``SampleTable``
+    (columns: memory per image is ~100 bytes, not ~1.5 KiB)."""
 
     dataset_id: str
-    samples: tuple[Sample, ...]
+    samples: SampleTable | Sequence[Sample]
     repeats: int = 0
     probability: float = 1.0
     is_regularisation: bool = False
 
-
-@dataclass(frozen=True)
-class Step:
-    """One global step: batch_size x world_size samples of one dataset and bucket."""
-
-    dataset_id: str
-    bucket: Size
-    samples: tuple[Sample, ...]
+    def __post_init__(self) -> None:
+        if not isinstance(self.samples, SampleTable):
+            table = SampleTable.from_samples(self.dataset_id, self.samples)
+            object.__setattr__(self, "samples", table)
 
 
 @dataclass(frozen=True)
@@ -99,7 +86,7 @@ class EpochPlan:
     batch_size: int
     world_size: int
     grad_accum: int
-    steps: tuple[Step, ...]
+    steps: PlannedSteps
     # Per dataset: repeats used per bucket, buckets pruned (with their image counts), and how
     # many samples were repeated to fill the last batch of a bucket.
     repeats: Mapping[str, Mapping[Size, int]] = field(default_factory=dict)
@@ -111,13 +98,13 @@ class EpochPlan:
     def batches_per_rank(self) -> int:
         return len(self.steps)
 
-    def batches(self, rank: int) -> list[list[Sample]]:
-        """Rank ``rank``'s batches in training order, the same count on every rank. To resume
-        within the epoch, slice: ``batches(rank)[start:]``."""
+    def batches(self, rank: int) -> RankBatches:
+        """Rank ``rank``'s batches in training order (each a ``list[Sample]``, made when looked
+        at), the same count on every rank. To resume within the epoch, slice:
+        ``batches(rank)[start:]``."""
         if not 0 <= rank < self.world_size:
             raise ValueError(f"rank {rank} is outside 0..{self.world_size - 1}")
-        lo, hi = rank * self.batch_size, (rank + 1) * self.batch_size
-        return [list(step.samples[lo:hi]) for step in self.steps]
+        return RankBatches(self.steps, rank * self.batch_size, (rank + 1) * self.batch_size)
 
     def is_regularisation(self, dataset_id: str) -> bool:
         return dataset_id in self.regularisation
@@ -154,7 +141,7 @@ def plan_epoch(
     allow_oversubscription: bool = False,
 ) -> EpochPlan:
     """The epoch's global steps (see the module docstring for the rules). Raises ValueError
-    for a bucket short of one effective batch (see ``bucket_counts.bucket_repeats``) and when no
+    for a bucket short of one effective batch (see ``bucketing.bucket_repeats``) and when no
     dataset yields a batch."""
     for name, value in (("batch_size", batch_size), ("world_size", world_size)):
         if value < 1:
@@ -168,7 +155,8 @@ def plan_epoch(
         raise ValueError(f"dataset ids must be unique: {ids}")
 
     global_batch = batch_size * world_size
-    per_dataset: dict[str, list[Step]] = {}
+    tables: list[SampleTable] = []
+    per_dataset: dict[str, np.ndarray] = {}  # (steps, global batch) sample positions
     used_repeats: dict[str, dict[Size, int]] = {}
     pruned: dict[str, dict[Size, int]] = {}
     padded: dict[str, int] = {}
@@ -178,8 +166,9 @@ def plan_epoch(
             raise ValueError(f"{dataset.dataset_id}: probability must not be negative")
         if dataset.probability == 0:
             continue
-        by_bucket = _group_by_bucket(dataset)
-        counts = {bucket: len(samples) for bucket, samples in by_bucket.items()}
+        table = dataset.samples
+        by_bucket = _group_by_bucket(table)
+        counts = {bucket: len(positions) for bucket, positions in by_bucket.items()}
         kept, dropped = prune_buckets(
             counts, batch_size, world_size, disable_bucket_pruning, dataset.repeats
         )
@@ -192,45 +181,48 @@ def plan_epoch(
             allow_oversubscription,
             dataset_id=dataset.dataset_id,
         )
-        steps: list[Step] = []
+        steps: list[np.ndarray] = []
         padded[dataset.dataset_id] = 0
         for bucket in sorted(kept):
             generator = _generator("bucket", seed, epoch, dataset.dataset_id, bucket)
             order = _bucket_order(by_bucket[bucket], repeats[bucket], generator)
             fill = -len(order) % global_batch
             # Wrap: the bucket's first samples of this epoch complete its last global batch.
-            order += [order[i % len(order)] for i in range(fill)]
+            order = np.concatenate([order, order[np.arange(fill) % len(order)]])
             padded[dataset.dataset_id] += fill
-            steps += [
-                Step(dataset.dataset_id, bucket, tuple(order[i : i + global_batch]))
-                for i in range(0, len(order), global_batch)
-            ]
+            steps.append(order.reshape(-1, global_batch))
+        matrix = np.concatenate(steps) if steps else np.zeros((0, global_batch), np.int64)
         shuffle = torch.randperm(
-            len(steps), generator=_generator("dataset", seed, epoch, dataset.dataset_id)
+            len(matrix), generator=_generator("dataset", seed, epoch, dataset.dataset_id)
         )
-        per_dataset[dataset.dataset_id] = [steps[i] for i in shuffle.tolist()]
+        per_dataset[dataset.dataset_id] = matrix[shuffle.numpy()]
+        tables.append(table)
         used_repeats[dataset.dataset_id] = repeats
         pruned[dataset.dataset_id] = dropped
 
     by_id = {d.dataset_id: d for d in datasets}
     weights = {
-        dataset_id: _weight(by_id[dataset_id], dataset_steps, sampling)
+        dataset_id: _weight(by_id[dataset_id], len(dataset_steps), sampling)
         for dataset_id, dataset_steps in per_dataset.items()
     }
-    order = _interleave(per_dataset, weights, _generator("interleave", seed, epoch))
-    if not order:
+    lengths = {dataset_id: len(m) for dataset_id, m in per_dataset.items()}
+    chosen, taken = _interleave(lengths, weights, _generator("interleave", seed, epoch))
+    if not len(chosen):
         raise ValueError(
             "no training batches this epoch: every dataset is empty, has probability 0, or "
             f"lost all its buckets to pruning (a bucket needs {global_batch} samples: "
             f"train_batch_size {batch_size} x {world_size} GPU(s)); pruned buckets: "
             f"{ {k: v for k, v in pruned.items() if v} }"
         )
+    # per_dataset is in id order, as tables and the ids _interleave numbers.
+    first = np.cumsum([0, *(len(m) for m in per_dataset.values())])[:-1]
+    rows = np.concatenate(list(per_dataset.values()))[first[chosen] + taken]
     return EpochPlan(
         epoch=epoch,
         batch_size=batch_size,
         world_size=world_size,
         grad_accum=grad_accum,
-        steps=tuple(order),
+        steps=PlannedSteps(tables, chosen, rows),
         repeats=used_repeats,
         pruned=pruned,
         padded=padded,
@@ -238,46 +230,51 @@ def plan_epoch(
     )
 
 
-def _group_by_bucket(dataset: DatasetSamples) -> dict[Size, list[Sample]]:
-    by_bucket: dict[Size, list[Sample]] = {}
-    for sample in dataset.samples:
-        if sample.dataset_id != dataset.dataset_id:
-            raise ValueError(
-                f"sample {sample.content_hash} says dataset {sample.dataset_id!r} but is listed "
-                f"in {dataset.dataset_id!r}"
-            )
-        by_bucket.setdefault(tuple(sample.bucket), []).append(sample)
-    # A canonical order first, so shuffles do not depend on how the index rows were ordered.
-    for samples in by_bucket.values():
-        samples.sort(key=lambda s: (s.content_hash, s.captions, s.original_size or (0, 0), s.crop))
+def _group_by_bucket(table: SampleTable) -> dict[Size, np.ndarray]:
+    """Sample positions per bucket, each in a canonical order first, so shuffles do not
+    depend on how the index rows were ordered."""
+    keys = table.bucket_keys()
+    by_key = np.argsort(keys, kind="stable")
+    distinct, starts = np.unique(keys[by_key], return_index=True)
+    ends = [*starts[1:].tolist(), len(keys)]
+    by_bucket: dict[Size, np.ndarray] = {}
+    for key, start, end in zip(distinct.tolist(), starts.tolist(), ends, strict=True):
+        bucket = (key >> 32, key & 0xFFFFFFFF)
+        by_bucket[bucket] = table.canonical_order(by_key[start:end])
     return by_bucket
 
 
-def _bucket_order(samples: list[Sample], repeats: int, generator: torch.Generator) -> list[Sample]:
+def _bucket_order(positions: np.ndarray, repeats: int, generator: torch.Generator) -> np.ndarray:
     """repeats + 1 passes over the bucket, each in a fresh random order."""
-    order: list[Sample] = []
-    for _ in range(repeats + 1):
-        order += [samples[i] for i in torch.randperm(len(samples), generator=generator).tolist()]
-    return order
+    passes = [
+        positions[torch.randperm(len(positions), generator=generator).numpy()]
+        for _ in range(repeats + 1)
+    ]
+    return np.concatenate(passes)
 
 
-def _weight(dataset: DatasetSamples, steps: list[Step], sampling: str) -> float:
+def _weight(dataset: DatasetSamples, steps: int, sampling: str) -> float:
     if sampling == "uniform":
         return float(dataset.probability)
     # auto-weighting: SimpleTuner's probability x len(sampler) / total; the common divisor
     # does not change a draw, so it is left out.
-    return float(dataset.probability) * len(steps)
+    return float(dataset.probability) * steps
 
 
 def _interleave(
-    per_dataset: Mapping[str, list[Step]], weights: Mapping[str, float], generator: torch.Generator
-) -> list[Step]:
-    """Draw a dataset per step, in proportion to its weight among those with batches left."""
-    active = [d for d in sorted(per_dataset) if per_dataset[d] and weights[d] > 0]
-    total = sum(len(per_dataset[d]) for d in active)
+    lengths: Mapping[str, int], weights: Mapping[str, float], generator: torch.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a dataset per step, in proportion to its weight among those with batches left.
+    Returns, per step in training order, the dataset (its number in ``lengths``' order) and
+    which of its steps it is."""
+    ids = list(lengths)
+    active = [d for d in sorted(lengths) if lengths[d] and weights[d] > 0]
+    total = sum(lengths[d] for d in active)
     taken = dict.fromkeys(active, 0)
-    order: list[Step] = []
-    for u in torch.rand(total, generator=generator, dtype=torch.float64).tolist():
+    chosen_at = np.zeros(total, np.int32)
+    taken_at = np.zeros(total, np.int64)
+    draws = torch.rand(total, generator=generator, dtype=torch.float64).tolist()
+    for step, u in enumerate(draws):
         target = u * sum(weights[d] for d in active)
         chosen = active[-1]  # float round-off at the top end
         for dataset_id in active:
@@ -285,11 +282,12 @@ def _interleave(
             if target < 0:
                 chosen = dataset_id
                 break
-        order.append(per_dataset[chosen][taken[chosen]])
+        chosen_at[step] = ids.index(chosen)
+        taken_at[step] = taken[chosen]
         taken[chosen] += 1
-        if taken[chosen] == len(per_dataset[chosen]):
+        if taken[chosen] == lengths[chosen]:
             active.remove(chosen)
-    return order
+    return chosen_at, taken_at
 
 
 def _generator(*parts: Any) -> torch.Generator:

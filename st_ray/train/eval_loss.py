@@ -110,7 +110,7 @@ class EvalLoss:
             # The first caption of each sample: collate would otherwise draw one at random.
             chosen = [
                 dataclasses.replace(s, captions=s.captions[:1])
-                for s in sorted(samples.samples, key=lambda s: s.content_hash)[:count]
+                for s in samples.samples.first_by_hash(count)
             ]
             if not chosen:
                 raise ValueError(

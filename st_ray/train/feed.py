@@ -9,6 +9,12 @@ text embeddings of every caption a sample may use); ``collate``, with its random
 pick and dropout, stays on the training thread, so the generator is drawn from in the same
 order as without read-ahead.
 
+The reader threads share the GIL with the training thread: a reader running Python while the
+loop assembles a batch would make it wait up to the interpreter's switch interval (5 ms) at a
+time, the tail of the data wait. So for a short quiet window after each ``rows`` call (a
+tenth of the time between calls, at most ``QUIET_MAX_S``) -- when the batch after it is
+already read -- readers pause before their next row, and the loop has the GIL to itself.
+
 Nothing is cached beyond the read-ahead window, so memory does not grow with the dataset. A
 read that fails (a shard gone or corrupt) raises when its batch is due, naming the shard:
 the run stops there, never skips.
@@ -17,6 +23,7 @@ the run stops there, never skips.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,15 +34,19 @@ import torch
 
 from st_ray.data.pipeline import caption_hash
 from st_ray.train.data_feed import LatentStore, TextEmbedStore, batch_captions
-from st_ray.train.epoch_plan import DatasetSamples, Sample, plan_epoch, plan_options
+from st_ray.train.epoch_plan import DatasetSamples, plan_epoch, plan_options
+from st_ray.train.samples import Sample
 
 MIB = 1024 * 1024
 DEFAULT_PREFETCH_MIB = 256
 DEFAULT_DEPTH = 10
 READER_THREADS = 4  # reads in flight at once (ranged GETs on S3)
+THREAD_PREFIX = "st-ray-feed"
+QUIET_MAX_S = 0.02  # longest pause of the readers after each batch handed to the loop
+QUIET_FRACTION = 0.1  # of the time between batches
 
 Rows = tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]
-Planner = Callable[[int], list[list[Sample]]]
+Planner = Callable[[int], Sequence[list[Sample]]]
 
 
 def rank_planner(
@@ -49,7 +60,7 @@ def rank_planner(
     """epoch -> this rank's batches of that epoch (what the loop will train on)."""
     kwargs = plan_options(options)
 
-    def plan(epoch: int) -> list[list[Sample]]:
+    def plan(epoch: int) -> Sequence[list[Sample]]:
         return plan_epoch(
             datasets, epoch=epoch, seed=seed, world_size=world_size, **kwargs
         ).batches(rank)
@@ -86,7 +97,7 @@ class Feed:
         self.budget_bytes = budget_bytes
         self.depth = depth
         self.planner = planner
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="st-ray-feed")
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=THREAD_PREFIX)
         self._ahead: deque[_Ahead] = deque()
         self._source: Iterator[tuple[list[Sample], int, int]] = iter(())
         self._next: tuple[list[Sample], int, int] | None = None
@@ -96,6 +107,10 @@ class Feed:
         self.fetched_bytes = 0  # payload of every batch fetched (the bytes "used")
         self.batches_ahead = 0  # batches served from the read-ahead
         self.batches_direct = 0  # batches read on demand (not the expected next one)
+        self._quiet_until = 0.0  # readers pause until then (time.monotonic)
+        self._last_rows: float | None = None
+        for store in [*self.latents.values(), self.texts]:
+            store.rows.before_row = self._yield_to_loop
 
     @classmethod
     def from_options(
@@ -122,14 +137,13 @@ class Feed:
         """The loop trains on ``batches`` next (the rest of ``epoch``, in order). Keeps what
         was read ahead when it is exactly that (the planner already crossed into this
         epoch), else starts over from here."""
-        batches = [list(b) for b in batches]
         head = self._ahead[0] if self._ahead else None
         if (
             head is not None
             and batches
             and head.epoch == epoch
             and head.left + 1 == len(batches)
-            and head.samples == batches[0]
+            and head.samples == list(batches[0])
         ):
             return
         self._drop()
@@ -141,6 +155,7 @@ class Feed:
         read-ahead when it is the expected next batch (waiting only if it is not read yet),
         else read now."""
         samples = list(samples)
+        self._quiet(next_ready=len(self._ahead) > 1 and self._ahead[1].future.done())
         if self._ahead and self._ahead[0].samples == samples:
             ahead = self._ahead.popleft()
             with self._lock:
@@ -157,8 +172,17 @@ class Feed:
             ahead.future.exception()
 
     def close(self) -> None:
+        """Drop what was read ahead and end the reader threads (after their read in flight:
+        at most one per thread). The feed reads nothing after this."""
+        self._quiet_until = 0.0
         self._drop()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Feed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- figures -------------------------------------------------------------------------
 
@@ -170,8 +194,23 @@ class Feed:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _quiet(self, next_ready: bool) -> None:
+        """Start a quiet window for the readers (see the module docstring)."""
+        now = time.monotonic()
+        if self._last_rows is not None and next_ready:
+            self._quiet_until = now + min(QUIET_MAX_S, QUIET_FRACTION * (now - self._last_rows))
+        self._last_rows = now
+
+    def _yield_to_loop(self) -> None:
+        """A reader's pause before each row: sleeps out the quiet window (never the loop's
+        own thread, which reads on demand)."""
+        if not threading.current_thread().name.startswith(THREAD_PREFIX):
+            return
+        while (wait := self._quiet_until - time.monotonic()) > 0:
+            time.sleep(wait)
+
     def _walk(
-        self, epoch: int, batches: list[list[Sample]]
+        self, epoch: int, batches: Sequence[list[Sample]]
     ) -> Iterator[tuple[list[Sample], int, int]]:
         """(batch, epoch, batches left in its epoch after it): this epoch's rest, then the
         planner's next epochs (each planned in a reader thread while the previous is read)."""
@@ -180,7 +219,7 @@ class Feed:
             if self.planner is not None:
                 upcoming = self._pool.submit(self.planner, epoch + 1)
             for i, batch in enumerate(batches):
-                yield batch, epoch, len(batches) - 1 - i
+                yield list(batch), epoch, len(batches) - 1 - i
             if upcoming is None or upcoming.exception() is not None:
                 return  # the loop plans that epoch itself and reports the error there
             epoch, batches = epoch + 1, upcoming.result()
@@ -213,6 +252,7 @@ class Feed:
         return latents + texts
 
     def _fetch(self, samples: list[Sample]) -> Rows:
+        self._yield_to_loop()
         store = self.latents.get(samples[0].dataset_id)
         if store is None:
             raise KeyError(f"no latent cache for dataset {samples[0].dataset_id!r}")

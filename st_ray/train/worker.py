@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -92,6 +93,8 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
     except BaseException:
         events.tracker.finish("FAILED")
         raise
+    finally:
+        run.feed.close()  # the read-ahead threads end with the loop, however it ends
     events.tracker.finish()
     return progress
 
@@ -99,9 +102,11 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
 Group = list[list[data_feed.Sample]]
 
 
-def groups(batches: Group, size: int) -> list[Group]:
-    """The batches of one optimizer step each (gradient_accumulation_steps)."""
-    return [batches[start : start + size] for start in range(0, len(batches), size)]
+def groups(batches: Sequence[list[data_feed.Sample]], size: int) -> Iterator[Group]:
+    """The batches of one optimizer step each (gradient_accumulation_steps), made one step at
+    a time (a plan holds positions, not samples)."""
+    for start in range(0, len(batches), size):
+        yield list(batches[start : start + size])
 
 
 def step_metrics(
