@@ -29,6 +29,7 @@ from st_ray.config.schema import Json, Option
 from st_ray.config.sources import read_json
 from st_ray.models import family_rules
 from st_ray.models.family import FAMILIES, UNAVAILABLE_FAMILIES, FamilySpec
+from st_ray.notify.checks import check_notify_options
 from st_ray.train import config_checks
 
 
@@ -61,6 +62,7 @@ def compose() -> None:
         family_rules.check_family,
         config_checks.check_training_setup,
         config_checks.check_hardware,
+        check_notify_options,
         _check_placement,
     )
     catalog.mark_complete()

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from st_ray import zoo
 from st_ray.data.pipeline import build_caches
 from st_ray.plan import build_plan
+from st_ray.train.run_identity import resolve
 from st_ray.train.trainer import fit, fit_in_process
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -192,18 +193,53 @@ def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path) -> None:
         "ddp",
         "--lr_scale",
     )
-    first = fit(_plan(config, tmp_path / "out", *extra))
-    assert first.metrics["step"] == 4
+
+    def stop_after_three_steps():  # as if the job were killed after step 3 (pickled by value)
+        asked = [0]
+
+        def check() -> bool:
+            asked[0] += 1
+            return asked[0] >= 3
+
+        return check
+
+    # Rolling checkpoints every 3 steps beside Ray's regular series (every 2 steps).
+    rolling = ("--checkpointing_rolling_steps", "3")
+    first = fit(
+        _plan(config, tmp_path / "out", *extra, *rolling), stop_check=stop_after_three_steps
+    )
+    assert first.metrics["step"] == 2 and Path(first.checkpoint).name == "checkpoint-2"
+    assert (storage / "ddp" / "rolling-checkpoint-3" / "checkpoint_manifest.json").is_file()
     # lr_scale: 1e-3 x (2 workers x 2 per batch): what ran, recorded beside the options
     assert first.metrics["lr"] == pytest.approx(4e-3)
     manifest = json.loads((Path(first.checkpoint) / "checkpoint_manifest.json").read_text())
     assert manifest["derived"]["learning_rate"] == pytest.approx(4e-3)
     assert manifest["derived"]["world_size"] == 2
-    # The same run name and storage again, asked for more steps: it continues from step 4.
-    second = fit(_plan(config, tmp_path / "out", *extra, "--max_train_steps", "6"))
+    # The same run name and storage again, asked for more steps: Ray Train hands back its
+    # latest (checkpoint-2); the newer rolling checkpoint wins, so it continues from step 3.
+    # A post_checkpoint_script on rank 0's node once Ray Train has saved each checkpoint.
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f'#!/bin/sh\necho "$1 $2 $(ls "$1" | wc -l)" >> "{tmp_path / "hooks.txt"}"\n')
+    hook.chmod(0o755)
+    script = ("--post_checkpoint_script", f"{hook} {{local_checkpoint_path}} {{global_step}}")
+    plan = _plan(config, tmp_path / "out", *extra, *rolling, *script, "--max_train_steps", "6")
+    assert resolve(plan).checkpoint == str(storage / "ddp" / "rolling-checkpoint-3")
+    second = fit(plan)
     assert second.metrics["step"] == 6
+    hooked = [line.split() for line in (tmp_path / "hooks.txt").read_text().splitlines()]
+    assert [(Path(path).name, step) for path, step, _ in hooked] == [
+        ("checkpoint-4", "4"),
+        ("checkpoint-6", "6"),
+    ]
+    assert all(Path(path).parent == storage / "ddp" and int(n) >= 3 for path, _, n in hooked)
     manifest = json.loads((Path(second.checkpoint) / "checkpoint_manifest.json").read_text())
     assert manifest["progress"]["global_step"] == 6
+    import mlflow
+
+    mlflow.set_tracking_uri(plan.tracking_uri)
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]  # step 3 was not trained twice
     assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| Learning rate | 0.004 (learning_rate 0.001, lr_scale) |" in card

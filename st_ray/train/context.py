@@ -16,7 +16,10 @@ from st_ray.device import pick_device
 from st_ray.plan import Plan
 from st_ray.storage import S3Settings
 
-Report = Callable[[dict[str, Any], Path | None], None]
+# report(metrics, checkpoint folder or None[, on_saved=...]): ``on_saved(folder, saved)`` is
+# called once the folder is in run storage at ``saved``; the folder is then the callback's.
+Report = Callable[..., None]
+SavedCallback = Callable[[Path, str], None]
 
 
 def say(line: str) -> None:
@@ -41,6 +44,20 @@ class WorkerContext:
     # An early stop from outside (a Tune campaign's): asked after every step; True ends the
     # loop (no export). Every rank must get the same answer at the same step.
     should_stop: Callable[[], bool] | None = None
+    # The run folder in run storage (Ray Train's experiment folder; the in-process runner's
+    # checkpoint root) on its pyarrow filesystem: where rolling checkpoints go.
+    run_fs: Any = None
+    run_folder: str | None = None
+    job_id: str | None = None  # for webhook payloads (ST_RAY_JOB_ID / SIMPLETUNER_JOB_ID)
+
+    @property
+    def local_run_folder(self) -> Path | None:
+        """The run folder when it is on this machine's filesystem (None for s3://)."""
+        import pyarrow.fs as pafs
+
+        if self.run_folder is None or not isinstance(self.run_fs, pafs.LocalFileSystem):
+            return None
+        return Path(self.run_folder)
 
 
 class StopRequested(Exception):
@@ -60,16 +77,30 @@ def ray_context() -> WorkerContext:
         if context.get_world_rank() == 0:  # in the job's log: where this attempt starts
             say(f"resuming from checkpoint {checkpoint.path}")
 
-    def report(metrics: dict[str, Any], directory: Path | None) -> None:
+    storage = context.get_storage()  # a DeveloperAPI: the run folder and its filesystem
+
+    def report(
+        metrics: dict[str, Any], directory: Path | None, on_saved: SavedCallback | None = None
+    ) -> None:
         metrics = {**metrics, "torch_threads": torch.get_num_threads()}
         if directory is None:
             ray.train.report(metrics)
             return
+        extra: dict[str, Any] = {}
+        if on_saved is not None:  # Ray's own upload, then the callback (on Ray's upload thread)
+
+            def upload(checkpoint: Any, name: str) -> Any:
+                persisted = storage.persist_current_checkpoint(checkpoint, name)
+                on_saved(directory, persisted.path)
+                return persisted
+
+            extra = {"checkpoint_upload_fn": upload, "delete_local_checkpoint_after_upload": False}
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
             checkpoint_dir_name=f"checkpoint-{metrics['step']}",
             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+            **extra,
         )
 
     return WorkerContext(
@@ -79,6 +110,8 @@ def ray_context() -> WorkerContext:
         report=report,
         resume_dir=resume_dir,
         report_each_step=False,
+        run_fs=storage.storage_filesystem,
+        run_folder=storage.experiment_fs_path,
     )
 
 

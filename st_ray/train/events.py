@@ -9,12 +9,19 @@ from typing import Any
 
 import torch
 
-from st_ray.train import eval_loss
+from st_ray.train import eval_loss, rolling
 from st_ray.train.build import Run
 from st_ray.train.checkpoints import Progress
 from st_ray.train.context import StopRequested, WorkerContext, say
 from st_ray.train.model_card import write_model_card
-from st_ray.train.saving import evaluation_mode, export_final, final_output_dir, report_checkpoint
+from st_ray.train.notifications import RunNotifier
+from st_ray.train.saving import (
+    evaluation_mode,
+    export_final,
+    final_output_dir,
+    report_checkpoint,
+    save_rolling,
+)
 from st_ray.train.tracking import tracker_for
 from st_ray.train.validation import Validator
 
@@ -27,6 +34,8 @@ class Events:
     validator: Validator | None
     evaluator: eval_loss.EvalLoss | None  # rank 0 only; every rank reports at its steps
     eval_interval: int | None  # None: no eval loss
+    notifier: RunNotifier = field(default_factory=RunNotifier)  # webhooks, hooks, disk guard
+    rolling: rolling.RollingSeries | None = None  # rank 0, with checkpointing_rolling_steps
     last_metrics: dict[str, Any] = field(default_factory=dict)
     resumed: bool = False
     checkpointed_step: int = -1
@@ -53,9 +62,12 @@ class Events:
             if enabled
             else None,
             resumed=progress.global_step > 0,
+            notifier=RunNotifier.for_worker(run.plan, ctx),
+            rolling=rolling_series(run, ctx),
         )
 
     def before_training(self, progress: Progress) -> None:
+        self.notifier.started(progress.global_step, self.run.total_steps)
         if not self.resumed:  # the base model's images, for comparison
             self.validate(progress.global_step, self.validator and self.validator.is_due(0))
 
@@ -69,14 +81,18 @@ class Events:
         self.tracker.log_metrics(metrics, step)
         if self.ctx.rank == 0:
             say(progress_line(progress, self.run.total_steps, metrics))
+        self.notifier.progress(step, self.run.total_steps, metrics)
         metrics["step"] = step
         self.last_metrics = metrics
         if done or (loop.checkpoint_steps and step % loop.checkpoint_steps == 0):
             self.tracker.flush()  # a run resumed from this checkpoint has every step logged
-            report_checkpoint(self.run, self.ctx, progress, metrics, generator)
+            report_checkpoint(self.run, self.ctx, progress, metrics, generator, self.notifier)
             self.checkpointed_step = step
-        elif self.ctx.report_each_step or evaluated:  # Tune ranks trials on eval steps
-            self.ctx.report(metrics, None)
+        else:
+            if self.rolling is not None and rolling.is_due(step, self.rolling.every):
+                save_rolling(self.run, self.ctx, progress, generator, self.rolling, self.notifier)
+            if self.ctx.report_each_step or evaluated:  # Tune ranks trials on eval steps
+                self.ctx.report(metrics, None)
         if not done and self.ctx.should_stop and self.ctx.should_stop():
             raise StopRequested(step)
         if loop.cache_clear_steps and step % loop.cache_clear_steps == 0:
@@ -90,7 +106,9 @@ class Events:
         epoch_due = every and progress.epoch % every == 0
         if epoch_due and ran_batches and self.checkpointed_step != progress.global_step:
             self.tracker.flush()
-            report_checkpoint(self.run, self.ctx, progress, self.last_metrics, generator)
+            report_checkpoint(
+                self.run, self.ctx, progress, self.last_metrics, generator, self.notifier
+            )
             self.checkpointed_step = progress.global_step
         due = self.validator and self.validator.is_due(
             progress.global_step, epoch_end=True, epoch=progress.epoch
@@ -114,6 +132,7 @@ class Events:
             images = self.validator.run(step)
         if images:
             self.tracker.log_artifact(images[0].parent, "validation")
+            self.notifier.validation(step, images)
         return images
 
     def after_training(self, progress: Progress) -> None:
@@ -133,11 +152,20 @@ class Events:
             derived=self.run.derived.as_dict(),
         )
         self.tracker.log_artifact(card, "final")
+        self.notifier.finished(progress.global_step, output_dir)
 
     def stopped(self, progress: Progress) -> None:
         if self.ctx.rank == 0:
             say(f"stopped early by the campaign at step {progress.global_step}")
         self.tracker.finish("KILLED")
+
+
+def rolling_series(run: Run, ctx: WorkerContext) -> rolling.RollingSeries | None:
+    every = int(run.plan.options.get("checkpointing_rolling_steps") or 0)
+    if ctx.rank != 0 or not every or ctx.run_folder is None:
+        return None
+    limit = int(run.plan.options.get("checkpoints_rolling_total_limit") or 1)
+    return rolling.RollingSeries(ctx.run_fs, ctx.run_folder, every, limit)
 
 
 def progress_line(progress: Progress, total_steps: int, metrics: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ from st_ray.config.errors import ConfigError, Problem
 from st_ray.config.options import OPTIONS
 from st_ray.config.redact import redact
 from st_ray.plan import SECRET_OPTIONS, Plan
+from st_ray.train import rolling
 
 # Ray Train V2's record of a run's checkpoints (ray.train.v2 CHECKPOINT_MANAGER_SNAPSHOT_FILENAME).
 SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -194,7 +195,9 @@ def resolve(plan: Plan, *, now: datetime | None = None) -> RunTarget:
     mode = resume_mode(plan.options)
     if mode == "latest" and runs:
         target = RunTarget(root, runs[-1])
-        latest = latest_checkpoint(fs, f"{root_path.rstrip('/')}/{runs[-1]}")
+        latest = newest_of_both(
+            plan, target.folder, latest_checkpoint(fs, f"{root_path.rstrip('/')}/{runs[-1]}")
+        )
         if latest is None:
             target.notes.append(
                 f"run folder {redact(target.folder)}: no checkpoint yet, from step 0"
@@ -301,6 +304,15 @@ def latest_checkpoint(fs: Any, run_folder: str) -> str | None:
         ) from err
     latest = snapshot.get("latest_checkpoint_result")
     return str(latest["checkpoint_dir_name"]) if latest else None
+
+
+def newest_of_both(plan: Plan, run_folder: str, ray_latest: str | None) -> str | None:
+    """The checkpoint a resume continues: Ray Train's latest (the regular series) or, when it
+    is newer, the newest rolling checkpoint (st_ray.train.rolling); a folder name."""
+    fs, path = storage.pyarrow_filesystem(run_folder, _s3(plan))
+    current = rolling.step_of(ray_latest) if ray_latest else None
+    found = rolling.pick_newer(fs, path, current)
+    return found.path.rstrip("/").rsplit("/", 1)[-1] if found else ray_latest
 
 
 def read_manifest(checkpoint: str, plan: Plan) -> dict[str, Any]:

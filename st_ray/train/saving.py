@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from st_ray.config.redact import redact
 from st_ray.plan import Plan
-from st_ray.train import checkpoints, run_identity
+from st_ray.train import checkpoints, rolling, run_identity
 from st_ray.train.checkpoints import Progress
-from st_ray.train.context import WorkerContext
+from st_ray.train.context import WorkerContext, say
 from st_ray.train.optimizers import set_train_mode
 
 if TYPE_CHECKING:
     from st_ray.train.build import Run
+    from st_ray.train.notifications import RunNotifier
 
 
 def report_checkpoint(
@@ -33,13 +35,65 @@ def report_checkpoint(
     progress: Progress,
     metrics: dict[str, Any],
     generator: torch.Generator,
+    notifier: RunNotifier | None = None,
 ) -> None:
     """Every rank reports; rank 0 attaches the checkpoint (DDP replicas hold the same weights)."""
     if ctx.rank != 0:
         ctx.report(metrics, None)
         return
+    step = progress.global_step
+    if notifier is not None:
+        notifier.before_checkpoint(step, staging_folders(ctx))
+    directory = write_checkpoint(run, progress, generator)
     # The report takes ownership of the folder: Ray uploads it in the background and deletes
-    # it afterwards, so training does not wait on the upload.
+    # it afterwards (or hands it to on_saved), so training does not wait on the upload.
+    if notifier is None or not notifier.wants_saved_checkpoints:
+        ctx.report(metrics, directory)
+    else:
+
+        def on_saved(folder: Path, saved: str) -> None:
+            notifier.checkpoint_saved(
+                step,
+                folder,
+                storage_uri(ctx, saved),
+                saved_is_local=ctx.local_run_folder is not None,
+                series="checkpoint",
+                reported=True,
+            )
+
+        ctx.report(metrics, directory, on_saved=on_saved)
+        notifier.expect_saved()  # after: a report that raised has no upload to wait for
+    if notifier is not None and ctx.run_folder is not None:
+        notifier.last_checkpoint = storage_uri(ctx, f"{ctx.run_folder}/checkpoint-{step}")
+
+
+def save_rolling(
+    run: Run,
+    ctx: WorkerContext,
+    progress: Progress,
+    generator: torch.Generator,
+    series: rolling.RollingSeries,
+    notifier: RunNotifier,
+) -> str:
+    """Rank 0: one checkpoint of the rolling series, written straight to run storage (never
+    reported to Ray Train: see st_ray.train.rolling)."""
+    step = progress.global_step
+    notifier.before_checkpoint(step, staging_folders(ctx))
+    directory = write_checkpoint(run, progress, generator)
+    saved = storage_uri(ctx, series.save(directory, step))
+    say(f"rolling checkpoint at step {step}: {redact(saved)}")
+    notifier.checkpoint_saved(
+        step,
+        directory,
+        saved,
+        saved_is_local=ctx.local_run_folder is not None,
+        series="rolling checkpoint",
+    )
+    return saved
+
+
+def write_checkpoint(run: Run, progress: Progress, generator: torch.Generator) -> Path:
+    """A complete checkpoint in a new local folder (the worker's staging copy)."""
     directory = Path(tempfile.mkdtemp(prefix="st_ray-ckpt-"))
     with evaluation_mode(run):
         files = save_weights(run, directory)
@@ -66,7 +120,44 @@ def report_checkpoint(
             derived=run.derived.as_dict(),
             run_identity=run_identity.record(run.plan, run.steps_per_epoch),
         )
-    ctx.report(metrics, directory)
+    return directory
+
+
+def staging_folders(ctx: WorkerContext) -> list[Path]:
+    """Local folders a checkpoint is written through: the worker's temp folder, and the run
+    folder when run storage is local (the disk guard checks each)."""
+    folders = [Path(tempfile.gettempdir())]
+    if ctx.local_run_folder is not None:
+        folders.append(ctx.local_run_folder)
+    return folders
+
+
+def storage_uri(ctx: WorkerContext, path: str) -> str:
+    """A path on the run's filesystem as people name it (s3://bucket/key for S3)."""
+    import pyarrow.fs as pafs
+
+    return f"s3://{path}" if isinstance(ctx.run_fs, pafs.S3FileSystem) else path
+
+
+def prefer_rolling(ctx: WorkerContext) -> None:
+    """Resume from the newest checkpoint of either series: Ray Train hands back the regular
+    series' latest (or none); a newer rolling checkpoint in the run folder wins."""
+    if ctx.run_folder is None:
+        return
+    current = None
+    if ctx.resume_dir is not None:
+        current = checkpoints.progress_from(checkpoints.read_manifest(ctx.resume_dir)).global_step
+    found = rolling.pick_newer(ctx.run_fs, ctx.run_folder, current)
+    if found is None:
+        return
+    local = rolling.download(
+        ctx.run_fs, found.path, Path(tempfile.mkdtemp(prefix="st_ray-resume-"))
+    )
+    if ctx.rank == 0:
+        say(
+            f"resuming from rolling checkpoint {redact(storage_uri(ctx, found.path))} (step {found.step})"
+        )
+    ctx.resume_dir = local
 
 
 def save_weights(run: Run, directory: Path) -> list[str]:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from st_ray.device import pick_device
 from st_ray.placement import (
     cluster_nodes,
@@ -19,6 +21,8 @@ from st_ray.placement import (
 )
 from st_ray.plan import Plan
 from st_ray.train.checkpoints import Progress
+from st_ray.train.context import SavedCallback
+from st_ray.train.notifications import job_id_from_env
 from st_ray.train.run_identity import run_name
 from st_ray.train.worker import WorkerContext, final_output_dir, train, train_worker
 
@@ -68,7 +72,11 @@ def fit(
     shipped = dataclasses.replace(plan, config=dataclasses.replace(plan.config, env={}))
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"plan": shipped, "stop_check": stop_check},
+        train_loop_config={
+            "plan": shipped,
+            "stop_check": stop_check,
+            "job_id": job_id_from_env(plan.config.env),
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(options["num_processes"]),
             use_gpu=use_gpu,
@@ -99,18 +107,30 @@ def fit_in_process(
     (``checkpoint-<step>`` folders), metrics are returned."""
     reported: list[dict[str, Any]] = []
 
-    def report(metrics: dict[str, Any], directory: Path | None) -> None:
+    def report(
+        metrics: dict[str, Any], directory: Path | None, on_saved: SavedCallback | None = None
+    ) -> None:
         reported.append(dict(metrics))
         if directory is not None:  # like Ray's upload: copy, then drop the worker's folder
-            target = checkpoint_root / f"checkpoint-{metrics['step']}"
+            target = checkpoint_root.resolve() / f"checkpoint-{metrics['step']}"
             if target.exists():
                 shutil.rmtree(target)
             shutil.copytree(directory, target)
-            shutil.rmtree(directory)
+            if on_saved is not None:  # the folder is the callback's now
+                on_saved(directory, str(target))
+            else:
+                shutil.rmtree(directory)
 
     checkpoint_root.mkdir(parents=True, exist_ok=True)
     ctx = WorkerContext(
-        rank=0, world_size=1, device=pick_device(), report=report, resume_dir=resume_from
+        rank=0,
+        world_size=1,
+        device=pick_device(),
+        report=report,
+        resume_dir=resume_from,
+        run_fs=pafs.LocalFileSystem(),
+        run_folder=str(checkpoint_root.resolve()),
+        job_id=job_id_from_env(plan.config.env),
     )
     return train(plan, ctx), reported
 

@@ -28,7 +28,7 @@ from st_ray.train.context import (
     ray_context,
 )
 from st_ray.train.events import Events
-from st_ray.train.saving import final_output_dir, restore
+from st_ray.train.saving import final_output_dir, prefer_rolling, restore
 from st_ray.train.settings import LoopSettings
 from st_ray.train.step import train_step
 
@@ -52,6 +52,8 @@ def train_worker(config: dict[str, Any]) -> None:
     ctx = ray_context()
     if ctx.resume_dir is None:
         ctx.resume_dir = explicit_checkpoint(plan)
+    prefer_rolling(ctx)  # the newest of either checkpoint series (st_ray.train.rolling)
+    ctx.job_id = config.get("job_id")
     if config.get("stop_check") is not None:
         ctx.should_stop = config["stop_check"]()
     train(plan, ctx)
@@ -90,11 +92,13 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
     except StopRequested:
         events.stopped(progress)
         return progress
-    except BaseException:
+    except BaseException as err:
         events.tracker.finish("FAILED")
+        events.notifier.failed(err, progress.global_step)
         raise
     finally:
         run.feed.close()  # the read-ahead threads end with the loop, however it ends
+        events.notifier.close()
     events.tracker.finish()
     return progress
 

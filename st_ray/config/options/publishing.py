@@ -3,8 +3,6 @@
 from st_ray.config.schema import Json, opt
 
 _NO_HUB = "uploading to the Hugging Face Hub is not implemented in st_ray"
-_NO_HOOKS = "post-checkpoint and post-upload hooks are not implemented in st_ray"
-_NO_DISK_GUARD = "the free-disk-space guard is on st_ray's later roadmap, not implemented yet"
 
 GROUP = "Publishing, model cards and hooks"
 
@@ -79,60 +77,66 @@ OPTIONS = [
         "webhook_config",
         Json,
         None,
-        "Webhook targets (Discord, custom endpoints) that receive training events, as inline "
-        "JSON or a JSON file; usually holds URLs with tokens.",
+        "Webhook targets that receive training events (start, progress, validation images, "
+        "checkpoints, errors, the end): one object or a list, inline JSON or a JSON file. "
+        'Discord: {"webhook_type": "discord", "webhook_url": ...}; any JSON endpoint: '
+        '{"webhook_type": "raw", "callback_url": ...}; optional message_prefix, log_level, '
+        "ssl_no_verify. Sent in the background with retries; a dead endpoint never stops "
+        "training. The payloads' job_id comes from ST_RAY_JOB_ID or SIMPLETUNER_JOB_ID. "
+        "Secret: never logged or saved.",
         secret=True,
-        unsupported="webhook notifications are not implemented in st_ray; follow runs in MLflow",
     ),
     opt(
         "webhook_reporting_interval",
         int,
         None,
-        "Seconds between progress reports sent to webhooks.",
+        "Seconds between progress events sent to 'raw' webhooks (Discord gets none): the first "
+        "step reports at once, then one every N seconds. Unset or "
+        "0: no progress events.",
         minimum=0,
-        unsupported="webhook notifications are not implemented in st_ray; follow runs in MLflow",
     ),
     # Hooks
     opt(
         "post_checkpoint_script",
         str,
         None,
-        "Command run after each checkpoint is written locally; placeholders such as "
-        "{local_checkpoint_path} and {global_step} are filled in.",
-        unsupported=_NO_HOOKS,
+        "Command run in the background on rank 0's node after each checkpoint (regular or "
+        "rolling) is saved; {local_checkpoint_path}, {global_step}, {tracker_run_name}, "
+        "{tracker_project_name}, {model_family}, {model_type}, {lora_type}, {huggingface_path} "
+        "and {validation_*} options are filled in. Its output is logged; a failure never "
+        "stops training.",
     ),
     opt(
         "post_upload_script",
         str,
         None,
-        "Command run after each upload finishes; receives the same placeholders plus "
-        "{remote_checkpoint_path}.",
-        unsupported=_NO_HOOKS,
+        "Command run in the background after each upload (Hub, publishing targets) with the "
+        "same placeholders plus {remote_checkpoint_path}. Its output is logged; a failure "
+        "never stops training.",
     ),
     # Disk space guard
     opt(
         "disk_low_threshold",
         str,
         None,
-        "Free space required before a checkpoint is saved, as a size such as '100G', '50M' or "
-        "plain bytes. Unset: no check.",
-        unsupported=_NO_DISK_GUARD,
+        "Free space required before each checkpoint is saved, as a size such as '100G', "
+        "'50M', '1T' or plain bytes; checked on the worker's staging folder and on local run "
+        "storage. Unset: no check.",
     ),
     opt(
         "disk_low_action",
         str,
         "stop",
-        "What happens when free space is below disk_low_threshold: stop training, wait for "
-        "space, or run disk_low_script.",
+        "Below disk_low_threshold: 'stop' ends the run before writing (the last checkpoint "
+        "stays intact), 'wait' checks again every 30 s until there is room, 'script' runs "
+        "disk_low_script and stops if there is still too little room.",
         choices=("stop", "wait", "script"),
-        unsupported=_NO_DISK_GUARD,
     ),
     opt(
         "disk_low_script",
         str,
         None,
-        "Cleanup command run when disk_low_action is 'script'.",
-        unsupported=_NO_DISK_GUARD,
+        "Cleanup command run when disk_low_action is 'script'; training waits for it.",
     ),
     # Output marking
     opt(

@@ -2,7 +2,6 @@
 
 from st_ray.config.schema import opt
 
-_NO_ROLLING = "rolling checkpoints are not implemented in st_ray; use checkpoint_step_interval"
 _MLFLOW_ONLY = "st_ray logs to MLflow; set report_to to mlflow or none"
 
 GROUP = "Output, checkpoints and tracking"
@@ -50,17 +49,17 @@ OPTIONS = [
         "checkpointing_rolling_steps",
         int,
         None,
-        "Save an extra, frequently overwritten checkpoint every N steps.",
+        "Save a second series of checkpoints every N steps (rolling-checkpoint-<step> in the "
+        "run folder), kept apart from the regular series and its checkpoints_total_limit; a "
+        "resume continues the newest checkpoint of either series.",
         minimum=1,
-        unsupported=_NO_ROLLING,
     ),
     opt(
         "checkpoints_rolling_total_limit",
         int,
         1,
-        "How many rolling checkpoints to keep.",
+        "How many rolling checkpoints to keep (the oldest are deleted).",
         minimum=1,
-        unsupported=_NO_ROLLING,
     ),
     opt(
         "resume_from_checkpoint",

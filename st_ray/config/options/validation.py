@@ -5,7 +5,7 @@ from st_ray.config.schema import Json, opt
 _NO_ADAPTER = "loading extra adapters only for validation is not implemented in st_ray"
 _NO_EXTERNAL = "st_ray renders validations in its own pipeline; external scripts are not supported"
 _NO_SLG = "skip-layer guidance during validation is not implemented in st_ray"
-_NO_PREVIEW = "streaming validation previews needs webhooks, which st_ray does not implement"
+_NO_PREVIEW = "streaming validation previews (Tiny AutoEncoder frames sent by webhook) are not implemented in st_ray"
 _REAL_CFG = "true-CFG sampling for guidance-distilled models is not implemented in st_ray"
 
 GROUP = "Validation and evaluation"
