@@ -131,6 +131,15 @@ def check_options(values: Mapping[str, Any]) -> list[tuple[str, str]]:
             parse(values.get(key), key)
         except ValueError as err:
             problems.append((key, str(err).removeprefix(f"{key}: ")))
+    machines, workers = int(values.get("num_machines") or 1), int(values.get("num_processes") or 1)
+    if machines > workers:
+        problems.append(
+            (
+                "num_machines",
+                f"{machines} machines for {workers} Train worker(s) (num_processes): each "
+                "machine needs at least one worker; raise num_processes or lower num_machines",
+            )
+        )
     return problems
 
 
@@ -251,3 +260,31 @@ def cluster_nodes() -> list[dict[str, float]]:
     if not ray.is_initialized():
         return []
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def machines_problem(
+    num_machines: int,
+    num_workers: int,
+    worker: Mapping[str, float],
+    nodes: Sequence[Mapping[str, float]],
+) -> str | None:
+    """``num_machines``: the run expects its workers on that many nodes. Ray places them
+    itself; this says why the cluster cannot hold them (None when it can): too few alive nodes
+    that fit a worker, or too few worker slots in all."""
+    if num_machines <= 1:
+        return None
+    able = [node for node in nodes if actors_that_fit(worker, [node]) >= 1]
+    slots = actors_that_fit(worker, able) if able else 0
+    shown = ", ".join(f"{k} {v:g}" for k, v in sorted(worker.items()))
+    if len(able) < num_machines:
+        return (
+            f"num_machines is {num_machines}, but the Ray cluster has {len(able)} alive "
+            f"node(s) that can hold a Train worker ({shown}) out of {len(nodes)}; start the "
+            "missing nodes (autoscaling clusters: before the run) or lower num_machines"
+        )
+    if slots < num_workers:
+        return (
+            f"num_processes is {num_workers}, but the {len(able)} node(s) that fit a Train "
+            f"worker ({shown}) hold only {slots}"
+        )
+    return None

@@ -143,6 +143,7 @@ def build_plan(
 
     dataset_config, datasets = _load_dataset_config(loaded, problems, base_dir)
     _check_eval(loaded, datasets, problems)
+    _check_regularisation(loaded, datasets, problems)
 
     output_dir = Path(str(values["output_dir"])).expanduser()
     if "://" in str(values["output_dir"]):
@@ -239,11 +240,28 @@ def _check_eval(loaded: LoadedConfig, datasets: list[DatasetEntry], problems: Pr
         )
     for name in EVAL_SCHEDULE_OPTIONS[:2]:
         if values.get(name) and not eval_ids and not values.get("eval_loss_disable"):
+            # SimpleTuner runs such a config; the evaluation loss is then simply not computed.
+            problems.note(
+                f"{loaded.provenance[name]}: {name} schedules the evaluation loss, but no "
+                'dataset has "dataset_type": "eval", so none is computed; add one to the '
+                "dataset config to measure it (its images are cached, never trained on)"
+            )
+
+
+def _check_regularisation(
+    loaded: LoadedConfig, datasets: list[DatasetEntry], problems: ProblemList
+) -> None:
+    """Regularisation data trains towards the base model's prediction, which is the denoiser
+    with its adapter switched off: a full fine-tune has no adapter to switch off."""
+    if loaded.values.get("model_type") == "lora":
+        return
+    for entry in datasets:
+        if entry.holds_images and entry.fields.get("is_regularisation_data"):
             problems.add(
-                loaded.provenance[name],
-                name,
-                'schedules the evaluation loss, but no dataset has "dataset_type": "eval"; '
-                "add one to the dataset config (its images are cached, never trained on)",
+                f"{entry.id} (dataset)",
+                "is_regularisation_data",
+                "needs model_type 'lora' (its target is the denoiser's prediction with the "
+                f"adapter switched off); model_type is '{loaded.values.get('model_type')}'",
             )
 
 
@@ -304,6 +322,17 @@ def _cpus_shown(value: Any) -> str:
     return str(value)
 
 
+def describe_recovery(values: Mapping[str, Any]) -> str:
+    """What happens when a worker dies: the restart budget and where a restart resumes."""
+    failures = int(values.get("max_failures") or 0)
+    if failures == 0:
+        return "none (max_failures 0: the first worker failure ends the run)"
+    budget = "unlimited restarts" if failures < 0 else f"up to {failures} restart(s)"
+    interval = values.get("checkpoint_step_interval")
+    since = f"every {interval} steps" if interval else "none by step interval"
+    return f"{budget} from the latest checkpoint (checkpoints: {since}; none yet: from step 0)"
+
+
 def format_plan(plan: Plan) -> str:
     """A short human summary of what the run will do (secrets redacted)."""
     values = plan.options
@@ -322,6 +351,7 @@ def format_plan(plan: Plan) -> str:
         f"lr {values.get('learning_rate'):g}, optimizer {values.get('optimizer')}",
         f"  output_dir    {plan.output_dir}",
         f"  run storage   {redact(plan.run_storage)}",
+        f"  recovery      {describe_recovery(values)}",
         f"  MLflow        {redact(plan.tracking_uri)}",
         f"  datasets      {plan.dataset_config}",
     ]

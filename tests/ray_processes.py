@@ -90,25 +90,30 @@ def end_leftovers(ray_tmp: Path) -> None:
             continue
 
 
+def head_isolation_flags(num_cpus: int) -> tuple[int, list[str]]:
+    """(dashboard port, ``ray start --head`` flags): loopback, free ports, a CPU count."""
+    dashboard = free_port()
+    ports = {
+        "--port": free_port(),
+        "--dashboard-port": dashboard,
+        "--ray-client-server-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--metrics-export-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+    }
+    flags = ["--disable-usage-stats", "--dashboard-host", "127.0.0.1", "--num-cpus", str(num_cpus)]
+    return dashboard, flags + [str(x) for kv in ports.items() for x in kv]
+
+
 @contextlib.contextmanager
 def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
     """``ray start --head --block`` on loopback ports; yields (dashboard URL, environment for
     ``ray job`` commands). The head and its children share one process group, ended at exit."""
     with private_ray_tmp() as ray_tmp:
         env = isolated_env(ray_tmp)
-        dashboard = free_port()
-        ports = {
-            "--port": free_port(),
-            "--dashboard-port": dashboard,
-            "--ray-client-server-port": free_port(),
-            "--dashboard-agent-listen-port": free_port(),
-            "--dashboard-agent-grpc-port": free_port(),
-            "--metrics-export-port": free_port(),
-            "--runtime-env-agent-port": free_port(),
-        }
-        command = [str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats"]
-        command += ["--dashboard-host", "127.0.0.1", "--num-cpus", str(num_cpus)]
-        command += [str(x) for kv in ports.items() for x in kv]
+        dashboard, flags = head_isolation_flags(num_cpus)
+        command = [str(BIN / "ray"), "start", "--head", "--block", *flags]
         log = open(ray_tmp / "head.log", "wb")  # noqa: SIM115 (closed below)
         head = subprocess.Popen(
             command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -123,12 +128,15 @@ def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
             log.close()
 
 
-def wait_for_job_server(url: str, env: dict[str, str], head: subprocess.Popen, log: Path) -> None:
+def wait_for_job_server(
+    url: str, env: dict[str, str], head: subprocess.Popen | None, log: Path, token: str = ""
+) -> None:
     """Until the head's job server answers (it starts a few seconds after the GCS)."""
     import urllib.request
 
+    token = token or env["RAY_AUTH_TOKEN"]
     request = urllib.request.Request(
-        f"{url}/api/version", headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"}
+        f"{url}/api/version", headers={"Authorization": f"Bearer {token}"}
     )
     deadline = time.monotonic() + 120
     while True:
@@ -138,8 +146,57 @@ def wait_for_job_server(url: str, env: dict[str, str], head: subprocess.Popen, l
                     return
         except OSError:
             pass
-        if head.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(
-                f"the Ray head did not come up (exit {head.poll()}):\n{log.read_text()[-3000:]}"
-            )
+        ended = head is not None and head.poll() is not None
+        if ended or time.monotonic() > deadline:
+            raise RuntimeError(f"the Ray head did not come up:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
+
+
+def fresh_shell_env(ray_tmp: Path, home: Path) -> dict[str, str]:
+    """A user's fresh shell after ``make demo``: ``~/.ray/auth_token`` exists (``ray.init()``
+    wrote it), RAY_AUTH_MODE and RAY_AUTH_TOKEN are unset. HOME is private to the test."""
+    token = home / ".ray" / "auth_token"
+    token.parent.mkdir(parents=True, exist_ok=True)
+    token.write_text(secrets.token_hex(32))
+    env = isolated_env(ray_tmp, HOME=str(home))
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_API_SERVER_ADDRESS"):
+        env.pop(name, None)
+    return env
+
+
+@contextlib.contextmanager
+def shell_ray_head(lines: list[str], num_cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
+    """Run shell ``lines`` (a README's, which start a head with ``ray start --head``) in a
+    fresh shell (``fresh_shell_env``); the ``ray start --head`` line gets loopback ports and a
+    CPU count appended. Yields (dashboard URL, the shell's environment after the lines, for
+    later ``ray job`` commands). Every Ray process of the head is ended at exit."""
+    with private_ray_tmp() as ray_tmp:
+        env = fresh_shell_env(ray_tmp, ray_tmp / "home")
+        dashboard, flags = head_isolation_flags(num_cpus)
+        script = [
+            f"{line} {' '.join(flags)}" if line.strip() == "ray start --head" else line
+            for line in lines
+        ]
+        script = ["set -e", *script, "printf '\\0--env--\\0'", "env -0"]
+        log, out = ray_tmp / "head.log", ray_tmp / "shell.out"
+        try:
+            # Output to files, not pipes: the head's daemons inherit them and outlive the shell.
+            with open(log, "wb") as err, open(out, "wb") as std:
+                done = subprocess.run(
+                    ["bash", "-c", "\n".join(script)],
+                    cwd=REPO,
+                    env=env,
+                    stdout=std,
+                    stderr=err,
+                    timeout=300,
+                )
+            if done.returncode != 0:
+                raise RuntimeError(f"the shell lines failed:\n{log.read_text()[-3000:]}")
+            after = out.read_bytes().split(b"\0--env--\0", 1)[1].decode()
+            shell_env = dict(item.split("=", 1) for item in after.split("\0") if "=" in item)
+            url = f"http://127.0.0.1:{dashboard}"
+            token = (ray_tmp / "home" / ".ray" / "auth_token").read_text()
+            wait_for_job_server(url, shell_env, None, log, token)
+            yield url, shell_env
+        finally:
+            end_leftovers(ray_tmp)

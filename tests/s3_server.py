@@ -8,6 +8,8 @@ processes (Ray workers) reach it over HTTP like any S3 endpoint. Credentials are
 
 from __future__ import annotations
 
+import contextlib
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -47,7 +49,19 @@ class S3TestServer:
     key: str = ACCESS_KEY
     secret: str = SECRET_KEY
     requests: list[Request] = field(default_factory=list)
+    # When set, requests signed with any other access key id are refused (403), as real S3
+    # refuses an unknown key; moto itself accepts any key.
+    required_key: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @contextlib.contextmanager
+    def requiring_key(self, key: str) -> Iterator[None]:
+        """For the block, answer only requests signed with access key id ``key``."""
+        self.required_key = key
+        try:
+            yield
+        finally:
+            self.required_key = None
 
     # -- settings for the code under test ------------------------------------------------------
     def settings(self) -> Any:
@@ -127,6 +141,16 @@ class S3TestServer:
             )
 
 
+def signing_key(environ: dict[str, Any]) -> str | None:
+    """The access key id a request was signed with (SigV4 header or presigned query)."""
+    found = re.search(
+        r"Credential=([^/]+)/",
+        environ.get("HTTP_AUTHORIZATION", "")
+        or environ.get("QUERY_STRING", "").replace("X-Amz-Credential=", "Credential="),
+    )
+    return found.group(1) if found else None
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3TestServer]:
     from moto.moto_server.werkzeug_app import (
@@ -144,7 +168,11 @@ def s3_server() -> Iterator[S3TestServer]:
     server_state: dict[str, S3TestServer] = {}
 
     def recording_app(environ: dict[str, Any], start_response: Any) -> Any:
-        server_state["server"]._record(environ)
+        server = server_state["server"]
+        server._record(environ)
+        if server.required_key and signing_key(environ) != server.required_key:
+            start_response("403 Forbidden", [("Content-Type", "application/xml")])
+            return [b"<Error><Code>InvalidAccessKeyId</Code><Message>unknown key</Message></Error>"]
         return app(environ, start_response)
 
     # Port 0: the OS picks a free port; only the loopback interface is bound.

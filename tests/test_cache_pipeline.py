@@ -320,15 +320,24 @@ def test_killed_cache_job_leaves_a_consistent_cache(
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    running = False
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and job.poll() is None:
-            if shards.exists() and any(shards.rglob("*")):
+            if shards.exists() and any(p.is_file() for p in shards.rglob("*")):
                 break
             time.sleep(0.05)
+        running = job.poll() is None
     finally:
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
+    # The kill landed mid-write: the job was still running, shard files were on disk and no
+    # manifest names them yet.
+    assert running, "the caching job ended before it could be killed"
+    written = [p for p in shards.rglob("*") if p.is_file()]
+    manifest = tmp_path / "cache" / "vae" / MANIFEST
+    named = set(_shards(tmp_path / "cache" / "vae")) if manifest.exists() else set()
+    assert written and not named & set(written), (written, named)
     report = build_caches(build_plan(config, [], {}))
     photos = report.datasets[0]
     assert photos.reused + photos.encoded == 14

@@ -28,7 +28,9 @@ def simpletuner_dir(tmp_path: Path, example_dataset) -> Path:
     return target
 
 
-def test_simpletuner_config_loads_unchanged(simpletuner_dir: Path, tmp_path: Path) -> None:
+def test_simpletuner_config_loads_unchanged(
+    simpletuner_dir: Path, tmp_path: Path, example_dataset
+) -> None:
     environ = {"ST_RAY_TEST_OUTPUT": str(tmp_path / "runs")}
     plan = build_plan(simpletuner_dir / "config.json", (), environ)
     values = plan.options
@@ -63,16 +65,15 @@ def test_simpletuner_config_loads_unchanged(simpletuner_dir: Path, tmp_path: Pat
     assert by_id["text-embeds"]["cache_dir"] == f"{tmp_path / 'runs'}/cache/text/sdxl"
     styles = by_id["styles-parquet"]
     assert styles["resolution_type"] == "area" and styles["resolution"] == 1.0
-    assert styles["parquet"]["path"] == str(
-        json.loads(json.dumps(str(plan.datasets[1]["parquet"]["path"])))
-    )
-    assert Path(styles["parquet"]["path"]).is_file()  # {env:} from config.env
-    # run-wide options fill fields an entry leaves out
-    assert (
-        styles["caption_dropout_probability"]
-        if "caption_dropout_probability" in styles.fields
-        else True
-    )
+    # {env:ST_RAY_TEST_PARQUET} from config.env
+    assert styles["parquet"]["path"] == str(example_dataset.metadata_parquet)
+    # run-wide options fill fields an entry leaves out; an entry's own value wins
+    assert styles["minimum_image_size"] == values["minimum_image_size"] == 512
+    assert photos["minimum_image_size"] == 768
+    # SimpleTuner's own spellings of "off": skip_file_discovery false, clearing off
+    assert photos["skip_file_discovery"] == [] and photos["vae_cache_clear_each_epoch"] is False
+    # eval_steps_interval without an eval dataset: SimpleTuner runs it, st_ray notes it
+    assert any("eval_steps_interval schedules the evaluation loss" in n for n in plan.notes)
     assert "sdxl" in format_plan(plan)
 
 

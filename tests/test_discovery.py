@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -79,17 +80,54 @@ def test_local_recursive_discovery(tmp_path, example_dataset) -> None:
 
 
 def test_local_extensions_and_caption_pairing(tmp_path) -> None:
+    """Every extension Pillow opens is an image (as in SimpleTuner); other files are counted
+    as ignored, captions are not."""
     root = tmp_path / "data"
     (root / "sub").mkdir(parents=True)
-    for name in ("A.JPG", "b.Png", "c.webp", "d.TIFF", "e.bmp", "f.tif", "g.jpeg", "h.gif"):
+    images = ("A.JPG", "b.Png", "c.webp", "d.TIFF", "e.bmp", "f.tif", "g.jpeg", "h.gif")
+    images += ("i.avif", "j.ppm", "k.tga", "l.qoi")
+    for name in images:
         (root / name).write_bytes(b"x")
     (root / "A.txt").write_text("caption of A")
     (root / "sub" / "b.txt").write_text("not b.Png's caption: another folder")
     (root / "notes.txt").write_text("no image")
-    rows = by_id(discover(make_entry(tmp_path, instance_data_dir=str(root))))
-    assert set(rows) == {"A.JPG", "b.Png", "c.webp", "d.TIFF", "e.bmp", "f.tif", "g.jpeg"}
-    assert rows["A.JPG"]["caption_uri"] == str(root / "A.txt")
-    assert rows["b.Png"]["caption_uri"] is None
+    for name in ("meta.json", ".DS_Store", "sub/drawing.svg"):
+        (root / name).write_bytes(b"x")
+    rows, ignored = discovery.discover_counted(make_entry(tmp_path, instance_data_dir=str(root)))
+    assert set(by_id(rows)) == set(images)
+    assert by_id(rows)["A.JPG"]["caption_uri"] == str(root / "A.txt")
+    assert by_id(rows)["b.Png"]["caption_uri"] is None
+    assert ignored == 3  # meta.json, .DS_Store, drawing.svg; the .txt files are captions
+
+
+@pytest.mark.parametrize("ext", ["gif", "avif", "ppm", "tga"])
+def test_formats_simpletuner_takes_decode_to_rgb(tmp_path, ext) -> None:
+    """The extensions discovery now takes decode for caching; a GIF gives its first frame."""
+    from st_ray.data.transforms import load_image
+
+    first = Image.new("RGB", (24, 16), (200, 30, 30))
+    path = tmp_path / f"image.{ext}"
+    if ext == "gif":
+        second = Image.new("RGB", (24, 16), (30, 30, 200))
+        first.save(path, save_all=True, append_images=[second])
+    else:
+        first.save(path)
+    image = load_image(path.read_bytes())
+    assert image.mode == "RGB" and image.size == (24, 16)
+    red, green, blue = image.getpixel((12, 8))
+    assert red > 150 and green < 80 and blue < 80, (red, green, blue)
+
+
+def test_cache_summary_counts_ignored_files() -> None:
+    from st_ray.data.pipeline import CacheReport, DatasetReport
+
+    report = CacheReport(
+        [DatasetReport("photos", "/c", seen=3, encoded=3, ignored=2), DatasetReport("b", "/d")],
+        "/t",
+    )
+    table = report.table()
+    assert "photos: ignored: 2 files with other extensions" in table
+    assert "b: ignored" not in table  # nothing ignored, nothing said
 
 
 def test_relative_folder_resolves_from_config_folder(tmp_path, monkeypatch) -> None:
@@ -316,11 +354,18 @@ def test_s3_discovery_matches_local(tmp_path, s3_server, s3_dataset, example_dat
 
 
 def test_s3_credentials_from_environment(tmp_path, monkeypatch, s3_server, s3_dataset) -> None:
+    """With no aws_* keys in the entry, discovery signs with AWS_ACCESS_KEY_ID from the
+    environment: the server refuses every other key for the test."""
     bucket, prefix = s3_dataset
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
+    env_key = f"env-only-{uuid.uuid4().hex[:8]}"
     entry = make_entry(tmp_path, type="aws", aws_bucket_name=bucket, aws_data_prefix=prefix)
-    assert len(discover(entry)) > 0
+    with s3_server.requiring_key(env_key):
+        with pytest.raises(DiscoveryError, match="cannot list"):
+            discover(entry)  # still the default key in the environment: refused
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", env_key)
+        assert len(discover(entry)) > 0
 
 
 def test_s3_listing_is_one_request_per_page(tmp_path, s3_server) -> None:

@@ -12,7 +12,7 @@ import torch
 from st_ray import zoo
 from st_ray.config.errors import ConfigError
 from st_ray.device import pick_device
-from st_ray.plan import build_plan
+from st_ray.plan import build_plan, format_plan
 from st_ray.train import eval_loss
 from st_ray.train.build import build_run
 from st_ray.train.context import WorkerContext
@@ -46,8 +46,13 @@ def test_eval_options_need_an_eval_dataset(tmp_path: Path, zoo_root, example_dat
     with pytest.raises(ConfigError) as err:
         build_plan(config, ["--eval_steps_interval", "2", "--eval_dataset_id", "photos"], {})
     text = err.value.render()
-    assert "eval_steps_interval: schedules the evaluation loss" in text
     assert "eval_dataset_id: 'photos' is not an enabled dataset" in text
+    assert "eval_steps_interval" not in text  # SimpleTuner runs it: a note, not an error
+    plan = build_plan(config, ["--eval_steps_interval", "2"], {})
+    (note,) = [n for n in plan.notes if "eval_steps_interval" in n]
+    assert "command line: eval_steps_interval schedules the evaluation loss" in note
+    assert "none is computed" in note
+    assert f"  note: {note}" in format_plan(plan)
 
 
 def test_eval_loss_is_the_same_quantity_for_every_training_setting(

@@ -6,7 +6,6 @@ import csv
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -43,12 +42,6 @@ def test_other_seed_changes_content_not_layout(tmp_path: Path, dataset: ExampleD
     base = _tree(dataset.root)
     assert other.keys() == base.keys()
     assert other["images/square_512x512.jpg"] != base["images/square_512x512.jpg"]
-
-
-def test_generation_is_fast(tmp_path: Path) -> None:
-    start = time.perf_counter()
-    generate(tmp_path, seed=3)
-    assert time.perf_counter() - start < 2.0
 
 
 def test_counts(dataset: ExampleDataset) -> None:

@@ -14,12 +14,20 @@ from pathlib import Path
 import pytest
 
 from st_ray import zoo
-from tests.ray_processes import BIN, REPO, ray_head
+from tests.ray_processes import BIN, REPO, shell_ray_head
 from tests.test_training import _write_config
 
 pytestmark = pytest.mark.slow
 
 RUN = "job-run"
+README_HEADING = "### A Ray head on this machine, with token authentication"
+
+
+def readme_job_lines() -> list[str]:
+    """The shell lines of the README's job section, comments dropped."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split(README_HEADING, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
 
 
 def _ray_job(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -71,19 +79,21 @@ def test_job_submit_caches_trains_stops_and_resumes(
     out = tmp_path / "out"
     run_dir = out / "ray_runs" / RUN
 
-    with ray_head() as (url, env):
+    # The README's lines in a fresh shell: ~/.ray/auth_token exists, RAY_AUTH_MODE unset.
+    lines = readme_job_lines()
+    submits = [line for line in lines if line.startswith("ray job submit")]
+    assert [s.split("python ")[1].split()[0] for s in submits] == ["jobs/cache.py", "jobs/train.py"]
+    with shell_ray_head([line for line in lines if line not in submits]) as (url, env):
+        assert "RAY_AUTH_TOKEN" not in env and env["RAY_AUTH_MODE"] == "token"
         gcs_port = None
-        # 1. The caching job, exactly as the README writes it.
-        cache = _ray_job(
-            env,
-            "submit",
-            "--working-dir",
-            ".",
-            "--",
-            "python",
-            "jobs/cache.py",
-            "--config",
-            str(config),
+        # 1. The caching job, exactly as the README writes it (its config path is a placeholder).
+        cache = subprocess.run(
+            ["bash", "-c", submits[0].replace("config/my-run/config.json", str(config))],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert cache.returncode == 0, cache.stdout[-3000:] + cache.stderr[-3000:]
         assert "succeeded" in cache.stdout + cache.stderr

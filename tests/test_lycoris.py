@@ -241,13 +241,25 @@ def _loads_for_inference(family: str, model: Path, out: Path) -> None:
     pipeline_class = {"flux": "FluxPipeline", "sdxl": "StableDiffusionXLPipeline"}[family]
     pipeline = getattr(diffusers, pipeline_class).from_pretrained(model)
     denoiser = pipeline.transformer if family == "flux" else pipeline.unet
+
+    def render():
+        return pipeline(
+            "a photo",
+            num_inference_steps=2,
+            height=64,
+            width=64,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        ).images[0]
+
+    base = render()
     network, _ = create_lycoris_from_weights(1.0, str(out / ly.WEIGHT_NAME), denoiser)
     assert network.loras
     network.merge_to()
-    image = pipeline(
-        "a photo", num_inference_steps=2, height=64, width=64, output_type="np"
-    ).images[0]
+    image = render()
     assert image.shape == (64, 64, 3)
+    # The trained network, merged into the denoiser, changes what the pipeline renders.
+    assert abs(image - base).max() > 1e-4
     assert (out / ly.CONFIG_NAME).is_file()
 
 

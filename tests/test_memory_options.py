@@ -23,11 +23,27 @@ def test_cpu_kernels_run_and_agree(name: str) -> None:
     torch.testing.assert_close(out, _sdpa(), rtol=1e-5, atol=1e-5)
 
 
-def test_the_kernel_is_really_pinned() -> None:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+def _enabled_kernels() -> dict[str, bool]:
+    """The SDPA kernels PyTorch's dispatcher may choose from right now."""
+    cuda = torch.backends.cuda
+    return {
+        "math": cuda.math_sdp_enabled(),
+        "flash": cuda.flash_sdp_enabled(),
+        "efficient": cuda.mem_efficient_sdp_enabled(),
+        "cudnn": cuda.cudnn_sdp_enabled(),
+    }
 
-    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]), pytest.raises(RuntimeError):
-        _sdpa()  # the same restriction attention.context applies: no CPU kernel left
+
+@pytest.mark.parametrize(("name", "kernel"), [("native-math", "math"), ("native-flash", "flash")])
+def test_the_kernel_is_really_pinned(name: str, kernel: str) -> None:
+    """attention.context leaves the dispatcher only the chosen kernel, then restores it."""
+    before = _enabled_kernels()
+    assert sum(before.values()) > 1  # PyTorch's default: it picks among several
+    with attention.context({"attention_mechanism": name}, torch.device("cpu")):
+        assert _enabled_kernels() == {k: k == kernel for k in before}
+    assert _enabled_kernels() == before
+    with attention.context({"attention_mechanism": "diffusers"}, torch.device("cpu")):
+        assert _enabled_kernels() == before  # 'diffusers': PyTorch decides
 
 
 @pytest.mark.parametrize("name", attention.CUDA_ONLY)

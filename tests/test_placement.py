@@ -13,6 +13,7 @@ from st_ray.placement import (
     actors_that_fit,
     cache_actor_request,
     local_storage_warning,
+    machines_problem,
     train_worker_cpus,
     train_worker_resources,
 )
@@ -104,6 +105,7 @@ def test_auto_cpus_per_worker_divides_each_node_among_its_workers() -> None:
         (["--train_resources", '{"trainer": -1}'], "'trainer' must be a number >= 0"),
         (["--train_resources", "[1, 2]"], "expected a JSON object"),
         (["--placement_strategy", "RANDOM"], "placement_strategy"),
+        (["--num_machines", "2"], "num_machines: 2 machines for 1 Train worker(s)"),
     ],
 )
 def test_bad_placement_options_are_refused_before_ray(tmp_path, override, message) -> None:
@@ -125,6 +127,48 @@ def test_bad_placement_options_are_refused_before_ray(tmp_path, override, messag
     with pytest.raises(ConfigError) as err:
         build_plan(tmp_path / "config.json", override, {})
     assert message in err.value.render()
+
+
+def test_num_machines_is_checked_against_the_nodes_that_fit_a_worker() -> None:
+    gpu_worker = {"CPU": 4.0, "GPU": 1.0}
+    assert machines_problem(1, 8, gpu_worker, []) is None  # one machine: nothing to check
+    assert machines_problem(2, 2, gpu_worker, [L4_NODE, L4_NODE]) is None
+    # The CPU-only node cannot hold a GPU worker.
+    short = machines_problem(3, 3, gpu_worker, [CPU_NODE, L4_NODE, L4_NODE])
+    assert (
+        short
+        and "has 2 alive node(s) that can hold a Train worker (CPU 4, GPU 1) out of 3" in short
+    )
+    assert short is not None and "start the missing nodes" in short
+    # Two nodes, but one GPU each: four workers do not fit.
+    slots = machines_problem(2, 4, gpu_worker, [L4_NODE, L4_NODE])
+    assert slots is not None and "hold only 2" in slots
+    assert machines_problem(2, 9, gpu_worker, [A100_NODE, L4_NODE]) is None
+
+
+def test_fit_refuses_more_machines_than_the_cluster_has(ray_local, tmp_path) -> None:
+    """Read by the code that runs: fit() on the session's one-node Ray refuses num_machines 2
+    with a clear error before any Train worker starts."""
+    from st_ray.config.errors import ConfigError
+    from st_ray.plan import build_plan
+    from st_ray.train.trainer import fit
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "datasets.json").write_text(
+        json.dumps([{"id": "d", "type": "local", "instance_data_dir": str(tmp_path / "data")}])
+    )
+    config = {
+        "model_family": "sd1x",
+        "pretrained_model_name_or_path": "some/model",
+        "data_backend_config": str(tmp_path / "datasets.json"),
+        "output_dir": str(tmp_path / "out"),
+        "num_processes": 2,
+        "num_machines": 2,
+        "use_gpu": "false",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="num_machines is 2, but the Ray cluster has 1 alive"):
+        fit(build_plan(tmp_path / "config.json", [], {}))
 
 
 def test_local_run_storage_on_several_nodes_is_warned_about() -> None:

@@ -254,6 +254,33 @@ def test_t5_padding_and_length(models) -> None:
     assert not sd3["prompt_embeds"][1, 77 + 5 :].any()  # "dog</s>" then zeroed padding
 
 
+def test_sd3_uncond_behaviour_zero_zeroes_empty_captions(models) -> None:
+    """sd3_clip_uncond_behaviour / sd3_t5_uncond_behaviour 'zero': an empty caption (caption
+    dropout's) encodes as zeros in that encoder's part; other captions are untouched."""
+    _, encoders, _ = models("sd3")
+    sd3 = get_family_module("sd3")
+    prompts = [PROMPTS[0], ""]
+
+    def encode(**extra):
+        return sd3.encode_prompts(encoders, prompts, options={**OPTIONS, **extra})
+
+    plain = encode()
+    assert np.abs(plain["prompt_embeds"][1]).max() > 0  # "" encodes to something
+    both = encode(sd3_clip_uncond_behaviour="zero")  # T5 unset: follows CLIP
+    assert not both["prompt_embeds"][1].any() and not both["pooled_prompt_embeds"][1].any()
+    np.testing.assert_array_equal(both["prompt_embeds"][0], plain["prompt_embeds"][0])
+    np.testing.assert_array_equal(both["pooled_prompt_embeds"][0], plain["pooled_prompt_embeds"][0])
+    t5_only = encode(sd3_t5_uncond_behaviour="zero")
+    assert not t5_only["prompt_embeds"][1, 77:].any()
+    np.testing.assert_array_equal(t5_only["prompt_embeds"][1, :77], plain["prompt_embeds"][1, :77])
+    clip_only = encode(sd3_clip_uncond_behaviour="zero", sd3_t5_uncond_behaviour="empty_string")
+    assert not clip_only["prompt_embeds"][1, :77].any()
+    assert not clip_only["pooled_prompt_embeds"][1].any()
+    np.testing.assert_array_equal(
+        clip_only["prompt_embeds"][1, 77:], plain["prompt_embeds"][1, 77:]
+    )
+
+
 def test_half_precision_outputs(models) -> None:
     path, _, default = models("pixart_sigma")
     module = get_family_module("pixart_sigma")

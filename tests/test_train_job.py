@@ -51,8 +51,12 @@ def test_help_lists_every_option() -> None:
     for option in OPTIONS:
         assert f"--{option.name} " in result.stdout, option.name
         assert option.help.split()[0] in result.stdout
+        for alias in option.aliases:  # deprecated names the loader maps, e.g. checkpointing_steps
+            assert f"  --{alias}  alias of --{option.name} (older name)" in result.stdout
     assert "NOT SUPPORTED YET" in result.stdout
     assert "--dry-run" in result.stdout
+    assert "--checkpointing_steps  alias of --checkpoint_step_interval" in result.stdout
+    assert "--validation_steps  alias of --validation_step_interval" in result.stdout
 
 
 def test_dry_run_prints_plan_without_ray(tmp_path: Path, example_dataset) -> None:
@@ -107,11 +111,52 @@ def test_run_saves_redacted_config(tmp_path: Path, example_dataset) -> None:
     assert data["options"]["hub_model_id"] == "me/model"
 
 
+# What st_ray itself prints in a run: the plan, the cache summary, one line per step, where
+# the outputs went, and Ray Data's one progress display (a total every 10 s without a
+# terminal). Ray prefixes lines of its worker processes with "(ActorName pid=N[, ip=...]) ".
+RAY_PREFIX = re.compile(
+    r"^(?:\x1b\[\d+m)?\([^()]*(?:\([^()]*\))*[^()]* pid=\d+(?:, ip=[\d.]+)?\)(?:\x1b\[0m)? "
+)
+OWN_LINES = [
+    re.compile(p)
+    for p in (
+        r"",
+        r"st_ray run plan",
+        r"  .*",  # plan fields and notes, the output locations
+        r"resolved config \(secrets redacted\): .*",
+        r"Ray cluster \S+: \d+ nodes?, .*",
+        r"cache summary",
+        r"dataset +seen +reused +encoded.*",
+        r"\S+ +\d+ +\d+ +\d+( +\d+)*",  # a row of the cache summary table
+        r"\S+: ignored: \d+ files with other extensions",
+        r"text embeddings: .*",
+        r"step \d+/\d+ .*",
+        r"training finished",
+        r"warning: .*",
+        # Ray's C++ core worker prints this advisory at ERROR level for Ray Data's and Ray
+        # Train's own actors; it cannot be filtered from Python without hiding real errors.
+        r"\[\S+ \S+ E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: .* has "
+        r"constructor arguments in the object store .*",
+        # Ray Data's progress display where there is no terminal (a total every 10 s)
+        r"\S+ \S+\tINFO logging_progress\.py:\d+ -- .*",
+    )
+]
+
+
+def foreign_lines(output: str) -> list[str]:
+    """Lines of a run's output that st_ray did not print (third-party notes and dumps)."""
+    lines = [RAY_PREFIX.sub("", line.rstrip()) for line in output.splitlines()]
+    return [line for line in lines if not any(p.fullmatch(line) for p in OWN_LINES)]
+
+
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     """The README's demo command: builds model + data, validates, caches and trains a LoRA
-    with local Ray, and says where the outputs are."""
+    with local Ray, and says where the outputs are. Its output is st_ray's own: the plan, a
+    caching progress display, a line per step and the summary, not library chatter."""
     result = _run("--demo", "--demo-dir", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr[-3000:]
+    foreign = foreign_lines(result.stdout + "\n" + result.stderr)
+    assert foreign == [], "\n".join(foreign[:40])
     assert "st_ray run plan" in result.stdout
     assert "cache summary" in result.stdout
     assert "training finished" in result.stdout
@@ -132,3 +177,23 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         r"\(resume_from_checkpoint none\); earlier runs of 'st_ray-sd1x' are left as they are",
         again.stdout,
     ), again.stdout[-3000:]
+
+
+def test_foreign_lines_are_told_from_st_rays_own() -> None:
+    """The demo test's classifier: the chatter the demo used to print counts as foreign."""
+    noise = [
+        "(PlacementGroupCleaner pid=4242) Failed to query Ray Train Controller actor state. ",
+        "(RayTrainWorker pid=77) Reporting training result 3: TrainingReport(checkpoint=None)",
+        "Failed to load /venv/torchao/_C_cutlass_90a.abi3.so: Could not load this library",
+        "W1203 09:37:14.252000 15627 torch/utils/_pytree.py:630] <enum 'KernelPreference'> is",
+        "[transformers] `CLIPImageProcessor` requires torchvision (not installed); falling back",
+    ]
+    own = [
+        "st_ray run plan",
+        "  family        sd1x (unet, lora, standard)",
+        "(RayTrainWorker pid=77) step 3/10  epoch 0  loss 0.1234  lr 1.00e-04",
+        "photos   19    0       15      3",
+        "training finished",
+    ]
+    assert foreign_lines("\n".join(own)) == []
+    assert len(foreign_lines("\n".join(noise + own))) == len(noise)

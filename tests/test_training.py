@@ -3,8 +3,10 @@ with two DDP workers and a resumed run, MLflow records, outputs that diffusers l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +143,30 @@ def test_resume_continues_exactly(sd1x_setup, tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_regularisation_samples_train_towards_the_base_models_prediction(
+    sd1x_setup, tmp_path: Path
+) -> None:
+    """is_regularisation_data: the target is the denoiser's prediction with the LoRA off. A
+    fresh LoRA (B = 0) predicts exactly what the base model does, so every step's loss is 0
+    and nothing moves; trained against the images (test above) the loss is not 0."""
+    root, _, config = sd1x_setup
+    datasets = json.loads((root / "sd1x-datasets.json").read_text())
+    datasets[0]["is_regularisation_data"] = True
+    (tmp_path / "datasets.json").write_text(json.dumps(datasets))
+    plan = _plan(
+        config,
+        tmp_path / "out",
+        "--data_backend_config",
+        str(tmp_path / "datasets.json"),
+        "--max_train_steps",
+        "2",
+    )
+    assert plan.datasets[0].fields["is_regularisation_data"] is True
+    _, reported = fit_in_process(plan, tmp_path / "ckpt")
+    assert [r["loss"] for r in reported] == [0.0, 0.0]
+    assert [r["grad_norm"] for r in reported] == [0.0, 0.0]
+
+
 def test_interrupted_checkpoint_is_refused(sd1x_setup, tmp_path: Path) -> None:
     from st_ray.train.checkpoints import MANIFEST, IncompleteCheckpoint
 
@@ -156,7 +182,11 @@ def test_interrupted_checkpoint_is_refused(sd1x_setup, tmp_path: Path) -> None:
 
 
 def test_full_finetune_saves_a_loadable_unet(sd1x_setup, tmp_path: Path) -> None:
+    """A full fine-tune with use_ema exports the EMA's weights (not the last trained ones) as
+    a UNet diffusers loads."""
     from diffusers import UNet2DConditionModel
+
+    from st_ray.train.checkpoints import load_state
 
     _, model, config = sd1x_setup
     plan = _plan(
@@ -171,17 +201,41 @@ def test_full_finetune_saves_a_loadable_unet(sd1x_setup, tmp_path: Path) -> None
         "0.5",
     )
     fit_in_process(plan, tmp_path / "ck")
-    trained = UNet2DConditionModel.from_pretrained(tmp_path / "full" / "unet")
-    base = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
-    changed = [
-        name
-        for name, p in trained.named_parameters()
-        if not torch.equal(p, dict(base.named_parameters())[name])
-    ]
-    assert changed
+    exported = dict(
+        UNet2DConditionModel.from_pretrained(tmp_path / "full" / "unet").named_parameters()
+    )
+    base = dict(UNet2DConditionModel.from_pretrained(model, subfolder="unet").named_parameters())
+    # The last checkpoint holds the trained weights and the EMA's shadow of each of them.
+    final = tmp_path / "ck" / "checkpoint-2"
+    trained = dict(UNet2DConditionModel.from_pretrained(final / "unet").named_parameters())
+    shadow = load_state(final)["ema"]["shadow"]
+    assert shadow and set(shadow) <= set(exported)
+    for name, value in shadow.items():
+        torch.testing.assert_close(exported[name], value.to(exported[name].dtype), rtol=0, atol=0)
+    moved = [n for n in shadow if not torch.equal(trained[n], base[n])]
+    assert moved  # training changed the weights ...
+    # ... and the export is the EMA of them, which lags behind: neither the base nor the last.
+    assert all(not torch.equal(exported[n], trained[n]) for n in moved)
+    assert all(not torch.equal(exported[n], base[n]) for n in moved)
+
+
+def _train_worker_pids() -> set[int]:
+    """Ray Train worker processes (``ray::RayTrainWorker``) among this process's descendants."""
+    import psutil
+
+    found = set()
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if "RayTrainWorker" in " ".join(process.cmdline()):
+                found.add(process.pid)
+    return found
 
 
 def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path) -> None:
+    """Two Ray Train workers train each step together, and a second fit of the same run name
+    and storage resumes from the first one's last checkpoint instead of starting over."""
+    import mlflow
+
     _, _, config = sd1x_setup
     storage = tmp_path / "runs"
     extra = (
@@ -203,11 +257,28 @@ def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path) -> None:
 
         return check
 
+    earlier = _train_worker_pids()  # workers of earlier tests still shutting down
+    most_at_once = 0
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal most_at_once
+        while not done.is_set():
+            most_at_once = max(most_at_once, len(_train_worker_pids() - earlier))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     # Rolling checkpoints every 3 steps beside Ray's regular series (every 2 steps).
     rolling = ("--checkpointing_rolling_steps", "3")
-    first = fit(
-        _plan(config, tmp_path / "out", *extra, *rolling), stop_check=stop_after_three_steps
-    )
+    try:
+        first = fit(
+            _plan(config, tmp_path / "out", *extra, *rolling), stop_check=stop_after_three_steps
+        )
+    finally:
+        done.set()
+        watcher.join(timeout=10)
+    assert most_at_once == 2, f"{most_at_once} Train worker processes ran at once"
     assert first.metrics["step"] == 2 and Path(first.checkpoint).name == "checkpoint-2"
     assert (storage / "ddp" / "rolling-checkpoint-3" / "checkpoint_manifest.json").is_file()
     # lr_scale: 1e-3 x (2 workers x 2 per batch): what ran, recorded beside the options
@@ -234,7 +305,6 @@ def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path) -> None:
     assert all(Path(path).parent == storage / "ddp" and int(n) >= 3 for path, _, n in hooked)
     manifest = json.loads((Path(second.checkpoint) / "checkpoint_manifest.json").read_text())
     assert manifest["progress"]["global_step"] == 6
-    import mlflow
 
     mlflow.set_tracking_uri(plan.tracking_uri)
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
@@ -265,7 +335,22 @@ def test_flow_matching_family_trains(
     progress, reported = fit_in_process(plan, tmp_path / "ck")
     assert progress.global_step == 2 and all(np.isfinite(r["loss"]) for r in reported)
     pipe = FluxPipeline.from_pretrained(model)
+
+    def render():
+        return pipe(
+            "a red square",
+            num_inference_steps=2,
+            height=64,
+            width=64,
+            max_sequence_length=32,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        ).images
+
+    base = render()
     pipe.load_lora_weights(tmp_path / "out")
+    assert pipe.get_active_adapters()  # the LoRA loaded onto the transformer ...
+    assert np.abs(render() - base).max() > 1e-4  # ... and changes what the pipeline renders
 
 
 def test_lost_shard_stops_the_run_naming_it_and_keeps_its_checkpoint(

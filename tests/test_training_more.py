@@ -231,7 +231,14 @@ def _registered_checkpoints(run_dir: Path) -> list[str]:
     return [c["checkpoint_dir_name"] for c in snapshot["checkpoint_results"]]
 
 
-def test_killed_worker_is_recovered_from_its_checkpoint(setups, tmp_path: Path) -> None:
+def test_killed_worker_is_recovered_with_default_options(setups, tmp_path: Path, capsys) -> None:
+    """jobs/train.py with max_failures left at its default: a Train worker SIGKILLed after
+    its first checkpoint (an OOM kill, a reclaimed node) is restarted from that checkpoint
+    and the job exits 0 at exactly max_train_steps."""
+    from st_ray.config.options import OPTIONS
+    from st_ray.jobs.train import main
+
+    assert next(o for o in OPTIONS if o.name == "max_failures").default > 0
     _, config = setups(RAY_FAMILY)
     storage = tmp_path / "runs"
     killed: list[tuple[int, list[str]]] = []
@@ -254,27 +261,31 @@ def test_killed_worker_is_recovered_from_its_checkpoint(setups, tmp_path: Path) 
     killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
     killer.start()
     try:
-        result = fit(
-            _plan(
-                config,
-                tmp_path / "out",
+        code = main(
+            [
+                "--config",
+                str(config),
+                "--output_dir",
+                str(tmp_path / "out"),
                 "--run_storage_path",
                 str(storage),
                 "--tracker_run_name",
                 "killed",
-                "--max_failures",
-                "1",
                 "--max_train_steps",
                 "8",
-            )
+            ]
         )
     finally:
         stop.set()
         killer.join(timeout=10)
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "recovery      up to 3 restart(s) from the latest checkpoint" in printed
     assert killed, "the worker finished before it could be killed"
     assert "checkpoint-8" not in killed[0][1]
-    assert result.metrics["step"] == 8
-    manifest = json.loads((Path(result.checkpoint) / "checkpoint_manifest.json").read_text())
+    assert "at step 8" in printed
+    latest = max(_registered_checkpoints(storage / "killed"), key=lambda n: int(n.split("-")[-1]))
+    manifest = json.loads((storage / "killed" / latest / "checkpoint_manifest.json").read_text())
     assert manifest["progress"]["global_step"] == 8
     # The restarted worker continued from the checkpoint, not from scratch: it kept logging
     # to the MLflow run recorded there, and no step is missing.

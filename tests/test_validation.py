@@ -13,6 +13,7 @@ from st_ray import zoo
 from st_ray.plan import build_plan
 from st_ray.train.model_card import write_model_card
 from st_ray.train.validation import Validator
+from st_ray.train.validation_pipeline import build_scheduler
 from st_ray.train.validation_settings import (
     BUILTIN_PROMPTS,
     ValidationSettings,
@@ -227,6 +228,25 @@ def test_settings_from_options(tmp_path: Path) -> None:
         {"validation_prompt_library": True, "validation_disable_unconditional": True}
     )
     assert [p for _, p in builtin] == list(BUILTIN_PROMPTS.values())
+
+
+def test_inference_timestep_spacing_reaches_the_sampler() -> None:
+    """inference_scheduler_timestep_spacing shapes the validation sampler's timesteps;
+    rescale_betas_zero_snr forces 'trailing' (sampling must start at the terminal step)."""
+    from diffusers import PNDMScheduler
+
+    def timesteps(**options) -> list[int]:
+        sampler = build_scheduler(PNDMScheduler(), _settings(**options), flow_matching=False)
+        sampler.set_timesteps(4)
+        return [int(t) for t in sampler.timesteps]
+
+    leading = timesteps(inference_scheduler_timestep_spacing="leading")
+    trailing = timesteps(inference_scheduler_timestep_spacing="trailing")
+    assert timesteps() == trailing  # SimpleTuner's default
+    assert leading[0] < trailing[0] == 999  # 'trailing' starts at the last training step
+    assert leading != timesteps(inference_scheduler_timestep_spacing="linspace")
+    zero_snr = dict(rescale_betas_zero_snr=True, inference_scheduler_timestep_spacing="leading")
+    assert timesteps(**zero_snr) == trailing
 
 
 def test_model_card_has_usage_and_no_secrets(sd1x, tmp_path: Path, zoo_root: Path) -> None:

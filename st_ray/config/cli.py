@@ -53,8 +53,6 @@ def options_help() -> str:
             details.append("required")
         elif option.default is not None:
             details.append(f"default: {option.default!r}")
-        if option.aliases:
-            details.append("also read as: " + ", ".join(option.aliases))
         if option.no_effect:
             details.append(f"no effect in st_ray ({option.no_effect})")
         if option.support is Support.NO:
@@ -75,6 +73,8 @@ def options_help() -> str:
             details.append("available in st_ray now: " + ", ".join(available))
         lines.append(flag)
         lines += [f"        {text}" for text in details]
+        # Older (deprecated) and alternative names the loader maps onto this option.
+        lines += [f"  --{alias}  alias of --{option.name} (older name)" for alias in option.aliases]
     return "\n".join(lines)
 
 

@@ -104,6 +104,8 @@ def _load_entry(
     ok = True
     for key, value in raw.items():
         option = FIELD_BY_NAME.get(key)
+        if key == "skip_file_discovery" and value is False:
+            value = ""  # SimpleTuner's configs write false for "skip nothing"
         if option is None:
             problems.add(where, key, unknown_key_message(key, FIELD_BY_NAME, "dataset field"))
             ok = False
@@ -175,6 +177,8 @@ def _load_block(name: str, value: Any, where: str, problems: ProblemList) -> dic
             block[key] = coerce(option, raw)
         except ValueError as err:
             problems.add(where, f"{name}.{key}", safe_error(option, key, err))
+            continue
+        _check_support(option, block[key], option.default, f"{where} {name} block", problems)
     return block
 
 

@@ -31,7 +31,7 @@ from typing import Any
 from st_ray import storage
 from st_ray.config.datasets import DatasetEntry
 from st_ray.data.dataset_files import list_files, listing_rows
-from st_ray.data.discovery_rows import DiscoveryError
+from st_ray.data.discovery_rows import DiscoveryError, ignored_count
 from st_ray.data.hf_datasets import HF_SCHEME, hf_image_bytes, huggingface_rows, parse_hf_uri
 from st_ray.data.metadata_tables import csv_rows, parquet_rows, read_table
 from st_ray.storage import S3Settings
@@ -51,6 +51,19 @@ def discover(
     ``parquet_caption_column`` fallbacks; ``base_dir`` (the config's folder) resolves relative
     local paths that do not exist from the working directory.
     """
+    return discover_counted(entry, s3, options=options, base_dir=base_dir)[0]
+
+
+def discover_counted(
+    entry: DatasetEntry,
+    s3: S3Settings | None = None,
+    *,
+    options: Mapping[str, Any] | None = None,
+    base_dir: Path | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """``discover``'s rows, and how many listed files were ignored for their extension
+    (folders and S3 prefixes; table-driven backends list no other files)."""
+    ignored = 0
     if not entry.holds_images:
         raise DiscoveryError(
             f"dataset '{entry.id}': only image datasets are discovered, not '{entry.dataset_type}'"
@@ -63,6 +76,7 @@ def discover(
     elif entry.backend in ("local", "aws"):
         settings = s3 if s3 is not None else S3Settings.from_entry(entry)
         root, files = list_files(entry, settings, base_dir)
+        ignored = ignored_count(files)
         if entry["metadata_backend"] == "parquet":
             table = read_table(entry, root, settings, base_dir)
             rows = parquet_rows(entry, files, table, run)
@@ -72,7 +86,7 @@ def discover(
         raise DiscoveryError(
             f"dataset '{entry.id}': storage type '{entry.backend}' is not supported"
         )
-    return sorted(rows, key=lambda row: row["image_id"])
+    return sorted(rows, key=lambda row: row["image_id"]), ignored
 
 
 def read_image_bytes(row: Mapping[str, Any], s3: S3Settings | None = None) -> bytes:

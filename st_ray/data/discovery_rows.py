@@ -4,12 +4,13 @@ stamped, how table cells become row values. Discovery itself: ``st_ray.data.disc
 
 from __future__ import annotations
 
+import functools
 import math
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"})
 CAPTION_EXTENSION = "txt"
 ROW_KEYS = (
     "dataset_id",
@@ -63,8 +64,34 @@ def name_extension(name: str) -> str:
     return posixpath.splitext(name)[1][1:].lower()
 
 
+@functools.cache
+def image_extensions() -> frozenset[str]:
+    """Every extension Pillow can open (as SimpleTuner takes): jpg, png, webp, gif (its first
+    frame), avif, ppm, tga, tiff, ... Stub formats Pillow only names (no decoder) are left out."""
+    from PIL import Image, ImageFile
+
+    Image.init()
+
+    def decodes(fmt: str) -> bool:
+        factory = Image.OPEN[fmt][0]
+        return not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+
+    return frozenset(
+        ext[1:].lower()
+        for ext, fmt in Image.registered_extensions().items()
+        if fmt in Image.OPEN and decodes(fmt)
+    )
+
+
 def is_image_name(name: str) -> bool:
-    return name_extension(name) in IMAGE_EXTENSIONS
+    return name_extension(name) in image_extensions()
+
+
+def ignored_count(files: Iterable[ListedFile]) -> int:
+    """Listed files that are neither an image Pillow opens nor a caption sidecar."""
+    return sum(
+        1 for f in files if not is_image_name(f.rel) and name_extension(f.rel) != CAPTION_EXTENSION
+    )
 
 
 def text_value(value: Any) -> str | None:

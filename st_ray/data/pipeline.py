@@ -62,6 +62,7 @@ class DatasetReport:
     reused: int = 0
     encoded: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    ignored: int = 0  # listed files that are neither images Pillow opens nor captions
 
     @property
     def usable(self) -> int:
@@ -87,6 +88,11 @@ class CacheReport:
         lines = [
             "  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True))
             for line in [header, *rows]
+        ]
+        lines += [
+            f"{d.dataset_id}: ignored: {d.ignored} files with other extensions"
+            for d in self.datasets
+            if d.ignored
         ]
         lines.append(
             f"text embeddings: {self.captions} distinct captions, {self.captions_reused} "
@@ -180,10 +186,10 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
     )
     scan = options.get("vae_cache_scan_behaviour")
     cached = cached_hashes(store, manifest, scan, plan.family)
-    rows = discovery.discover(entry, s3_data)
+    rows, ignored = discovery.discover_counted(entry, s3_data)
     if entry.fields.get("captioning_model"):
         rows = caption_missing(entry, rows, s3_data, caching_actors(plan))
-    report = DatasetReport(entry.id, store.root, seen=len(rows))
+    report = DatasetReport(entry.id, store.root, seen=len(rows), ignored=ignored)
     if not rows:
         store.commit(manifest, [], 0)
         return report, set()
@@ -210,6 +216,7 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
         "reused": report.reused,
         "encoded": report.encoded,
         "skipped": report.skipped,
+        "ignored": report.ignored,
     }
     unchanged = (
         not split.todo

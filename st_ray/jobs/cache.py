@@ -40,7 +40,11 @@ def run_cache(plan: Plan) -> int:
     from st_ray.data.cache_store import CacheMismatch
     from st_ray.data.pipeline import build_caches
 
-    connect(plan.options)
+    try:
+        connect(plan.options)
+    except ConfigError as err:  # a named Ray address that does not answer
+        print(err.render(), file=sys.stderr)
+        return EXIT_INVALID_CONFIG
     try:
         report = build_caches(plan)
     except CacheMismatch as err:

@@ -87,7 +87,11 @@ def run(plan: Plan, target: RunTarget | None = None) -> int:
     status = run_cache(plan)
     if status != 0:
         return status
-    result = fit(plan, name=target.name)
+    try:
+        result = fit(plan, name=target.name)
+    except ConfigError as err:  # the cluster cannot hold the run (num_machines)
+        print(err.render(), file=sys.stderr)
+        return EXIT_INVALID_CONFIG
     print("\ntraining finished")
     print(f"  final weights   {result.output_dir}")
     print(f"  checkpoints     {redact(result.checkpoint or 'none')}")

@@ -85,10 +85,25 @@ def encode_prompts(
         t5 = te.apply_t5_padding(t5, mask, options)
         states = torch.cat([out.hidden_states[-2] for out in clip], dim=-1)
         states = torch.nn.functional.pad(states, (0, t5.shape[-1] - states.shape[-1]))
+        pooled = torch.cat([o.text_embeds for o in clip], dim=-1)
+        clip_zero, t5_zero = uncond_zeroed(options)
+        empty = torch.tensor([not p for p in prompts], device=states.device)
+        if clip_zero:  # empty (dropped) captions: zeros instead of the encoded ""
+            states, pooled = states * ~empty[:, None, None], pooled * ~empty[:, None]
+        if t5_zero:
+            t5 = t5 * ~empty[:, None, None]
         return {
             "prompt_embeds": te.to_numpy(torch.cat([states, t5], dim=-2)),
-            "pooled_prompt_embeds": te.to_numpy(torch.cat([o.text_embeds for o in clip], dim=-1)),
+            "pooled_prompt_embeds": te.to_numpy(pooled),
         }
+
+
+def uncond_zeroed(options: Mapping[str, Any]) -> tuple[bool, bool]:
+    """(CLIP, T5): whether sd3_clip_uncond_behaviour / sd3_t5_uncond_behaviour (unset: the
+    CLIP setting) make empty captions zeros."""
+    clip = options.get("sd3_clip_uncond_behaviour") or "empty_string"
+    t5 = options.get("sd3_t5_uncond_behaviour") or clip
+    return clip == "zero", t5 == "zero"
 
 
 def predict(

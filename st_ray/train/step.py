@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from st_ray.train import attention, data_feed, noise, timesteps
+from st_ray.train import attention, data_feed, noise, regularisation, timesteps
 from st_ray.train.losses import compute_loss
 
 if TYPE_CHECKING:
@@ -81,6 +81,13 @@ def batch_loss(
         **{k: v.to(device) for k, v in batch["text_embeds"].items()},
         **{k: batch[k].to(device) for k in ("original_size", "crop_top_left", "target_size")},
     }
+    if regularisation.is_regularisation_batch(run.datasets, batch):  # before: aux_loss state
+
+        def base_prediction(gen: torch.Generator | None) -> torch.Tensor:
+            args = (run.core, noisy.to(run.dtype), t, inputs, run.plan.options)
+            return run.family.predict(*args, generator=gen).output
+
+        target = regularisation.base_model_target(base_prediction, run.core, generator)
     prediction = run.family.predict(
         run.denoiser, noisy.to(run.dtype), t, inputs, run.plan.options, generator=generator
     )

@@ -12,10 +12,12 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from st_ray.config.errors import ConfigError, Problem
 from st_ray.device import pick_device
 from st_ray.placement import (
     cluster_nodes,
     local_storage_warning,
+    machines_problem,
     train_worker_cpus,
     train_worker_resources,
 )
@@ -68,6 +70,14 @@ def fit(
             "its CPUs",
             flush=True,
         )
+    problem = machines_problem(
+        int(options.get("num_machines") or 1),
+        int(options["num_processes"]),
+        resources_per_worker,
+        nodes,
+    )
+    if problem:
+        raise ConfigError([Problem("Ray cluster", "num_machines", problem)])
     # Workers need the resolved plan, not the driver's environment (it may hold secrets).
     shipped = dataclasses.replace(plan, config=dataclasses.replace(plan.config, env={}))
     trainer = TorchTrainer(

@@ -72,9 +72,12 @@ def build_scheduler(current: Any, settings: ValidationSettings, flow_matching: b
     overrides: dict[str, Any] = {}
     if settings.prediction_type and settings.prediction_type != "flow_matching":
         overrides["prediction_type"] = settings.prediction_type  # trained against the config
+    # Zero-terminal-SNR models must start sampling from the last timestep.
+    spacing = "trailing" if settings.zero_terminal_snr else settings.timestep_spacing
+    if "timestep_spacing" in accepted or "timestep_spacing" in config:
+        overrides["timestep_spacing"] = spacing
     if settings.zero_terminal_snr and "rescale_betas_zero_snr" in accepted:
-        # Zero-terminal-SNR models must start sampling from the last timestep.
-        overrides.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+        overrides["rescale_betas_zero_snr"] = True
     if config.get("variance_type") in ("learned", "learned_range"):
         # The pipelines drop the learned-variance channels before calling the sampler.
         overrides["variance_type"] = "fixed_small"
@@ -127,6 +130,7 @@ def build_pipeline(
             components["requires_safety_checker"] = False
     components.update(family.validation_components(options))
     kwargs = {k: options[k] for k in ("revision", "variant") if options.get(k)}
+    diffusers.utils.logging.disable_progress_bar()  # "Loading pipeline components..."
     pipeline = cls.from_pretrained(model_path, dtype=dtype, **components, **kwargs)
     pipeline.set_progress_bar_config(disable=True)
     pipeline.scheduler = build_scheduler(

@@ -56,6 +56,7 @@ class ValidationSettings:
     disabled: bool  # validation_disable
     prediction_type: str | None  # the run's prediction_type override, for the sampler
     zero_terminal_snr: bool  # rescale_betas_zero_snr: the sampler must use the same betas
+    timestep_spacing: str = "trailing"  # inference_scheduler_timestep_spacing (DDPM samplers)
 
     @property
     def enabled(self) -> bool:
@@ -103,6 +104,7 @@ class ValidationSettings:
             disabled=bool(options.get("validation_disable")),
             prediction_type=options.get("prediction_type") or None,
             zero_terminal_snr=bool(options.get("rescale_betas_zero_snr")),
+            timestep_spacing=str(options.get("inference_scheduler_timestep_spacing") or "trailing"),
         )
 
 

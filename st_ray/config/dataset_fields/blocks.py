@@ -96,6 +96,7 @@ HUGGINGFACE_FIELDS: list[Option] = group(
             str,
             "description",
             "Column with a longer description some caption modes use.",
+            no_effect="st_ray captions from caption_column and fallback_caption_column only",
         ),
         opt(
             "width_column",
@@ -115,7 +116,14 @@ HUGGINGFACE_FIELDS: list[Option] = group(
             None,
             "Local folder for downloaded dataset files. Unset: <cache_dir>/huggingface/<id>.",
         ),
-        opt("num_proc", int, 16, "Processes used when filtering the dataset.", minimum=1),
+        opt(
+            "num_proc",
+            int,
+            16,
+            "Processes used when filtering the dataset.",
+            minimum=1,
+            no_effect="Ray Data parallelises the work instead of datasets' worker processes",
+        ),
         opt(
             "file_extension",
             str,
@@ -127,6 +135,7 @@ HUGGINGFACE_FIELDS: list[Option] = group(
             bool,
             False,
             "Load the dataset as soon as the backend is created instead of on first use.",
+            no_effect="st_ray loads the dataset when the caching stage lists it, once per run",
         ),
         opt(
             "streaming",

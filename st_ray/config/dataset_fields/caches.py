@@ -37,7 +37,12 @@ CACHES: list[Option] = group(
             bool,
             None,
             "Delete this dataset's cached latents after each pass so random crops are "
-            "re-drawn. Unset: on when crop_style or crop_aspect is 'random'.",
+            "re-drawn (SimpleTuner). st_ray caches one crop per image and reuses it every "
+            "epoch; only false (or unset) is accepted.",
+            unsupported_values={
+                True: "st_ray encodes each image once (one crop) and every epoch reads that "
+                "cache; re-encoding a dataset at each epoch boundary is not implemented",
+            },
         ),
         opt(
             "hash_filenames",

@@ -96,8 +96,8 @@ IDENTITY: list[Option] = group(
             bool,
             False,
             "Regularisation (prior-preservation) data: the training target for these samples "
-            "is the base model's own prediction rather than the image (LyCORIS adapters in "
-            "SimpleTuner).",
+            "is the base model's own prediction (the denoiser with the LoRA/LyCORIS adapter "
+            "switched off) rather than the image. Needs model_type 'lora'.",
             aliases=("is_regularization_data",),
         ),
         opt(

@@ -100,7 +100,9 @@ OPTIONS = [
         str,
         None,
         "Ray cluster to join ('auto' or ray://host:port). Unset: join RAY_ADDRESS or the "
-        "running cluster, else start a local Ray instance.",
+        "running cluster, else start a local Ray instance. The address is probed first: a "
+        "named one that does not answer is an error; a recorded one whose head has died is "
+        "skipped with a warning.",
     ),
     opt(
         "run_storage_path",
@@ -119,8 +121,10 @@ OPTIONS = [
     opt(
         "max_failures",
         int,
-        0,
-        "How many times Ray Train restarts a failed run from its latest checkpoint.",
+        3,
+        "How many times Ray Train restarts a failed run (a worker killed by OOM, a node "
+        "reclaimed) from its latest checkpoint (checkpoint_step_interval), or from the start "
+        "when none exists yet. 0: fail at the first error; -1: retry without limit.",
         minimum=-1,
     ),
     opt(

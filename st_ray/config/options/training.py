@@ -413,7 +413,8 @@ OPTIONS = [
         "inference_scheduler_timestep_spacing",
         str,
         "trailing",
-        "How the validation sampler spaces its timesteps.",
+        "How the validation sampler spaces its timesteps (DDPM-style models; flow-matching "
+        "samplers space sigmas themselves). rescale_betas_zero_snr forces 'trailing'.",
         choices=("leading", "linspace", "trailing"),
     ),
     opt(
