@@ -30,6 +30,7 @@ from st_ray.config.sources import read_json
 from st_ray.models import family_rules
 from st_ray.models.family import FAMILIES, UNAVAILABLE_FAMILIES, FamilySpec
 from st_ray.notify.checks import check_notify_options
+from st_ray.publish.checks import check_publishing
 from st_ray.train import config_checks
 
 
@@ -64,6 +65,7 @@ def compose() -> None:
         config_checks.check_hardware,
         check_notify_options,
         _check_placement,
+        check_publishing,
     )
     catalog.mark_complete()
 

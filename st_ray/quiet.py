@@ -34,11 +34,9 @@ LOGGER_LEVELS = {
     "ray.data.dataset": logging.WARNING,
     # "Token authentication is enabled for this Ray cluster": printed by every ray.init.
     "ray._private.authentication.authentication_token_setup": logging.ERROR,
-    # Ray Train's worker-group start-up narration ("Requesting resources", "Started training
-    # worker group", "Setting up process group"); failures and restarts are warnings.
-    "ray.train.v2._internal.execution.scaling_policy.scaling_policy": logging.WARNING,
-    "ray.train.v2._internal.execution.worker_group.worker_group": logging.WARNING,
-    "ray.train.torch.config": logging.WARNING,
+    # Ray Train's worker-group start-up narration ("Requesting resources", ...) is quieted
+    # through its RunConfig's LoggingConfig (train/trainer.py): Ray Train's own logging
+    # config resets the levels of loggers under "ray.train" in its controller and workers.
     # "Creating initial MLflow database tables..." for a new local store.
     "mlflow.store.db.utils": logging.WARNING,
 }

@@ -49,6 +49,11 @@ def test_train_benchmark_figures(tmp_path: Path, zoo_root: Path) -> None:
     assert len(result["ray_train_step_times_s"]) == 4 and len(result["ray_train_intervals_s"]) == 3
     assert result["ratio_ray_train_vs_bare"] > 0 and result["ratio_ray_train_interval_vs_bare"] > 0
     assert "ratio Ray Train/bare step time (median interval between steps):" in report
+    # The split of that gap: the bare loop also ran inside a Ray Train worker of the same size.
+    assert len(result["bare_in_ray_train_step_times_s"]) == 4
+    assert result["ratio_bare_in_ray_train_vs_bare"] > 0
+    assert result["ratio_ray_train_vs_bare_in_ray_train"] > 0
+    assert "of which Ray itself (bare in a Train worker / bare alone):" in report
 
 
 def test_cli_checks_steps_before_any_work(tmp_path: Path) -> None:

@@ -147,8 +147,48 @@ CASES: list[tuple[str, Case, tuple[str, ...]]] = [
     ),
     (
         "unsupported option set",
+        _set(controlnet=True),
+        ("controlnet", "is not supported by st_ray yet"),
+    ),
+    (
+        "push_to_hub without hub_model_id",
         _set(push_to_hub=True),
-        ("push_to_hub", "is not supported by st_ray yet"),
+        ("push_to_hub", "needs hub_model_id"),
+    ),
+    (
+        "hub_model_id that is no repo id",
+        _set(push_to_hub=True, hub_model_id="me/my lora"),
+        ("hub_model_id", "is not a Hub repository id"),
+    ),
+    (
+        "unknown publishing provider",
+        _set(publishing_config=[{"provider": "ftp", "bucket": "b"}]),
+        ("publishing_config", "unknown provider 'ftp'", "accepted: s3, backblaze_b2"),
+    ),
+    (
+        "publishing provider whose SDK is not installed",
+        _set(publishing_config={"provider": "dropbox", "token": "sl.secret-dropbox"}),
+        ("publishing_config", "entry 1", "needs the 'dropbox' package"),
+    ),
+    (
+        "azure publishing provider",
+        _set(publishing_config='[{"provider": "azure_blob", "container": "c"}]'),
+        ("publishing_config", "needs the 'azure-storage-blob' package"),
+    ),
+    (
+        "s3 publishing entry without bucket, with a typo",
+        _set(publishing_config=[{"provider": "s3", "secret_key": "x", "acess_key": "y"}]),
+        ("publishing_config", "'bucket' (the bucket name) is required", "unknown key(s) acess_key"),
+    ),
+    (
+        "publishing_config that is not JSON",
+        _set(publishing_config="[{'provider': 's3'}"),
+        ("publishing_config", "invalid value", "not shown: it may be secret"),
+    ),
+    (
+        "publishing_config file that does not exist",
+        _set(publishing_config="publish.json"),
+        ("publishing_config", "neither inline JSON nor an existing JSON file"),
     ),
     (
         "unsupported value",

@@ -317,3 +317,41 @@ def test_checkpoint_hook_reads_the_staging_copy_when_storage_is_remote(tmp_path:
     assert not staging.exists()
     notifier.close()
     assert seen.read_text().split() == ["weights.safetensors", "9"]
+
+
+def test_post_upload_script_runs_after_each_publisher_upload(tmp_path: Path) -> None:
+    """The publisher's callback (train/events.py) runs post_upload_script: a checkpoint's
+    script gets the checkpoint in run storage (the staged upload copy is gone by then)."""
+    import pyarrow.fs as pafs
+    import torch
+
+    from st_ray.notify.hooks import ScriptRunner
+    from st_ray.publish.publisher import Uploaded
+    from st_ray.train.context import WorkerContext
+    from st_ray.train.events import after_upload
+    from st_ray.train.notifications import RunNotifier
+
+    out = tmp_path / "up.txt"
+    ok = _script(tmp_path / "ok.sh", f'echo "$@" >> "{out}"\n')
+    command = f"{ok} {{local_checkpoint_path}} {{remote_checkpoint_path}} {{global_step}}"
+    notifier = RunNotifier(
+        runner=ScriptRunner(lambda line: None), options={"post_upload_script": command}
+    )
+    ctx = WorkerContext(
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+        report=lambda metrics, directory: None,
+        resume_dir=None,
+        run_fs=pafs.LocalFileSystem(),
+        run_folder=str(tmp_path / "runs" / "r"),
+    )
+    callback = after_upload(notifier, ctx)
+    hub = "https://hub.example/u/m/tree/main"
+    callback(Uploaded(tmp_path / "staged", f"{hub}/checkpoint-2", 2, "hub", "checkpoint"))
+    callback(Uploaded(tmp_path / "out", hub, 4, "hub", "final"))
+    notifier.close()
+    assert out.read_text().splitlines() == [
+        f"{tmp_path}/runs/r/checkpoint-2 {hub}/checkpoint-2 2",
+        f"{tmp_path}/out {hub} 4",
+    ]

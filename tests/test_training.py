@@ -90,15 +90,32 @@ def _plan(config: Path, out: Path, *extra: str):
     return build_plan(config, ["--output_dir", str(out), *extra], {})
 
 
-def test_lora_trains_exports_and_tracks(sd1x_setup, tmp_path: Path) -> None:
+def test_lora_trains_exports_and_tracks(sd1x_setup, tmp_path: Path, hub_server) -> None:
     from diffusers import StableDiffusionPipeline
 
     _, model, config = sd1x_setup
     out = tmp_path / "lora"
-    progress, reported = fit_in_process(_plan(config, out), tmp_path / "ckpt")
+    # The final output and each checkpoint also go to the loopback Hub (tests/hub_server.py).
+    hub = ["--push_to_hub", "true", "--hub_model_id", "me/tiny-lora"]
+    hub += ["--push_checkpoints_to_hub", "true", "--push_to_hub_background", "true"]
+    progress, reported = fit_in_process(_plan(config, out, *hub), tmp_path / "ckpt")
     assert progress.global_step == 4 and [r["step"] for r in reported] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in reported)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    final = out / "tiny-lora"  # output_dir/<hub_model_id's name>, as in SimpleTuner
+    pushed = hub_server.repos["me/tiny-lora"]
+    assert pushed.private and [c.summary for c in pushed.commits] == [
+        "st_ray checkpoint-2",
+        "st_ray checkpoint-4",
+        "st_ray final model",
+    ]
+    for name in ("pytorch_lora_weights.safetensors", "README.md"):
+        assert pushed.files[name] == (final / name).read_bytes()
+    ckpt = tmp_path / "ckpt" / "checkpoint-4"
+    assert (
+        pushed.files["checkpoint-4/checkpoint_manifest.json"]
+        == (ckpt / "checkpoint_manifest.json").read_bytes()
+    )
 
     def render(pipe):
         generator = torch.Generator().manual_seed(0)
@@ -113,7 +130,7 @@ def test_lora_trains_exports_and_tracks(sd1x_setup, tmp_path: Path) -> None:
 
     pipe = StableDiffusionPipeline.from_pretrained(model)
     base = render(pipe)
-    pipe.load_lora_weights(out)  # the diffusers loader takes st_ray's output as is
+    pipe.load_lora_weights(final)  # the diffusers loader takes st_ray's output as is
     assert np.abs(render(pipe) - base).max() > 1e-4
 
     import mlflow

@@ -36,9 +36,11 @@ first callback, after the time to first step is taken.
    (``cpus_per_worker: auto``), on the running Ray instance or a local one. Its per-step
    ``step_time_s`` and the intervals between consecutive steps' MLflow timestamps (taken when
    each step's metrics are queued: everything a step costs, bookkeeping included) are read
-   back from the run's MLflow store. Then a bare loop runs alone in this process with as many
-   torch threads as the worker had, and the two are printed side by side. They cannot be
-   interleaved (the worker is another process), so they run one after the other.
+   back from the run's MLflow store. Then the bare loop runs in a Ray Train worker of the same
+   size, then alone in this process with as many torch threads as the worker had
+   (st_ray.bench.train_ray): the first ratio is what Ray itself costs, the second what st_ray
+   adds under Ray Train. They cannot be interleaved (the workers are other processes), so they
+   run one after the other.
 """
 
 from __future__ import annotations
@@ -54,9 +56,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from st_ray import zoo
-from st_ray.bench.bare_loop import BareLoop, cached_shapes, run_bare
+from st_ray.bench.bare import BareLoop, cached_shapes, run_bare
 from st_ray.bench.inputs import fresh, generate_images, ray_session, write_config
-from st_ray.bench.train_report import format_report
+from st_ray.bench.train_ray import ray_train_figures, ray_train_lines, run_ray_bare, run_ray_train
 from st_ray.bench.workdir import run_and_report
 from st_ray.plan import Plan, build_plan
 
@@ -105,50 +107,6 @@ def run_loop(
         tail_s=end - left[-1],
         intervals_s=[b - a for a, b in zip(left, entered[1:], strict=False)],
         reported=reported,
-    )
-
-
-@dataclass
-class RayTrainRun:
-    """``fit(plan)`` under Ray Train, timed from the worker's own MLflow records."""
-
-    step_times_s: list[float]  # the worker's step_time_s, by step
-    data_wait_s: list[float]
-    intervals_s: list[float]  # step k-1 -> step k MLflow timestamps, k = 2..N
-    torch_threads: int  # what the worker reported
-    cpus_per_worker: int
-    cpus_reason: str
-    wall_s: float  # fit() call -> return: Ray Train start-up, steps, checkpoint, export
-
-
-def run_ray_train(plan: Plan, stdout: TextIO | None = None) -> RayTrainRun:
-    """``fit(plan)`` on the connected Ray cluster; the worker's progress lines, forwarded to
-    this process, go to ``stdout`` (None: this process's)."""
-    import mlflow
-
-    from st_ray.placement import cluster_nodes, train_worker_cpus
-    from st_ray.train.trainer import _use_gpu, fit
-
-    chosen = train_worker_cpus(plan.options, _use_gpu(plan.options["use_gpu"]), cluster_nodes())
-    with contextlib.redirect_stdout(stdout) if stdout else contextlib.nullcontext():
-        start = time.perf_counter()
-        result = fit(plan)
-        wall = time.perf_counter() - start
-    client = mlflow.MlflowClient(plan.tracking_uri)
-    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
-
-    def history(key: str) -> list[Any]:
-        return sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-
-    stamps = [m.timestamp / 1000 for m in history("loss")]
-    return RayTrainRun(
-        step_times_s=[m.value for m in history("step_time_s")],
-        data_wait_s=[m.value for m in history("data_wait_s")],
-        intervals_s=[b - a for a, b in zip(stamps, stamps[1:], strict=False)],
-        torch_threads=int(result.metrics["torch_threads"]),
-        cpus_per_worker=chosen.cpus,
-        cpus_reason=chosen.reason,
-        wall_s=wall,
     )
 
 
@@ -228,9 +186,9 @@ def run_benchmark(
         real_plan = build_plan(config, [*overrides, "--output_dir", str(workdir / "ray-out")], {})
         with ray_session(None), (workdir / "ray-train-stdout.txt").open("w") as stdout:
             ray_run = run_ray_train(real_plan, stdout)
-        real = _ray_train_figures(
-            ray_run, run_bare(plan, shapes, steps, ray_run.torch_threads), warmup
-        )
+            bare_in_ray = run_ray_bare(plan, shapes, steps, workdir / "ray-bare")
+        bare_alone = run_bare(plan, shapes, steps, ray_run.torch_threads)
+        real = ray_train_figures(ray_run, bare_alone, bare_in_ray, warmup)
 
     steady = loop.reported[warmup:]
     step_times = [float(r["step_time_s"]) for r in steady]
@@ -282,25 +240,81 @@ def run_benchmark(
     }
 
 
-def _ray_train_figures(run: RayTrainRun, bare: list[float], warmup: int) -> dict[str, Any]:
-    steps = run.step_times_s[warmup:]
-    intervals = run.intervals_s[max(warmup - 1, 0) :]
-    bare_median = statistics.median(bare[warmup:])
-    return {
-        "ray_train_cpus_per_worker": run.cpus_per_worker,
-        "ray_train_cpus_reason": run.cpus_reason,
-        "ray_train_torch_threads": run.torch_threads,
-        "ray_train_wall_s": run.wall_s,
-        "ray_train_step_time_median_s": statistics.median(steps),
-        "ray_train_step_interval_median_s": statistics.median(intervals),
-        "ray_train_data_wait_median_s": statistics.median(run.data_wait_s[warmup:]),
-        "bare_same_threads_step_time_median_s": bare_median,
-        "ratio_ray_train_vs_bare": statistics.median(steps) / bare_median,
-        "ratio_ray_train_interval_vs_bare": statistics.median(intervals) / bare_median,
-        "ray_train_step_times_s": run.step_times_s,
-        "ray_train_intervals_s": run.intervals_s,
-        "bare_same_threads_step_times_s": bare,
-    }
+def format_report(r: dict[str, Any]) -> str:
+    first, last = r["warmup"] + 1, r["steps"]
+    setup = (
+        f"{r['family']} tiny model + LoRA, batch {r['batch_size']} at {r['resolution']}px "
+        f"(latents {tuple(r['latent_shape'])}), {r['images']} images, {r['device']}, "
+        f"torch threads {r['torch_threads']} of {r['cpu_count']} CPUs"
+    )
+    rows = [
+        ("setup", setup),
+        (
+            "st_ray step_time_s",
+            f"{_ms(r['st_ray_step_time_median_s'])} median, "
+            f"{_ms(r['st_ray_step_time_min_s'])} min (steps {first}-{last})",
+        ),
+        (
+            "st_ray report interval",
+            f"{_ms(r['st_ray_step_interval_median_s'])} median (steps {first}-{last - 1})",
+        ),
+        (
+            "bare PyTorch step",
+            f"{_ms(r['bare_step_time_median_s'])} median, "
+            f"{_ms(r['bare_step_time_min_s'])} min (steps {first}-{last})",
+        ),
+        (
+            "time to first step",
+            f"{r['time_to_first_step_s']:.2f} s (the first step itself: "
+            f"{r['first_step_time_s']:.2f} s)",
+        ),
+        (
+            "st_ray loop wall time",
+            f"{r['st_ray_wall_s']:.2f} s, bare steps not counted (after the last report: "
+            f"{r['st_ray_tail_s']:.2f} s)",
+        ),
+        ("data wait per step", f"{_ms(r['data_wait_median_s'], 2)} median (steps {first}-{last})"),
+        (
+            "load average (1 min)",
+            f"{r['load_average_before']:.2f} before, {r['load_average_after']:.2f} after",
+        ),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(
+        [
+            *(f"{name.ljust(width)}  {value}" for name, value in rows),
+            "",
+            f"timed:  steady state = steps {first}-{last} of {last} ({r['warmup']} warm-up steps"
+            " left out).",
+            "        st_ray = worker.train() in this process with fit_in_process's context",
+            "        (world size 1) and a report callback that timestamps each call.",
+            "        step_time_s = the loop's own figure: data loading, forward/backward, grad",
+            "        norm/clip, optimizer + LR scheduler step. report interval = time between",
+            "        two reports: that plus the per-step MLflow call and progress line; the last",
+            "        step's is left out (the loop saves its final checkpoint before reporting).",
+            "        bare = the same denoiser, LoRA and optimizer on random tensors already on",
+            "        the device: noise + predict + MSE + backward + step + zero_grad; no data,",
+            "        checkpoints, scheduler, clipping or tracking. Interleaved: one bare step",
+            "        inside each st_ray report callback (not counted in st_ray's figures), so",
+            "        both loops run under the same machine load.",
+            "        time to first step = from calling the loop to its first report: denoiser",
+            "        load, LoRA, optimizer, cache index, MLflow run, lazy imports, step 1.",
+            "",
+            f"ratio st_ray/bare step time (median): {r['ratio_st_ray_vs_bare']:.2f}x",
+            "ratio st_ray/bare step time, report interval (median): "
+            f"{r['ratio_st_ray_interval_vs_bare']:.2f}x",
+            f"ratio st_ray/bare step time (min): {r['ratio_st_ray_vs_bare_min']:.2f}x",
+            f"data-wait fraction (sum data_wait_s / sum step_time_s, steady state): "
+            f"{r['data_wait_fraction']:.3f}",
+            "data-wait fraction (median of per-step data_wait_s / step_time_s): "
+            f"{r['data_wait_fraction_median']:.3f}",
+            *(ray_train_lines(r) if "ray_train_step_time_median_s" in r else []),
+        ]
+    )
+
+
+def _ms(seconds: float, digits: int = 1) -> str:
+    return f"{seconds * 1000:.{digits}f} ms"
 
 
 def main(args: argparse.Namespace) -> int:

@@ -3,12 +3,14 @@ validation images, the early-stop question, and the final export with its model 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from st_ray.publish.publisher import Publisher, Uploaded
 from st_ray.train import eval_loss, rolling
 from st_ray.train.build import Run
 from st_ray.train.checkpoints import Progress
@@ -21,6 +23,7 @@ from st_ray.train.saving import (
     final_output_dir,
     report_checkpoint,
     save_rolling,
+    storage_uri,
 )
 from st_ray.train.tracking import tracker_for
 from st_ray.train.validation import Validator
@@ -39,6 +42,7 @@ class Events:
     last_metrics: dict[str, Any] = field(default_factory=dict)
     resumed: bool = False
     checkpointed_step: int = -1
+    publisher: Publisher | None = None  # rank 0: Hub and publishing_config uploads
 
     @classmethod
     def start(cls, run: Run, ctx: WorkerContext, progress: Progress) -> Events:
@@ -52,7 +56,7 @@ class Events:
             out_dir = final_output_dir(run.plan.options)
             validator = Validator(run.plan, run.core, ctx.device, ema=run.ema, out_dir=out_dir)
         enabled = eval_loss.is_enabled(run.plan)
-        return cls(
+        events = cls(
             run=run,
             ctx=ctx,
             tracker=tracker,
@@ -64,7 +68,11 @@ class Events:
             resumed=progress.global_step > 0,
             notifier=RunNotifier.for_worker(run.plan, ctx),
             rolling=rolling_series(run, ctx),
+            publisher=Publisher.from_plan(run.plan) if ctx.rank == 0 else None,
         )
+        if events.publisher is not None:  # post_upload_script after each upload
+            events.publisher.on_uploaded.append(after_upload(events.notifier, ctx))
+        return events
 
     def before_training(self, progress: Progress) -> None:
         self.notifier.started(progress.global_step, self.run.total_steps)
@@ -86,7 +94,9 @@ class Events:
         self.last_metrics = metrics
         if done or (loop.checkpoint_steps and step % loop.checkpoint_steps == 0):
             self.tracker.flush()  # a run resumed from this checkpoint has every step logged
-            report_checkpoint(self.run, self.ctx, progress, metrics, generator, self.notifier)
+            report_checkpoint(
+                self.run, self.ctx, progress, metrics, generator, self.notifier, self.publisher
+            )
             self.checkpointed_step = step
         else:
             if self.rolling is not None and rolling.is_due(step, self.rolling.every):
@@ -107,7 +117,13 @@ class Events:
         if epoch_due and ran_batches and self.checkpointed_step != progress.global_step:
             self.tracker.flush()
             report_checkpoint(
-                self.run, self.ctx, progress, self.last_metrics, generator, self.notifier
+                self.run,
+                self.ctx,
+                progress,
+                self.last_metrics,
+                generator,
+                self.notifier,
+                self.publisher,
             )
             self.checkpointed_step = progress.global_step
         due = self.validator and self.validator.is_due(
@@ -152,11 +168,16 @@ class Events:
             derived=self.run.derived.as_dict(),
         )
         self.tracker.log_artifact(card, "final")
+        if self.publisher is not None:  # after validation, from the final output folder
+            self.publisher.final(output_dir, progress.global_step)
+            self.publisher.wait()  # raises when the final output could not be published
         self.notifier.finished(progress.global_step, output_dir)
 
     def stopped(self, progress: Progress) -> None:
         if self.ctx.rank == 0:
             say(f"stopped early by the campaign at step {progress.global_step}")
+            if self.publisher is not None:  # checkpoint uploads still under way
+                self.publisher.wait()
         self.tracker.finish("KILLED")
 
 
@@ -166,6 +187,19 @@ def rolling_series(run: Run, ctx: WorkerContext) -> rolling.RollingSeries | None
         return None
     limit = int(run.plan.options.get("checkpoints_rolling_total_limit") or 1)
     return rolling.RollingSeries(ctx.run_fs, ctx.run_folder, every, limit)
+
+
+def after_upload(notifier: RunNotifier, ctx: WorkerContext) -> Callable[[Uploaded], None]:
+    """The publisher's callback that runs post_upload_script. A checkpoint's staged copy is
+    gone once the callbacks return, so its script gets the checkpoint in run storage."""
+
+    def uploaded(upload: Uploaded) -> None:
+        local: str | Path = upload.local
+        if upload.kind == "checkpoint" and ctx.run_folder is not None:
+            local = storage_uri(ctx, f"{ctx.run_folder}/checkpoint-{upload.step}")
+        notifier.uploaded(local, upload.remote, upload.step)
+
+    return uploaded
 
 
 def progress_line(progress: Progress, total_steps: int, metrics: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from st_ray.train.context import WorkerContext, say
 from st_ray.train.optimizers import set_train_mode
 
 if TYPE_CHECKING:
+    from st_ray.publish.publisher import Publisher
     from st_ray.train.build import Run
     from st_ray.train.notifications import RunNotifier
 
@@ -36,8 +37,10 @@ def report_checkpoint(
     metrics: dict[str, Any],
     generator: torch.Generator,
     notifier: RunNotifier | None = None,
+    publisher: Publisher | None = None,
 ) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint (DDP replicas hold the same weights)."""
+    """Every rank reports; rank 0 attaches the checkpoint (DDP replicas hold the same weights)
+    and hands its weights and manifest to ``publisher`` (push_checkpoints_to_hub)."""
     if ctx.rank != 0:
         ctx.report(metrics, None)
         return
@@ -45,6 +48,11 @@ def report_checkpoint(
     if notifier is not None:
         notifier.before_checkpoint(step, staging_folders(ctx))
     directory = write_checkpoint(run, progress, generator)
+    if publisher is not None:  # before the report: Ray deletes the folder once uploaded
+        weights = [
+            f for f in checkpoints.read_manifest(directory)["files"] if f != checkpoints.STATE
+        ]
+        publisher.checkpoint(directory, [*weights, checkpoints.MANIFEST], step)
     # The report takes ownership of the folder: Ray uploads it in the background and deletes
     # it afterwards (or hands it to on_saved), so training does not wait on the upload.
     if notifier is None or not notifier.wants_saved_checkpoints:

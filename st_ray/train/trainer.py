@@ -103,6 +103,10 @@ def fit(
             ),
             failure_config=ray.train.FailureConfig(max_failures=int(options["max_failures"])),
             callbacks=list(callbacks),
+            # Ray Train re-applies its logging config in its controller and workers (which
+            # resets the levels st_ray.quiet set): its worker-group start-up narration is
+            # INFO; failures and restarts are warnings. Its session log files keep everything.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     result = trainer.fit()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models.family import FamilySpec, get_family_module, unwrap
-from st_ray.train import attention, lycoris_adapter
+from st_ray.train import attention, lycoris_adapter, watermark
 from st_ray.train.validation_pipeline import build_pipeline, check_scheduler, flow_matching
 from st_ray.train.validation_settings import ValidationSettings, is_due, training_edge
 
@@ -96,6 +96,7 @@ def render_with(
                         path = folder / f"{name}-{width}x{height}-{i}{tail}.png"
                         info = PngInfo()
                         info.add_text("parameters", _parameters(prompt, seed, settings))
+                        image = watermark.apply(image, options)
                         image.save(path, pnginfo=info)
                         paths.append(path)
     finally:

@@ -2,8 +2,6 @@
 
 from st_ray.config.schema import Json, opt
 
-_NO_HUB = "uploading to the Hugging Face Hub is not implemented in st_ray"
-
 GROUP = "Publishing, model cards and hooks"
 
 OPTIONS = [
@@ -12,8 +10,8 @@ OPTIONS = [
         "hub_model_id",
         str,
         None,
-        "Name for the trained model, used as its folder under output_dir. st_ray does not "
-        "upload it to the Hugging Face Hub.",
+        "Name for the trained model: its folder under output_dir and, with push_to_hub, the "
+        "Hugging Face Hub repository ('namespace/name') it is uploaded to.",
     ),
     opt(
         "model_card_note",
@@ -39,38 +37,43 @@ OPTIONS = [
         "push_to_hub",
         bool,
         False,
-        "Upload the final model to the Hugging Face Hub repository named by hub_model_id.",
-        unsupported=_NO_HUB,
+        "Upload the final output (weights, model card, validation images) to the Hugging Face "
+        "Hub repository hub_model_id when training ends, from rank 0's worker. The token is "
+        "read from HF_TOKEN in the environment; HF_ENDPOINT selects another Hub. Transient "
+        "failures are retried; a final failure fails the job, the local output intact.",
     ),
     opt(
         "push_checkpoints_to_hub",
         bool,
         False,
-        "Also upload every intermediate checkpoint to the Hub repository.",
-        unsupported=_NO_HUB,
+        "With push_to_hub, also upload each checkpoint's weights and manifest to the Hub "
+        "repository as checkpoint-<step>/. A failed checkpoint upload is reported and training "
+        "goes on.",
     ),
     opt(
         "push_to_hub_background",
         bool,
         False,
-        "Upload to the Hub from a background worker so training does not wait.",
-        unsupported=_NO_HUB,
+        "Upload to the Hub from a background thread so training does not wait for checkpoint "
+        "uploads; the job still waits for every upload before it ends, so failures surface.",
     ),
     opt(
         "model_card_private",
         bool,
         True,
-        "Create the Hub repository as private.",
-        unsupported=_NO_HUB,
+        "Create the Hub repository as private (push_to_hub). An existing repository keeps its "
+        "visibility.",
     ),
     opt(
         "publishing_config",
         Json,
         None,
-        "Extra upload targets beyond the Hub (S3-compatible, Backblaze B2, Azure Blob, "
-        "Dropbox) as inline JSON or a JSON file; may hold credentials.",
+        "Upload targets besides the Hub, as an object, a list, inline JSON or a JSON file: "
+        "entries {provider: s3 | backblaze_b2, bucket, region, access_key, secret_key, "
+        "endpoint_url, base_path, public_base_url}. The final output folder is uploaded to "
+        "s3://bucket/base_path/<its name> after the final validation. azure_blob and dropbox "
+        "need SDKs st_ray does not install and are refused. May hold credentials (redacted).",
         secret=True,
-        unsupported="publishing to external storage providers is not implemented in st_ray",
     ),
     # Webhooks
     opt(
@@ -143,7 +146,8 @@ OPTIONS = [
         "enable_watermark",
         bool,
         False,
-        "Add an invisible watermark to generated validation images.",
-        unsupported="invisible watermarking of generated images is not implemented in st_ray",
+        "Add an invisible watermark (the invisible-watermark package, DWT-DCT, the 48-bit "
+        "message diffusers' own watermarker embeds) to generated validation images of at least "
+        "256x256 pixels.",
     ),
 ]

@@ -1,6 +1,7 @@
-"""The bare PyTorch loop the training benchmark (``st_ray.bench.train``) compares st_ray's loop
-with: the same denoiser, LoRA and optimizer on random tensors of the cached shapes, no data
-loading, checkpointing, LR scheduler, clipping or tracking."""
+"""The bare PyTorch loop ``bench train`` compares st_ray against: the same denoiser, LoRA and
+optimizer as the run's plan, stepping on random in-memory tensors already on the device with
+the shapes the caches hold (``cached_shapes``); no data loading, checkpointing, LR scheduler,
+gradient-norm/clipping or tracking."""
 
 from __future__ import annotations
 
@@ -138,12 +139,14 @@ class BareLoop:
             torch.cuda.synchronize(self.device)
 
 
-def run_bare(plan: Plan, shapes: CachedShapes, steps: int, threads: int) -> list[float]:
-    """``steps`` bare steps alone in this process with ``threads`` torch threads."""
+def run_bare(
+    plan: Plan, shapes: CachedShapes, steps: int, threads: int | None = None
+) -> list[float]:
+    """``steps`` bare steps in this process with ``threads`` torch threads (None: as set)."""
     import torch
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads or previous)
     try:
         loop = BareLoop(plan, shapes)
         return [loop.step() for _ in range(steps)]
