@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from st_ray import zoo
 from st_ray.models import FAMILIES, cosmos2image
 from st_ray.models.family import get_family_module
-from st_ray.train import adapters
+from st_ray.train import adapters, lora_export, lora_targets
 
 FAMILY_NAMES = tuple(zoo.FAMILIES)
 
@@ -224,7 +224,7 @@ def _assert_same_state(left: dict, right: dict) -> None:
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_family_preset_matches_the_tiny_model(family, zoo_root):
-    targets = adapters.lora_target_modules(family, BASE_OPTIONS)
+    targets = lora_targets.lora_target_modules(family, BASE_OPTIONS)
     expected = ["to_k", "to_q", "to_v", "to_out.0"]
     if family == "flux":  # flux_lora_target 'all'
         expected += ["to_qkv", "add_k_proj", "add_q_proj", "add_v_proj", "add_qkv_proj"]
@@ -236,28 +236,28 @@ def test_family_preset_matches_the_tiny_model(family, zoo_root):
     if family == "auraflow":
         expected += ["add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "to_qkv"]
     assert sorted(targets) == sorted(expected)
-    matched = adapters.matching_modules(_denoiser(family, zoo_root), targets)
+    matched = lora_targets.matching_modules(_denoiser(family, zoo_root), targets)
     assert len(matched) == PRESET_COUNTS[family]
 
 
 @pytest.mark.parametrize("preset", sorted(FLUX_PRESET_COUNTS))
 def test_flux_presets_match_the_tiny_model(preset, zoo_root):
-    targets = adapters.lora_target_modules("flux", _options(flux_lora_target=preset))
+    targets = lora_targets.lora_target_modules("flux", _options(flux_lora_target=preset))
     assert targets == list(get_family_module("flux").spec.lora_presets[preset])
-    matched = adapters.matching_modules(_denoiser("flux", zoo_root), targets)
+    matched = lora_targets.matching_modules(_denoiser("flux", zoo_root), targets)
     assert len(matched) == FLUX_PRESET_COUNTS[preset]
 
 
 def test_flux_tiny_and_nano_target_single_blocks_7_and_20(zoo_root):
     # The zoo model has one single block; these presets need the real model's depth.
     deep = _denoiser("flux", zoo_root, num_single_layers=21)
-    tiny = adapters.lora_target_modules("flux", _options(flux_lora_target="tiny"))
-    nano = adapters.lora_target_modules("flux", _options(flux_lora_target="nano"))
-    assert adapters.matching_modules(deep, tiny) == [
+    tiny = lora_targets.lora_target_modules("flux", _options(flux_lora_target="tiny"))
+    nano = lora_targets.lora_target_modules("flux", _options(flux_lora_target="nano"))
+    assert lora_targets.matching_modules(deep, tiny) == [
         "single_transformer_blocks.7.proj_out",
         "single_transformer_blocks.20.proj_out",
     ]
-    assert adapters.matching_modules(deep, nano) == ["single_transformer_blocks.7.proj_out"]
+    assert lora_targets.matching_modules(deep, nano) == ["single_transformer_blocks.7.proj_out"]
     with pytest.raises(ValueError, match=r"flux_lora_target 'tiny'.*matches no module"):
         adapters.add_lora(_denoiser("flux", zoo_root), "flux", _options(flux_lora_target="tiny"))
 
@@ -268,8 +268,8 @@ def test_override_as_list_json_string_or_file(tmp_path):
     as_file.write_text(json.dumps(wanted))
     for value in (wanted, json.dumps(wanted), str(as_file)):
         options = _options(peft_lora_target_modules=value, flux_lora_target="tiny")
-        assert adapters.lora_target_modules("flux", options) == wanted
-        assert adapters.lora_target_modules("sdxl", options) == wanted
+        assert lora_targets.lora_target_modules("flux", options) == wanted
+        assert lora_targets.lora_target_modules("sdxl", options) == wanted
 
 
 def test_override_matching_nothing_names_the_option_and_real_modules(zoo_root):
@@ -378,7 +378,7 @@ def test_lora_trains_only_adapters_and_diffusers_loads_the_export(family, zoo_ro
     # AuraFlow's gated, normalised residual stream damps a random adapter at random init; its
     # effect stays 30x above the 1e-5 tolerance the loaded model is compared with below.
     assert (ours - base_out).abs().max() > (1e-4 if family == "auraflow" else 1e-3)
-    path = adapters.save_lora(denoiser, family, tmp_path)
+    path = lora_export.save_lora(denoiser, family, tmp_path)
     assert path == tmp_path / "pytorch_lora_weights.safetensors"
     component = FAMILIES[family].denoiser
     assert all(k.startswith(f"{component}.") for k in load_file(path))
@@ -395,7 +395,7 @@ def test_comfyui_layout_and_init_lora_round_trip(family, zoo_root, tmp_path):
     denoiser = _denoiser(family, zoo_root)
     adapters.add_lora(denoiser, family, BASE_OPTIONS)
     _perturb(denoiser)
-    path = adapters.save_lora(denoiser, family, tmp_path, lora_format="comfyui")
+    path = lora_export.save_lora(denoiser, family, tmp_path, lora_format="comfyui")
     tensors = load_file(path)
     modules = {k.rsplit(".lora_", 1)[0] for k in adapters.lora_state_dict(denoiser)}
     if family in ("sd1x", "sd2x", "sdxl", "kolors", "deepfloyd"):
@@ -422,7 +422,7 @@ def test_init_lora_from_a_diffusers_file_keeps_rank_and_alpha(zoo_root, tmp_path
     trained = _denoiser(family, zoo_root)
     adapters.add_lora(trained, family, _options(lora_rank=2, lora_alpha=6.0))
     _perturb(trained)
-    path = adapters.save_lora(trained, family, tmp_path)
+    path = lora_export.save_lora(trained, family, tmp_path)
 
     resumed = _denoiser(family, zoo_root)
     adapters.add_lora(resumed, family, _options(init_lora=str(path)))  # options say rank 4
@@ -436,7 +436,7 @@ def test_init_lora_from_a_diffusers_file_keeps_rank_and_alpha(zoo_root, tmp_path
 def test_init_lora_that_does_not_fit_is_reported(zoo_root, tmp_path):
     trained = _denoiser("sd1x", zoo_root)
     adapters.add_lora(trained, "sd1x", _options(peft_lora_target_modules=["to_q", "proj_in"]))
-    path = adapters.save_lora(trained, "sd1x", tmp_path)
+    path = lora_export.save_lora(trained, "sd1x", tmp_path)
     fresh = _denoiser("sd1x", zoo_root)
     with pytest.raises(ValueError) as err:
         adapters.add_lora(fresh, "sd1x", _options(init_lora=str(path)))
@@ -483,12 +483,12 @@ def test_dora_adds_trainable_magnitudes_equal_to_weight_row_norms(zoo_root, tmp_
     torch.testing.assert_close(magnitude, weight.norm(dim=1))
 
     _perturb(denoiser)
-    path = adapters.save_lora(denoiser, family, tmp_path)
+    path = lora_export.save_lora(denoiser, family, tmp_path)
     assert "transformer.transformer_blocks.0.attn.to_q.lora_magnitude_vector" in load_file(path)
     loaded = _load_into_pipeline(family, base, tmp_path)
     torch.testing.assert_close(_forward(loaded, inputs), _forward(denoiser, inputs))
     with pytest.raises(ValueError, match="DoRA"):
-        adapters.save_lora(denoiser, family, tmp_path / "c", lora_format="comfyui")
+        lora_export.save_lora(denoiser, family, tmp_path / "c", lora_format="comfyui")
 
 
 @pytest.mark.parametrize("init_type", ["pissa", "olora"])
@@ -506,7 +506,7 @@ def test_base_mutating_init_exports_a_plain_lora_on_the_original_base(
     _perturb(denoiser)
     ours = _forward(denoiser, inputs)
 
-    path = adapters.save_lora(denoiser, family, tmp_path)
+    path = lora_export.save_lora(denoiser, family, tmp_path)
     with safe_open(str(path), framework="pt") as handle:
         meta = json.loads(handle.metadata()["lora_adapter_metadata"])
     assert (meta["transformer.r"], meta["transformer.lora_alpha"]) == (8, 4.0)  # doubled
@@ -518,13 +518,15 @@ def test_base_mutating_init_exports_a_plain_lora_on_the_original_base(
 def test_save_adds_metadata_and_checks_arguments(zoo_root, tmp_path):
     denoiser = _denoiser("sd3", zoo_root)
     with pytest.raises(ValueError, match="has no LoRA adapter"):
-        adapters.save_lora(denoiser, "sd3", tmp_path)
+        lora_export.save_lora(denoiser, "sd3", tmp_path)
     adapters.add_lora(denoiser, "sd3", BASE_OPTIONS)
     with pytest.raises(ValueError, match="already carries a LoRA adapter"):
         adapters.add_lora(denoiser, "sd3", BASE_OPTIONS)
     with pytest.raises(ValueError, match="lora_format 'kohya'"):
-        adapters.save_lora(denoiser, "sd3", tmp_path, lora_format="kohya")
-    path = adapters.save_lora(denoiser, "sd3", tmp_path, metadata={"st_ray_run": "r1", "steps": 3})
+        lora_export.save_lora(denoiser, "sd3", tmp_path, lora_format="kohya")
+    path = lora_export.save_lora(
+        denoiser, "sd3", tmp_path, metadata={"st_ray_run": "r1", "steps": 3}
+    )
     with safe_open(str(path), framework="pt") as handle:
         header = handle.metadata()
     assert header["st_ray_run"] == "r1" and header["steps"] == "3"

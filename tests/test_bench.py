@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from st_ray.bench import cache
+from st_ray.bench import cache, inputs
 from st_ray.bench.__main__ import main
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -52,8 +52,8 @@ def test_cache_benchmark_figures(tmp_path: Path, zoo_root: Path) -> None:
 
 
 def test_generated_images_are_distinct_and_deterministic(tmp_path: Path) -> None:
-    distinct = cache.generate_images(tmp_path / "a", 6, sides=(64, 96))
-    cache.generate_images(tmp_path / "b", 3, sides=(64, 96))
+    distinct = inputs.generate_images(tmp_path / "a", 6, sides=(64, 96))
+    inputs.generate_images(tmp_path / "b", 3, sides=(64, 96))
     a = sorted((tmp_path / "a").glob("*.jpg"))
     b = sorted((tmp_path / "b").glob("*.jpg"))
     assert len({p.read_bytes() for p in a}) == 6 and 1 <= distinct <= 6

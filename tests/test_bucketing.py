@@ -12,18 +12,14 @@ import random
 import pytest
 
 from st_ray.config.datasets import DatasetEntry
-from st_ray.data.bucketing import (
-    BucketSettings,
-    ImagePlan,
-    aspect_in_range,
+from st_ray.data.bucket_counts import (
     bucket_repeats,
-    check_alignment,
     count_buckets,
     effective_repeats,
-    plan_image,
     prune_buckets,
-    round_to_multiple,
 )
+from st_ray.data.bucket_settings import BucketSettings, check_alignment, round_to_multiple
+from st_ray.data.bucketing import ImagePlan, aspect_in_range, plan_image
 
 
 def plan(width: int, height: int, seed: int = 0, **options) -> ImagePlan:

@@ -16,17 +16,14 @@ import torch
 
 from st_ray.data.cache_store import CacheStore
 from st_ray.train.data_feed import (
-    DatasetSamples,
     LatentStore,
-    Sample,
     TextEmbedStore,
     batch_captions,
     collate,
     load_dataset_samples,
-    plan_epoch,
-    plan_options,
-    steps_per_epoch,
 )
+from st_ray.train.epoch_plan import DatasetSamples, plan_epoch, plan_options, steps_per_epoch
+from st_ray.train.samples import Sample
 
 SQUARE, TALL, WIDE = (64, 64), (64, 128), (128, 64)
 

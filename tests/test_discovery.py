@@ -11,6 +11,7 @@ import shutil
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,13 +21,8 @@ from PIL import Image
 from st_ray.config.datasets import DatasetEntry, load_datasets
 from st_ray.config.errors import ProblemList
 from st_ray.data import discovery
-from st_ray.data.discovery import (
-    ROW_KEYS,
-    DatasetNotFoundError,
-    DiscoveryError,
-    discover,
-    read_image_bytes,
-)
+from st_ray.data.discovery import DiscoveryError, discover, read_image_bytes
+from st_ray.data.discovery_rows import ROW_KEYS, DatasetNotFoundError
 from st_ray.example_data import ExampleDataset
 
 
@@ -517,5 +513,5 @@ def test_huggingface_parquet_folder_and_missing(tmp_path, monkeypatch, hf_folder
 
 def test_parse_hf_uri_round_trip(tmp_path) -> None:
     folder = tmp_path / "with space#and?odd"
-    uri = f"hf://{discovery.quote(str(folder))}?split=train&column=img#7"
+    uri = f"hf://{quote(str(folder))}?split=train&column=img#7"
     assert discovery.parse_hf_uri(uri) == (str(folder), "train", "img", 7)

@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from st_ray.bench.feed import write_caches
+from st_ray.bench.feed_caches import write_caches
 from st_ray.data import cache_index
 from st_ray.data.cache_index import ShardReadError
 from st_ray.data.cache_store import CacheStore
 from st_ray.data.pipeline import LATENTS
-from st_ray.train import data_feed
+from st_ray.train import data_feed, epoch_plan
 from st_ray.train.feed import Feed, rank_planner
 
 ROWS, CAPTIONS, SHARD = 40, 10, 16
@@ -51,7 +51,7 @@ def shard_values(root: str, key: str, column: str) -> dict[str, bytes]:
 
 def plan_batches(caches: dict, epoch: int = 0) -> list[list[data_feed.Sample]]:
     data = data_feed.load_dataset_samples(caches["vae"], {"id": "bench"})
-    return data_feed.plan_epoch([data], epoch=epoch, seed=5, batch_size=3, world_size=1).batches(0)
+    return epoch_plan.plan_epoch([data], epoch=epoch, seed=5, batch_size=3, world_size=1).batches(0)
 
 
 # zstd: compress_disk_cache (the default); snappy: Ray Data's default (text caches).

@@ -13,14 +13,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from st_ray.bench.feed import write_caches
+from st_ray.bench.feed_caches import write_caches
 from st_ray.data.cache_store import CacheStore
 from st_ray.data.columns import fixed_width_strings, hash_keys, key_text, unpack_hex
 from st_ray.data.row_index import RowIndex
 from st_ray.train import data_feed
-from st_ray.train.data_feed import DatasetSamples, Sample, plan_epoch
+from st_ray.train.epoch_plan import DatasetSamples, plan_epoch
 from st_ray.train.feed import Feed
-from st_ray.train.samples import SampleTable
+from st_ray.train.samples import Sample, SampleTable
 
 
 def test_fixed_width_strings_keep_values_and_order() -> None:

@@ -10,16 +10,14 @@ import pytest
 import torch
 
 from st_ray.config.options import CANONICAL
+from st_ray.train.adamw_bf16 import AdamWBF16, stochastic_round_to_bf16
+from st_ray.train.optimizer_specs import SPECS, OptimizerUnavailable
 from st_ray.train.optimizers import (
-    SPECS,
-    AdamWBF16,
-    OptimizerUnavailable,
     build_optimizer,
     check_available,
     optimizer_kwargs,
     parse_optimizer_config,
     set_train_mode,
-    stochastic_round_to_bf16,
 )
 
 

@@ -17,7 +17,7 @@ from st_ray.config.options import CANONICAL
 from st_ray.models import FAMILIES, flux
 from st_ray.models import quantize as q
 from st_ray.plan import build_plan
-from st_ray.train import adapters
+from st_ray.train import adapters, lora_export
 
 CPU_VALUES = [name for name, spec in q.SCHEMES.items() if spec.cpu]
 GPU_ONLY = [name for name, spec in q.SCHEMES.items() if not spec.cpu]
@@ -83,7 +83,7 @@ def test_lora_trains_on_quantised_flux_and_loads_over_the_unquantised_base(
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
 
-    adapters.save_lora(model, "flux", tmp_path)
+    lora_export.save_lora(model, "flux", tmp_path)
     plain = _transformer(flux_path)
     before = _predict(plain, latents, batch)
     plain.load_lora_adapter(

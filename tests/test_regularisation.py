@@ -13,7 +13,7 @@ from st_ray.config.errors import ConfigError
 from st_ray.plan import build_plan
 from st_ray.train import adapters
 from st_ray.train import lycoris_adapter as ly
-from st_ray.train.data_feed import DatasetSamples
+from st_ray.train.epoch_plan import DatasetSamples
 from st_ray.train.regularisation import base_model_target, is_regularisation_batch
 from tests.test_lycoris import (
     DEFAULTS,

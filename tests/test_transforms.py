@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from st_ray.data.bucketing import BucketSettings, ImagePlan, plan_image
+from st_ray.data.bucket_settings import BucketSettings
+from st_ray.data.bucketing import ImagePlan, plan_image
 from st_ray.data.transforms import BadImage, apply_plan, load_image
 
 

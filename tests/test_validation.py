@@ -12,11 +12,11 @@ from PIL import Image
 from st_ray import zoo
 from st_ray.plan import build_plan
 from st_ray.train.model_card import write_model_card
-from st_ray.train.validation import (
+from st_ray.train.validation import Validator
+from st_ray.train.validation_pipeline import build_scheduler
+from st_ray.train.validation_settings import (
     BUILTIN_PROMPTS,
     ValidationSettings,
-    Validator,
-    build_scheduler,
     is_due,
     parse_resolutions,
     prompt_list,

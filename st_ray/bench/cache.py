@@ -17,165 +17,20 @@ sequential loop is timed with its encoder construction as well.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import random
-import shutil
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import psutil
-import pyarrow as pa
-import pyarrow.parquet as pq
-from PIL import Image, ImageDraw
-
 from st_ray import zoo
+from st_ray.bench.inputs import fresh, generate_images, ray_session, write_config
+from st_ray.bench.memory import SAMPLE_EVERY_S, PeakRss, session_rss
+from st_ray.bench.sequential import run_sequential
 from st_ray.bench.workdir import run_and_report
-from st_ray.data import discovery
-from st_ray.data.bucketing import BucketSettings, plan_image
-from st_ray.data.captions import resolve_captions
-from st_ray.data.encoders import TextEncoder, VaeEncoder
 from st_ray.data.pipeline import CacheReport, build_caches
-from st_ray.data.transforms import apply_plan, load_image
-from st_ray.plan import Plan, build_plan
+from st_ray.plan import build_plan
 
-# A small vocabulary so captions repeat: at most len(_ADJECTIVES) * len(_NOUNS) distinct.
-_ADJECTIVES = ("red", "blue", "green", "striped", "glowing", "tiny")
-_NOUNS = ("cube", "sphere", "tower", "landscape")
 MIB = 1024 * 1024
-SAMPLE_EVERY_S = 0.05
-
-
-def generate_images(
-    folder: Path, count: int, seed: int = 0, sides: tuple[int, int] = (256, 768)
-) -> int:
-    """``count`` distinct JPEGs (gradient + random shapes) with .txt captions; returns the
-    number of distinct captions. Image i depends only on (seed, i): a bigger set made with the
-    same seed starts with the same images."""
-    folder.mkdir(parents=True, exist_ok=True)
-    captions = set()
-    for i in range(count):
-        rng = random.Random(f"{seed}:{i}")
-        width, height = rng.randint(*sides), rng.randint(*sides)
-        start, end = (
-            np.array([rng.randint(0, 255) for _ in range(3)], np.float32) for _ in range(2)
-        )
-        angle = rng.uniform(0, np.pi / 2)
-        ramp = (
-            np.cos(angle) * np.linspace(0, 1, width)[None, :]
-            + np.sin(angle) * np.linspace(0, 1, height)[:, None]
-        )
-        ramp = (ramp / ramp.max())[..., None]
-        image = Image.fromarray((start * (1 - ramp) + end * ramp).astype(np.uint8))
-        draw = ImageDraw.Draw(image)
-        for _ in range(rng.randint(2, 6)):
-            x0, y0 = rng.randrange(width), rng.randrange(height)
-            box = (x0, y0, x0 + rng.randint(8, width // 2), y0 + rng.randint(8, height // 2))
-            shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-            shape(box, fill=tuple(rng.randint(0, 255) for _ in range(3)))
-        image.save(folder / f"img_{i:05d}.jpg", quality=90)
-        caption = f"a {rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}"
-        (folder / f"img_{i:05d}.txt").write_text(caption + "\n")
-        captions.add(caption)
-    return len(captions)
-
-
-def write_config(run_dir: Path, model: Path, images: Path, family: str, resolution: int) -> Path:
-    """A SimpleTuner-style config.json + multidatabackend.json, caches inside ``run_dir``."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    datasets = [
-        {
-            "id": "bench",
-            "type": "local",
-            "instance_data_dir": str(images),
-            "caption_strategy": "textfile",
-            "resolution": resolution,
-            "resolution_type": "pixel_area",
-            "cache_dir_vae": str(run_dir / "cache" / "vae"),
-        },
-        {
-            "id": "embeds",
-            "dataset_type": "text_embeds",
-            "default": True,
-            "type": "local",
-            "cache_dir": str(run_dir / "cache" / "text"),
-        },
-    ]
-    (run_dir / "multidatabackend.json").write_text(json.dumps(datasets))
-    config = {
-        "model_family": family,
-        "pretrained_model_name_or_path": str(model),
-        "output_dir": str(run_dir / "out"),
-        "data_backend_config": str(run_dir / "multidatabackend.json"),
-        "max_train_steps": 1,
-        "seed": 0,
-    }
-    (run_dir / "config.json").write_text(json.dumps(config))
-    return run_dir / "config.json"
-
-
-def _session_processes() -> list[psutil.Process]:
-    """The driver and every process below it. A local Ray instance started by this process
-    (ours or a test fixture's) has its raylet, and so all its workers, in that tree; when Ray
-    was started elsewhere, its ``ray::`` worker processes are added instead."""
-    me = psutil.Process()
-    tree = [me, *me.children(recursive=True)]
-    if any(_name(p) == "raylet" for p in tree):
-        return tree
-    mine = {p.pid for p in tree}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if proc.info["pid"] not in mine and cmdline and cmdline[0].startswith("ray::"):
-            tree.append(proc)
-    return tree
-
-
-def _name(proc: psutil.Process) -> str:
-    try:
-        return proc.name()
-    except psutil.Error:  # exited since the listing
-        return ""
-
-
-def session_rss() -> int:
-    """Summed RSS in bytes; shared pages (the object store's) count in every process mapping
-    them, so this over- rather than under-states memory."""
-    total = 0
-    for proc in _session_processes():
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:  # exited between the listing and the read
-            continue
-    return total
-
-
-class PeakRss:
-    """Samples ``session_rss`` in a background thread every SAMPLE_EVERY_S seconds."""
-
-    def __init__(self) -> None:
-        self.peak = session_rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(SAMPLE_EVERY_S):
-            self.peak = max(self.peak, session_rss())
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, session_rss())
 
 
 @dataclass
@@ -195,142 +50,6 @@ def timed_build(config: Path) -> PipelineRun:
         report = build_caches(plan)
         seconds = time.perf_counter() - start
     return PipelineRun(seconds, memory.peak, before, report)
-
-
-@dataclass
-class SequentialRun:
-    seconds: float  # everything, model loading included
-    load_seconds: float  # constructing the two encoders (imports included)
-    images: int
-    captions: int
-
-
-def run_sequential(config: Path, out_dir: Path, threads: int = 1) -> SequentialRun:
-    """The pipeline's work in one process, one image after another, same classes and settings.
-
-    torch runs with ``threads`` threads: 1 matches each Ray worker (Ray sets OMP_NUM_THREADS
-    to the worker's CPUs), and spares a busy machine from OpenMP oversubscription, which can
-    slow every op tens of times when the cores are shared.
-    """
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return _sequential(build_plan(config, [], {}), out_dir)
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _sequential(plan: Plan, out_dir: Path) -> SequentialRun:
-    options = plan.options
-    entry = next(d for d in plan.datasets if d.is_image)
-    seed = int(options.get("seed") or 0)
-    buckets = BucketSettings.from_entry(
-        entry,
-        plan.family.pixel_granularity,
-        alignment=int(options["aspect_bucket_alignment"]),
-        rounding=int(options["aspect_bucket_rounding"]),
-        family=plan.family.name,
-    )
-    vae_batch = int(options.get("vae_batch_size") or 4)
-    text_batch = int(options.get("write_batch_size") or 64)
-
-    start = time.perf_counter()
-    vae = VaeEncoder(
-        plan.model,
-        family=plan.family.name,
-        vae_path=options.get("pretrained_vae_model_name_or_path"),
-        vae_dtype=str(options.get("vae_dtype") or "default"),
-        revision=options.get("revision"),
-        seed=seed,
-    )
-    plain = {k: v for k, v in options.items() if isinstance(v, str | int | float | bool | None)}
-    text = TextEncoder(plan.family.name, plan.model, plain)
-    load_seconds = time.perf_counter() - start
-
-    hashes: list[str] = []
-    latents: list[bytes] = []
-    captions: set[str] = set()
-    pending: list[tuple[str, np.ndarray]] = []
-    rows = discovery.discover(entry)
-    for row in rows:
-        data = discovery.read_image_bytes(row)
-        digest = hashlib.sha256(data).hexdigest()
-        sidecar = Path(row["caption_uri"]).read_bytes() if row.get("caption_uri") else None
-        captions.update(
-            resolve_captions(
-                str(entry["caption_strategy"]),
-                image_id=row["image_id"],
-                sidecar_text=sidecar,
-                meta_caption=None,
-                meta_fallback=None,
-                entry_fields=entry.fields,
-            )
-        )
-        image = load_image(data)
-        # Same per-image random stream as prepare_row, so crops (and latents) match.
-        image_plan = plan_image(*image.size, buckets, random.Random(f"{digest}:{seed}"))
-        pending.append((digest, apply_plan(image, image_plan)))
-        if len(pending) == vae_batch:
-            _encode_by_shape(vae, pending, hashes, latents)
-            pending = []
-    _encode_by_shape(vae, pending, hashes, latents)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"content_hash": hashes, "latent": latents}), out_dir / "vae.parquet")
-
-    ordered = sorted(captions)
-    tables = []
-    for i in range(0, len(ordered), text_batch):
-        chunk = ordered[i : i + text_batch]
-        batch = {
-            "caption": np.array(chunk, dtype=object),
-            "caption_hash": np.array([hashlib.sha256(c.encode()).hexdigest() for c in chunk]),
-        }
-        encoded = text(batch)
-        tables.append(pa.table({k: pa.array(list(v)) for k, v in encoded.items()}))
-    if tables:
-        pq.write_table(pa.concat_tables(tables), out_dir / "text.parquet")
-    return SequentialRun(time.perf_counter() - start, load_seconds, len(hashes), len(ordered))
-
-
-def _encode_by_shape(
-    vae: VaeEncoder, items: list[tuple[str, np.ndarray]], hashes: list[str], latents: list[bytes]
-) -> None:
-    """One VAE call per bucket shape in ``items``, as VaeEncoder does with a Ray batch."""
-    groups: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = defaultdict(list)
-    for key, pixels in items:
-        groups[pixels.shape].append((key, pixels))
-    for group in groups.values():
-        keys = [key for key, _ in group]
-        hashes.extend(keys)
-        latents.extend(x.tobytes() for x in vae.encode(np.stack([p for _, p in group]), keys))
-
-
-@contextmanager
-def _ray_session(cpus: int | None) -> Iterator[None]:
-    """Start one local Ray instance unless one is already up (a test's, a caller's); Ray
-    Data's progress bars are silenced so the table is readable."""
-    import ray
-    from ray.data import DataContext
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False)
-    context = DataContext.get_current()
-    bars = context.enable_progress_bars
-    context.enable_progress_bars = False
-    try:
-        yield
-    finally:
-        context.enable_progress_bars = bars
-        if started:
-            ray.shutdown()
-
-
-def _fresh(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
-    return path
 
 
 def _check(run: PipelineRun, images: int, cached: bool) -> None:
@@ -362,21 +81,21 @@ def run_benchmark(
         raise ValueError("--images must be at least 1")
     model = zoo.ensure(family, zoo_root or workdir / "models")
     small, large = workdir / "data" / f"n{images}", workdir / "data" / f"n{4 * images}"
-    distinct = generate_images(_fresh(small), images)
+    distinct = generate_images(fresh(small), images)
     if not warm_cold_only:
-        generate_images(_fresh(large), 4 * images)
+        generate_images(fresh(large), 4 * images)
 
     def config(name: str, data: Path) -> Path:
-        return write_config(_fresh(workdir / "runs" / name), model, data, family, resolution)
+        return write_config(fresh(workdir / "runs" / name), model, data, family, resolution)
 
-    with _ray_session(cpus):
+    with ray_session(cpus):
         import ray
 
         resources = ray.cluster_resources()
         if warmup:
             # Untimed: starts Ray's worker processes so the first measured run is not billed
             # for them.
-            warm_data = _fresh(workdir / "data" / "warmup")
+            warm_data = fresh(workdir / "data" / "warmup")
             generate_images(warm_data, warmup, seed=1)
             timed_build(config("warmup", warm_data))
         small_config = config("small", small)
@@ -389,7 +108,7 @@ def run_benchmark(
         big = timed_build(config("large", large))
         _check(big, 4 * images, cached=False)
         sequential = run_sequential(
-            small_config, _fresh(workdir / "runs" / "sequential"), sequential_threads
+            small_config, fresh(workdir / "runs" / "sequential"), sequential_threads
         )
     if sequential.images != images:
         raise RuntimeError(f"sequential loop encoded {sequential.images} of {images} images")

@@ -57,7 +57,7 @@ from typing import Any, TextIO
 
 from st_ray import zoo
 from st_ray.bench.bare import BareLoop, cached_shapes, run_bare
-from st_ray.bench.cache import _fresh, _ray_session, generate_images, write_config
+from st_ray.bench.inputs import fresh, generate_images, ray_session, write_config
 from st_ray.bench.train_ray import ray_train_figures, ray_train_lines, run_ray_bare, run_ray_train
 from st_ray.bench.workdir import run_and_report
 from st_ray.plan import Plan, build_plan
@@ -134,10 +134,10 @@ def run_benchmark(
     # One epoch by default, so every step reads its samples from the cache shards.
     images = images or steps * batch_size
     model = zoo.ensure(family, zoo_root or workdir / "models")
-    data = _fresh(workdir / "data")
+    data = fresh(workdir / "data")
     # Square images of exactly the target area: one bucket, one latent shape for every step.
     generate_images(data, images, sides=(resolution, resolution))
-    config = write_config(_fresh(workdir / "run"), model, data, family, resolution)
+    config = write_config(fresh(workdir / "run"), model, data, family, resolution)
     overrides = ["--train_batch_size", str(batch_size), "--max_train_steps", str(steps)]
     plan = build_plan(config, overrides, {})
     if plan.options.get("checkpoint_step_interval") or plan.options.get(
@@ -145,7 +145,7 @@ def run_benchmark(
     ):
         raise RuntimeError("checkpoints must be off for the benchmark")
 
-    with _ray_session(None):
+    with ray_session(None):
         from st_ray.data.pipeline import build_caches
 
         report = build_caches(plan)
@@ -184,7 +184,7 @@ def run_benchmark(
     real: dict[str, Any] = {}
     if ray_train:
         real_plan = build_plan(config, [*overrides, "--output_dir", str(workdir / "ray-out")], {})
-        with _ray_session(None), (workdir / "ray-train-stdout.txt").open("w") as stdout:
+        with ray_session(None), (workdir / "ray-train-stdout.txt").open("w") as stdout:
             ray_run = run_ray_train(real_plan, stdout)
             bare_in_ray = run_ray_bare(plan, shapes, steps, workdir / "ray-bare")
         bare_alone = run_bare(plan, shapes, steps, ray_run.torch_threads)

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from st_ray.config.datasets import DatasetEntry
 from st_ray.config.options import CORE_OPTIONS
 from st_ray.data import captioning, discovery, listing
-from st_ray.data.bucketing import BucketSettings
+from st_ray.data.bucket_settings import BucketSettings
 from st_ray.data.cache_index import SHARD_WRITE_ARGS
 from st_ray.data.cache_store import CacheStore, Manifest
 from st_ray.data.captions import load_caption_filters, resolve_captions, with_shuffle_seed

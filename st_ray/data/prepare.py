@@ -17,7 +17,8 @@ import numpy as np
 
 from st_ray import storage
 from st_ray.data import discovery
-from st_ray.data.bucketing import BucketSettings, aspect_in_range, plan_image
+from st_ray.data.bucket_settings import BucketSettings
+from st_ray.data.bucketing import aspect_in_range, plan_image
 from st_ray.data.captions import resolve_captions
 from st_ray.data.transforms import BadImage, apply_plan, load_image
 from st_ray.storage import S3Settings

@@ -18,7 +18,7 @@ from st_ray.models import quantize
 from st_ray.models.family import Family, get_family_module
 from st_ray.plan import Plan
 from st_ray.storage import S3Settings
-from st_ray.train import data_feed, noise, timesteps
+from st_ray.train import data_feed, epoch_plan, noise, timesteps
 from st_ray.train.checkpoints import Progress
 from st_ray.train.context import WorkerContext
 from st_ray.train.ema import EMAModel
@@ -45,7 +45,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     ema: EMAModel | None
-    datasets: list[data_feed.DatasetSamples]
+    datasets: list[epoch_plan.DatasetSamples]
     latents: dict[str, data_feed.LatentStore]
     texts: data_feed.TextEmbedStore
     empty_caption: dict[str, torch.Tensor]
@@ -103,7 +103,7 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
     derived = derive(
         options,
         world_size=ctx.world_size,
-        steps_per_epoch=data_feed.steps_per_epoch(first_epoch),
+        steps_per_epoch=epoch_plan.steps_per_epoch(first_epoch),
     )
 
     named = {name: p for name, p in core.named_parameters() if p.requires_grad}
@@ -172,22 +172,22 @@ def load_denoiser(
 
 def plan_epoch(
     plan: Plan,
-    datasets: list[data_feed.DatasetSamples],
+    datasets: list[epoch_plan.DatasetSamples],
     *,
     epoch: int,
     seed: int,
     world_size: int,
-) -> data_feed.EpochPlan:
-    return data_feed.plan_epoch(
+) -> epoch_plan.EpochPlan:
+    return epoch_plan.plan_epoch(
         datasets,
         epoch=epoch,
         seed=seed,
         world_size=world_size,
-        **data_feed.plan_options(plan.options),
+        **epoch_plan.plan_options(plan.options),
     )
 
 
-def plan_for(run: Run, progress: Progress, ctx: WorkerContext) -> data_feed.EpochPlan:
+def plan_for(run: Run, progress: Progress, ctx: WorkerContext) -> epoch_plan.EpochPlan:
     """The batches of the epoch in progress."""
     return plan_epoch(
         run.plan, run.datasets, epoch=progress.epoch, seed=progress.seed, world_size=ctx.world_size

@@ -16,7 +16,8 @@ from st_ray.config.loader import LoadedConfig
 def check_training_setup(loaded: LoadedConfig, problems: ProblemList) -> None:
     from st_ray.train.adapters import check_lora_options
     from st_ray.train.lr_schedules import check_schedule_options
-    from st_ray.train.optimizers import OptimizerUnavailable, check_available
+    from st_ray.train.optimizer_specs import OptimizerUnavailable
+    from st_ray.train.optimizers import check_available
 
     values = loaded.values
     checks = (

@@ -1,6 +1,6 @@
 """The per-rank training feed: reads the rows of the next batches while the step computes.
 
-The epoch plan (``data_feed.plan_epoch``) is deterministic, so the batches a rank will train
+The epoch plan (``epoch_plan.plan_epoch``) is deterministic, so the batches a rank will train
 on are known ahead. ``Feed`` walks them -- the rest of the current epoch, then the next
 epochs' plans, computed in the background -- and keeps up to ``dataloader_prefetch_qlen``
 batches in flight or ready, as long as their payload stays within ``feed_prefetch_mib``
@@ -33,15 +33,9 @@ from typing import Any
 import torch
 
 from st_ray.data.pipeline import caption_hash
-from st_ray.train.data_feed import (
-    DatasetSamples,
-    LatentStore,
-    Sample,
-    TextEmbedStore,
-    batch_captions,
-    plan_epoch,
-    plan_options,
-)
+from st_ray.train.data_feed import LatentStore, TextEmbedStore, batch_captions
+from st_ray.train.epoch_plan import DatasetSamples, plan_epoch, plan_options
+from st_ray.train.samples import Sample
 
 MIB = 1024 * 1024
 DEFAULT_PREFETCH_MIB = 256

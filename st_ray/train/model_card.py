@@ -114,7 +114,7 @@ def _settings(
     warmup = derived.get("lr_warmup_steps", options.get("lr_warmup_steps") or 0)
     rows = [("Model type", "LoRA" if lora else "full fine-tune")]
     if lora:
-        from st_ray.train.adapters import lora_target_modules
+        from st_ray.train.lora_targets import lora_target_modules
 
         rank = int(options.get("lora_rank") or 16)
         alpha = options.get("lora_alpha")

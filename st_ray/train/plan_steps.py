@@ -1,6 +1,6 @@
 """An epoch plan's steps as index arrays: no Python object per planned sample.
 
-``plan_epoch`` (``data_feed``) decides, per global step, one dataset and ``batch_size x
+``plan_epoch`` (``epoch_plan``) decides, per global step, one dataset and ``batch_size x
 world_size`` of its samples. ``PlannedSteps`` keeps that as two arrays -- the dataset of each
 step and an (steps, batch x world) matrix of sample positions in that dataset's
 ``SampleTable`` -- and makes ``Step`` / ``Sample`` objects only when one is looked at.

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from st_ray.plan import Plan
-from st_ray.train import adapters, lycoris_adapter
+from st_ray.train import adapters, lora_export, lycoris_adapter
 
 State = dict[str, torch.Tensor] | None
 
@@ -77,7 +77,7 @@ class LoraTrainable(Trainable):
         adapters.add_lora(core, self.family, self.options)
 
     def save(self, core: torch.nn.Module, directory: Path) -> list[str]:
-        adapters.save_lora(
+        lora_export.save_lora(
             core,
             self.family,
             directory,
