@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,8 @@ def _final(publisher: Publisher, out: Path) -> list[Uploaded]:
 # -- Azure Blob ------------------------------------------------------------------------------------
 
 
-def test_azure_container_receives_the_final_output(blob_server, tmp_path):
+def test_azure_container_receives_the_final_output(blob_server, tmp_path, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
     out = _output(tmp_path)
     (out / "transformer.safetensors").write_bytes(BIG)
     entry = {
@@ -72,6 +74,9 @@ def test_azure_container_receives_the_final_output(blob_server, tmp_path):
     assert [(u.target, u.remote, u.kind) for u in seen] == [
         ("azure_blob", f"{blob_server.url}/simpletuner/{prefix}", "final")
     ]
+    logged = caplog.text + capsys.readouterr().out
+    assert "published final tiny-lora to azure_blob container simpletuner" in logged
+    assert ACCOUNT_KEY not in logged and "AccountKey" not in logged
 
 
 def test_azure_account_url_with_key_and_an_existing_container(blob_server, tmp_path):
@@ -110,7 +115,8 @@ def test_a_refused_azure_upload_names_the_container_without_the_key(blob_server,
 # -- Dropbox ---------------------------------------------------------------------------------------
 
 
-def test_dropbox_receives_the_final_output(dropbox_server, tmp_path):
+def test_dropbox_receives_the_final_output(dropbox_server, tmp_path, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
     out = _output(tmp_path)
     (out / "transformer.safetensors").write_bytes(BIG)
     entry = {"provider": "dropbox", "token": dbx.ACCESS_TOKEN, "base_path": "/SimpleTuner/runs"}
@@ -131,6 +137,9 @@ def test_dropbox_receives_the_final_output(dropbox_server, tmp_path):
     assert [(u.target, u.remote) for u in seen] == [
         ("dropbox", "dropbox://SimpleTuner/runs/tiny-lora")
     ]
+    logged = caplog.text + capsys.readouterr().out
+    assert "published final tiny-lora to dropbox /SimpleTuner/runs" in logged
+    assert dbx.ACCESS_TOKEN not in logged
 
 
 def test_dropbox_refresh_token_gets_an_access_token_first(dropbox_server, tmp_path):
