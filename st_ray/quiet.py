@@ -39,6 +39,10 @@ LOGGER_LEVELS = {
     # config resets the levels of loggers under "ray.train" in its controller and workers.
     # "Creating initial MLflow database tables..." for a new local store.
     "mlflow.store.db.utils": logging.WARNING,
+    # publishing_config: every Blob request's URL and headers (azure-core's HTTP logging), and
+    # "Request to files/upload" per Dropbox call; st_ray prints one line per upload.
+    "azure.core.pipeline.policies.http_logging_policy": logging.WARNING,
+    "dropbox": logging.WARNING,
 }
 # Ray Train modules whose logger is named by file path: "Reporting training result N: ..."
 # for every report (st_ray prints its own line per step).

@@ -12,7 +12,13 @@ import pytest
 # checks (tests that load configs through st_ray.config directly rely on it).
 import st_ray.plan  # noqa: F401
 
-pytest_plugins = ["tests.s3_server", "tests.eval_fixtures", "tests.hub_server"]
+pytest_plugins = [
+    "tests.s3_server",
+    "tests.eval_fixtures",
+    "tests.hub_server",
+    "tests.azure_server",
+    "tests.dropbox_server",
+]
 
 # Nothing in the tests may reach a model hub.
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -166,14 +166,32 @@ CASES: list[tuple[str, Case, tuple[str, ...]]] = [
         ("publishing_config", "unknown provider 'ftp'", "accepted: s3, backblaze_b2"),
     ),
     (
-        "publishing provider whose SDK is not installed",
-        _set(publishing_config={"provider": "dropbox", "token": "sl.secret-dropbox"}),
-        ("publishing_config", "entry 1", "needs the 'dropbox' package"),
+        "dropbox entry with a misspelt token",
+        _set(publishing_config={"provider": "dropbox", "tokn": "sl.secret-dropbox"}),
+        ("publishing_config", "entry 1", "unknown key(s) tokn", "credentials are required"),
     ),
     (
-        "azure publishing provider",
+        "dropbox refresh token without its app",
+        _set(publishing_config={"provider": "dropbox", "refresh_token": "r-secret"}),
+        ("publishing_config", "'refresh_token' needs 'app_key'"),
+    ),
+    (
+        "azure entry without credentials",
         _set(publishing_config='[{"provider": "azure_blob", "container": "c"}]'),
-        ("publishing_config", "needs the 'azure-storage-blob' package"),
+        ("publishing_config", "credentials are required: 'connection_string', or 'account_url'"),
+    ),
+    (
+        "azure entry without container, key beside a connection string",
+        _set(
+            publishing_config=[
+                {
+                    "provider": "azure",
+                    "connection_string": "AccountName=a;AccountKey=c2VjcmV0",
+                    "account_key": "c2VjcmV0",
+                }
+            ]
+        ),
+        ("publishing_config", "'container' (the blob container's name) is required", "do not also"),
     ),
     (
         "s3 publishing entry without bucket, with a typo",

@@ -16,7 +16,7 @@ REDACTED = "***REDACTED***"
 # Whole words of a key name (split on "_"), so "tokenizer_max_length" is not a secret.
 _SECRET_KEY = re.compile(
     r"(^|_)(tokens?|secrets?|password|passwd|access_key|api_key|apikey|credentials?|webhook"
-    r"|private_key)($|_)",
+    r"|private_key|account_key|connection_string)($|_)",
     re.IGNORECASE,
 )
 _URL_CREDENTIALS = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)

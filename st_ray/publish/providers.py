@@ -2,10 +2,11 @@
 
 The value is a JSON object, a list of them, inline JSON or a path to a JSON file; each entry
 names its ``provider``. S3-compatible stores (``s3``, and ``backblaze_b2`` through B2's S3 API:
-the same code with B2's ``endpoint_url``) are uploaded with s3fs. Azure Blob and Dropbox need
-SDKs st_ray does not ship; they are refused at --dry-run, naming the package. Entries may hold
-credentials: the option is declared secret, so they are redacted wherever a config is printed,
-saved or logged, and nothing here prints an entry.
+the same code with B2's ``endpoint_url``) are uploaded with s3fs; ``azure_blob`` (alias
+``azure``) with the azure-storage-blob SDK (``azure_blob.py``); ``dropbox`` with the dropbox SDK
+(``dropbox_target.py``). Entries may hold credentials: the option is declared secret, so they
+are redacted wherever a config is printed, saved or logged; nothing here prints an entry, and a
+target's failure message has its own secrets masked.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from st_ray.publish import azure_blob, dropbox_target
 from st_ray.publish.retry import DEFAULT_BACKOFF, Backoff, with_retries
+from st_ray.publish.uploads import failure, files_in
 from st_ray.storage import DEFAULT_REGION, S3Settings, filesystem
 
 S3_PROVIDERS = ("s3", "backblaze_b2")
@@ -34,11 +37,10 @@ S3_KEYS = frozenset(
         "public_base_url",
     }
 )
-# Providers of the reference whose SDKs st_ray does not ship: (package to import, pip name).
+# Providers whose SDK st_ray imports: provider -> (module, pip name, its entry checks).
 SDK_PROVIDERS = {
-    "azure_blob": ("azure.storage.blob", "azure-storage-blob"),
-    "azure": ("azure.storage.blob", "azure-storage-blob"),
-    "dropbox": ("dropbox", "dropbox"),
+    **{p: ("azure.storage.blob", "azure-storage-blob", azure_blob) for p in azure_blob.PROVIDERS},
+    **{p: ("dropbox", "dropbox", dropbox_target) for p in dropbox_target.PROVIDERS},
 }
 
 
@@ -67,14 +69,15 @@ def problems_of(entries: Sequence[Any]) -> list[str]:
             continue
         provider = entry.get("provider")
         if provider in SDK_PROVIDERS:
-            module, package = SDK_PROVIDERS[provider]
+            module, package, checks = SDK_PROVIDERS[provider]
             if importlib.util.find_spec(module.split(".")[0]) is None:
                 found.append(
-                    f"{where}: provider '{provider}' needs the '{package}' package, which st_ray "
-                    "does not install; use an S3-compatible provider (s3, backblaze_b2)"
+                    f"{where}: provider '{provider}' needs the '{package}' package (pip install "
+                    f"{package}); it is one of st_ray's dependencies, so reinstalling st_ray "
+                    "brings it"
                 )
             else:
-                found.append(f"{where}: provider '{provider}' is not implemented in st_ray")
+                found.extend(checks.problems(entry, where))
         elif provider not in S3_PROVIDERS:
             accepted = ", ".join((*S3_PROVIDERS, *SDK_PROVIDERS))
             found.append(f"{where}: unknown provider {provider!r}; accepted: {accepted}")
@@ -136,21 +139,32 @@ class S3Target:
         URL when ``public_base_url`` is set, else the s3:// URI)."""
         key = posixpath.join(self.base_path, path_in_target).strip("/")
         uri = f"s3://{self.bucket}/{key}"
-        fs, _ = filesystem(uri, self.settings)
-        names = files or sorted(
-            p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
-        )
-        for name in names:
-            with_retries(
-                lambda name=name: fs.put_file(str(folder / name), f"{self.bucket}/{key}/{name}"),
-                f"uploading {name} to {self.name}",
-                backoff,
-            )
+        try:
+            fs, _ = filesystem(uri, self.settings)
+            for name in files_in(folder, files):
+                with_retries(
+                    lambda name=name: fs.put_file(
+                        str(folder / name), f"{self.bucket}/{key}/{name}"
+                    ),
+                    f"uploading {name} to {self.name}",
+                    backoff,
+                )
+        except Exception as err:
+            raise failure(self.name, err, (self.settings.key, self.settings.secret)) from None
         if self.public_base_url:
             return f"{self.public_base_url.rstrip('/')}/{key}"
         return uri
 
 
-def targets_of(entries: Sequence[Mapping[str, Any]]) -> list[S3Target]:
+def targets_of(entries: Sequence[Mapping[str, Any]]) -> list[Any]:
     """The upload targets of checked entries (``problems_of`` found nothing)."""
-    return [S3Target.from_entry(e) for e in entries]
+    targets: list[Any] = []
+    for entry in entries:
+        provider = entry.get("provider")
+        if provider in azure_blob.PROVIDERS:
+            targets.append(azure_blob.AzureBlobTarget.from_entry(entry))
+        elif provider in dropbox_target.PROVIDERS:
+            targets.append(dropbox_target.DropboxTarget.from_entry(entry))
+        else:
+            targets.append(S3Target.from_entry(entry))
+    return targets

@@ -42,7 +42,7 @@ class Uploaded:
     local: Path  # the folder uploaded (for a checkpoint: its staged copy, gone afterwards)
     remote: str  # URL or URI of the uploaded folder at the target
     step: int
-    target: str  # "hub" or the provider ("s3", "backblaze_b2")
+    target: str  # "hub" or the provider ("s3", "backblaze_b2", "azure_blob", "dropbox", ...)
     kind: str  # "checkpoint" or "final"
 
 

@@ -29,9 +29,11 @@ DEFAULT_BACKOFF = Backoff()
 
 
 def status_of(error: BaseException) -> int | None:
-    """The HTTP status an error carries (huggingface_hub, botocore), if any."""
+    """The HTTP status an error carries (huggingface_hub, botocore, azure, dropbox), if any."""
     response = getattr(error, "response", None)
     status = getattr(response, "status_code", None)
+    if status is None:  # dropbox's HttpError carries it itself
+        status = getattr(error, "status_code", None)
     if status is None and isinstance(response, dict):  # botocore ClientError
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return int(status) if status is not None else None
@@ -45,8 +47,17 @@ def is_transient(error: BaseException) -> bool:
     names = {cls.__name__ for cls in type(error).__mro__}
     if "OfflineModeIsEnabled" in names:  # HF_HUB_OFFLINE: no retry will change that
         return False
-    # httpx's TransportError (connect/read/timeouts), botocore's endpoint/connection errors.
-    transport = {"TransportError", "EndpointConnectionError", "ConnectionClosedError"}
+    # httpx's TransportError (connect/read/timeouts), botocore's endpoint/connection errors,
+    # azure-core's request/response errors, requests' (dropbox's) ConnectionError and Timeout.
+    transport = {
+        "TransportError",
+        "EndpointConnectionError",
+        "ConnectionClosedError",
+        "ServiceRequestError",
+        "ServiceResponseError",
+        "ConnectionError",
+        "Timeout",
+    }
     return bool(names & transport) or isinstance(error, ConnectionError | TimeoutError)
 
 

@@ -70,9 +70,11 @@ OPTIONS = [
         None,
         "Upload targets besides the Hub, as an object, a list, inline JSON or a JSON file: "
         "entries {provider: s3 | backblaze_b2, bucket, region, access_key, secret_key, "
-        "endpoint_url, base_path, public_base_url}. The final output folder is uploaded to "
-        "s3://bucket/base_path/<its name> after the final validation. azure_blob and dropbox "
-        "need SDKs st_ray does not install and are refused. May hold credentials (redacted).",
+        "endpoint_url, base_path, public_base_url}, {provider: azure_blob | azure, container, "
+        "connection_string | account_url/account_name + account_key, base_path} or "
+        "{provider: dropbox, token | refresh_token + app_key (+ app_secret), base_path}. The "
+        "final output folder is uploaded under base_path/<its name> after the final "
+        "validation. May hold credentials (redacted).",
         secret=True,
     ),
     # Webhooks
