@@ -49,19 +49,43 @@ LOGGER_LEVELS = {
 PATH_NAMED_LOGGERS = {"ray": ("train/v2/_internal/execution/context.py",)}
 
 
+class _NoIdleCpuAlarm(logging.Filter):
+    """Ray Data warns "the cluster currently does not have any available CPUs" when the text
+    stage starts while the VAE actors still hold every CPU; they free them moments later."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "does not have any available CPUs" not in record.getMessage()
+
+
 def quiet_third_party() -> None:
     for name, level in LOGGER_LEVELS.items():
         logging.getLogger(name).setLevel(level)
+    dataset_logger = logging.getLogger("ray.data.dataset")
+    if not any(isinstance(f, _NoIdleCpuAlarm) for f in dataset_logger.filters):
+        dataset_logger.addFilter(_NoIdleCpuAlarm())
     for package, files in PATH_NAMED_LOGGERS.items():
         spec = importlib.util.find_spec(package)  # a top-level name: nothing is imported
         for folder in (spec.submodule_search_locations or []) if spec else []:
             for relative in files:
                 logging.getLogger(os.path.join(folder, relative)).setLevel(logging.WARNING)
+    _name_this_cluster()
     # transformers' notes ("requires torchvision ...; falling back to the PIL processor").
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # Hub-style progress bars of loading and saving weights ("Loading weights", "Writing
     # model shards"): transformers and huggingface_hub read this when imported.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def _name_this_cluster() -> None:
+    """In a Ray worker process: name its cluster in RAY_ADDRESS. Ray Train's placement-group
+    cleaner queries the State API without an address, and with two Ray instances on one machine
+    (a test session and a job's own) its auto-detection raises a traceback into the job's output."""
+    import sys
+
+    ray = sys.modules.get("ray")  # only where Ray is already imported and connected
+    if ray is None or "RAY_ADDRESS" in os.environ or not ray.is_initialized():
+        return
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
 def ray_init_settings() -> dict[str, object]:
