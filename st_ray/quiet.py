@@ -85,6 +85,8 @@ def _name_this_cluster() -> None:
     ray = sys.modules.get("ray")  # only where Ray is already imported and connected
     if ray is None or "RAY_ADDRESS" in os.environ or not ray.is_initialized():
         return
+    if ray._private.worker.global_worker.mode != ray.WORKER_MODE:  # a driver keeps its env
+        return
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
