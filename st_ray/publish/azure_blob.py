@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from st_ray.publish.retry import DEFAULT_BACKOFF, Backoff, with_retries
-from st_ray.publish.uploads import failure, files_in
+from st_ray.publish.uploads import failure, files_in, key_problems
 
 PROVIDERS = ("azure_blob", "azure")
 KEYS = frozenset(
@@ -39,15 +39,7 @@ KEYS = frozenset(
 
 def problems(entry: Mapping[str, Any], where: str) -> list[str]:
     """What is wrong with one azure entry, naming keys and never values."""
-    found = []
-    unknown = sorted(set(entry) - KEYS)
-    if unknown:
-        found.append(
-            f"{where}: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(sorted(KEYS))}"
-        )
-    for key in sorted(KEYS - {"provider"}):
-        if key in entry and not isinstance(entry[key], str):
-            found.append(f"{where}: '{key}' must be a string")
+    found = key_problems(entry, KEYS, where)
     if not (entry.get("container") or entry.get("container_name")):
         found.append(f"{where}: 'container' (the blob container's name) is required")
     url = entry.get("account_url") or entry.get("account_name")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from st_ray.publish.retry import DEFAULT_BACKOFF, Backoff, with_retries
-from st_ray.publish.uploads import failure, files_in
+from st_ray.publish.uploads import failure, files_in, key_problems
 
 PROVIDERS = ("dropbox",)
 KEYS = frozenset(
@@ -39,15 +39,7 @@ CHUNK_SIZE = 8 * 2**20
 
 def problems(entry: Mapping[str, Any], where: str) -> list[str]:
     """What is wrong with one dropbox entry, naming keys and never values."""
-    found = []
-    unknown = sorted(set(entry) - KEYS)
-    if unknown:
-        found.append(
-            f"{where}: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(sorted(KEYS))}"
-        )
-    for key in sorted(KEYS - {"provider"}):
-        if key in entry and not isinstance(entry[key], str):
-            found.append(f"{where}: '{key}' must be a string")
+    found = key_problems(entry, KEYS, where)
     if entry.get("token") and entry.get("access_token"):
         found.append(f"{where}: set 'token' or its alias 'access_token', not both")
     if entry.get("refresh_token") and not entry.get("app_key"):

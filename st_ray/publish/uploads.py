@@ -3,7 +3,7 @@ that can never carry the target's secrets."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from st_ray.config.redact import REDACTED
@@ -28,3 +28,17 @@ def failure(target: str, error: BaseException, secrets: Iterable[str | None]) ->
         if len(secret) >= 4:
             message = message.replace(secret, REDACTED)
     return PublishError(f"{target}: {message}")
+
+
+def key_problems(entry: Mapping[str, object], keys: frozenset[str], where: str) -> list[str]:
+    """A provider entry's unknown keys and non-string values, naming keys, never values."""
+    found = []
+    unknown = sorted(set(entry) - keys)
+    if unknown:
+        found.append(
+            f"{where}: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(sorted(keys))}"
+        )
+    for key in sorted(keys - {"provider"}):
+        if key in entry and not isinstance(entry[key], str):
+            found.append(f"{where}: '{key}' must be a string")
+    return found
