@@ -49,15 +49,21 @@ def connect(options: Mapping[str, Any]) -> None:
                     )
                 ]
             )
-    ray.init(
-        address=address,
-        include_dashboard=False,
-        configure_logging=True,
-        logging_level="WARNING",
-        **quiet.ray_init_settings(),
-    )
+    ray.init(address=address, **init_settings())
     quiet.quiet_ray_data()
     print(describe_cluster(ray.get_runtime_context().gcs_address, ray.nodes()), flush=True)
+
+
+def init_settings() -> dict[str, Any]:
+    """``ray.init`` keyword arguments of an st_ray driver (jobs/train.py, the benchmarks): no
+    dashboard (a local instance then runs only the processes Ray itself needs), Ray's own
+    driver logging at warnings, every worker process of the job quieted."""
+    return {
+        "include_dashboard": False,
+        "configure_logging": True,
+        "logging_level": "WARNING",
+        **quiet.ray_init_settings(),
+    }
 
 
 def chosen_address(options: Mapping[str, Any]) -> tuple[str | None, str]:

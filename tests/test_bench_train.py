@@ -11,12 +11,15 @@ import pytest
 
 from st_ray.bench import train
 from st_ray.bench.__main__ import main
+from st_ray.bench.train_ray import TRAIN_WORKER
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def test_train_benchmark_figures(tmp_path: Path, zoo_root: Path) -> None:
-    result = train.run_benchmark(tmp_path, steps=4, warmup=1, batch_size=1, zoo_root=zoo_root)
+    result = train.run_benchmark(
+        tmp_path, steps=4, warmup=1, batch_size=1, zoo_root=zoo_root, ray_repeats=1
+    )
     for key in (
         "st_ray_step_time_median_s",
         "st_ray_step_interval_median_s",
@@ -54,6 +57,9 @@ def test_train_benchmark_figures(tmp_path: Path, zoo_root: Path) -> None:
     assert result["ratio_bare_in_ray_train_vs_bare"] > 0
     assert result["ratio_ray_train_vs_bare_in_ray_train"] > 0
     assert "of which Ray itself (bare in a Train worker / bare alone):" in report
+    # What each Ray process spent over the steady steps: the Train worker did the work.
+    assert result["ray_steady_cpu_s"][TRAIN_WORKER] > 0
+    assert result["ray_steady_other_cpu_s"] >= 0 and "Ray's other processes" in report
 
 
 def test_cli_checks_steps_before_any_work(tmp_path: Path) -> None:

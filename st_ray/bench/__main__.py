@@ -66,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the real path (TorchTrainer, 1 worker, default options, vs a bare loop with "
         "the worker's threads)",
     )
+    train.add_argument(
+        "--ray-repeats",
+        type=int,
+        default=3,
+        help="interleaved repeats of the real path (Ray Train run, bare loop alone); medians",
+    )
     train.add_argument("--workdir", type=Path, default=None, help="default: a fresh temp folder")
     train.add_argument("--keep", action="store_true", help="keep the temp folder")
     train.add_argument("--json", type=Path, default=None, help="also save the figures here")

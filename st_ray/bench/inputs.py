@@ -88,14 +88,17 @@ def write_config(run_dir: Path, model: Path, images: Path, family: str, resoluti
 
 @contextmanager
 def ray_session(cpus: int | None) -> Iterator[None]:
-    """Start one local Ray instance unless one is already up (a test's, a caller's); Ray
-    Data's progress bars are silenced so the table is readable."""
+    """Start one local Ray instance as st_ray's jobs start one (``cluster.init_settings``)
+    unless one is already up (a test's, a caller's); Ray Data's progress bars are silenced so
+    the table is readable."""
     import ray
     from ray.data import DataContext
 
+    from st_ray.cluster import init_settings
+
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False)
+        ray.init(num_cpus=cpus, **init_settings())
     context = DataContext.get_current()
     bars = context.enable_progress_bars
     context.enable_progress_bars = False

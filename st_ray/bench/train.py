@@ -39,8 +39,11 @@ first callback, after the time to first step is taken.
    back from the run's MLflow store. Then the bare loop runs in a Ray Train worker of the same
    size, then alone in this process with as many torch threads as the worker had
    (st_ray.bench.train_ray): the first ratio is what Ray itself costs, the second what st_ray
-   adds under Ray Train. They cannot be interleaved (the workers are other processes), so they
-   run one after the other.
+   adds under Ray Train. They cannot be interleaved step by step (the workers are other
+   processes), so whole runs alternate: ``ray_repeats`` times (Ray Train run, bare loop in a
+   Train worker, bare loop alone with Ray stopped); each figure is the median over the
+   repeats, the ratios come with their range. The CPU seconds of every Ray process over the
+   steady-state steps (st_ray.bench.process_cpu) say what competes with torch's threads.
 """
 
 from __future__ import annotations
@@ -58,7 +61,13 @@ from typing import Any, TextIO
 from st_ray import zoo
 from st_ray.bench.bare import BareLoop, cached_shapes, run_bare
 from st_ray.bench.inputs import fresh, generate_images, ray_session, write_config
-from st_ray.bench.train_ray import ray_train_figures, ray_train_lines, run_ray_bare, run_ray_train
+from st_ray.bench.train_ray import (
+    combine_repeats,
+    ray_train_figures,
+    ray_train_lines,
+    run_ray_bare,
+    run_ray_train,
+)
 from st_ray.bench.workdir import run_and_report
 from st_ray.plan import Plan, build_plan
 
@@ -122,15 +131,19 @@ def run_benchmark(
     threads: int | None = None,
     zoo_root: Path | None = None,
     ray_train: bool = True,
+    ray_repeats: int = 3,
 ) -> dict[str, Any]:
     """Run every measurement; the returned figures are plain JSON values. The caches are built
     with the running Ray instance if there is one, else a local one started (and stopped)
     here; the in-process loop runs without Ray. ``threads``: torch threads of both in-process
-    loops (None: torch's default). ``ray_train``: also measure the real path (4. above)."""
+    loops (None: torch's default). ``ray_train``: also measure the real path (4. above),
+    ``ray_repeats`` times, interleaved with the bare loop alone."""
     if warmup < 0 or steps < warmup + 2:
         raise ValueError("--steps must exceed --warmup by at least 2 (and --warmup >= 0)")
     if batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
+    if ray_repeats < 1:
+        raise ValueError("--ray-repeats must be at least 1")
     # One epoch by default, so every step reads its samples from the cache shards.
     images = images or steps * batch_size
     model = zoo.ensure(family, zoo_root or workdir / "models")
@@ -183,12 +196,18 @@ def run_benchmark(
 
     real: dict[str, Any] = {}
     if ray_train:
-        real_plan = build_plan(config, [*overrides, "--output_dir", str(workdir / "ray-out")], {})
-        with ray_session(None), (workdir / "ray-train-stdout.txt").open("w") as stdout:
-            ray_run = run_ray_train(real_plan, stdout)
-            bare_in_ray = run_ray_bare(plan, shapes, steps, workdir / "ray-bare")
-        bare_alone = run_bare(plan, shapes, steps, ray_run.torch_threads)
-        real = ray_train_figures(ray_run, bare_alone, bare_in_ray, warmup)
+        # A/B/A/B: each repeat runs st_ray under Ray Train (then the bare loop in a Train
+        # worker) on a fresh local Ray instance, then the bare loop alone with Ray stopped.
+        repeats = []
+        for r in range(ray_repeats):
+            out = workdir / f"ray-out-{r}"
+            real_plan = build_plan(config, [*overrides, "--output_dir", str(out)], {})
+            with ray_session(None), (workdir / f"ray-train-stdout-{r}.txt").open("w") as stdout:
+                ray_run = run_ray_train(real_plan, stdout)
+                bare_in_ray = run_ray_bare(plan, shapes, steps, workdir / f"ray-bare-{r}")
+            bare_alone = run_bare(plan, shapes, steps, ray_run.torch_threads)
+            repeats.append(ray_train_figures(ray_run, bare_alone, bare_in_ray, warmup))
+        real = combine_repeats(repeats)
 
     steady = loop.reported[warmup:]
     step_times = [float(r["step_time_s"]) for r in steady]
@@ -331,6 +350,7 @@ def main(args: argparse.Namespace) -> int:
             images=args.images,
             threads=args.threads,
             ray_train=not args.no_ray_train,
+            ray_repeats=args.ray_repeats,
         ),
         format_report,
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from st_ray.bench.bare import CachedShapes, run_bare
+from st_ray.bench.process_cpu import CpuSampler, Sample, window_cpu
 from st_ray.plan import Plan
 
 
@@ -34,6 +35,13 @@ class RayTrainRun:
     cpus_per_worker: int
     cpus_reason: str
     wall_s: float  # fit() call -> return: Ray Train start-up, steps, checkpoint, export
+    stamps: list[float]  # each step's MLflow timestamp (time.time() seconds)
+    cpu_samples: list[Sample]  # Ray's processes' CPU times during fit() (process_cpu)
+
+    def steady_cpu(self, warmup: int) -> tuple[float, dict[str, float]]:
+        """(wall seconds, CPU seconds per Ray process) from step ``warmup`` to the last step."""
+        start, end = self.stamps[max(warmup - 1, 0)], self.stamps[-1]
+        return end - start, window_cpu(self.cpu_samples, start, end)
 
 
 def run_ray_train(plan: Plan, stdout: TextIO | None = None) -> RayTrainRun:
@@ -45,7 +53,8 @@ def run_ray_train(plan: Plan, stdout: TextIO | None = None) -> RayTrainRun:
     from st_ray.train.trainer import _use_gpu, fit
 
     chosen = train_worker_cpus(plan.options, _use_gpu(plan.options["use_gpu"]), cluster_nodes())
-    with contextlib.redirect_stdout(stdout) if stdout else contextlib.nullcontext():
+    redirect = contextlib.redirect_stdout(stdout) if stdout else contextlib.nullcontext()
+    with redirect, CpuSampler() as cpu:
         start = time.perf_counter()
         result = fit(plan)
         wall = time.perf_counter() - start
@@ -64,6 +73,8 @@ def run_ray_train(plan: Plan, stdout: TextIO | None = None) -> RayTrainRun:
         cpus_per_worker=chosen.cpus,
         cpus_reason=chosen.reason,
         wall_s=wall,
+        stamps=stamps,
+        cpu_samples=cpu.samples,
     )
 
 
@@ -110,13 +121,25 @@ def _bare_worker(config: dict[str, Any]) -> None:
     Path(config["out"]).write_text(json.dumps(times))
 
 
+TRAIN_WORKER = "ray::RayTrainWorker"
+RATIOS = (
+    "ratio_ray_train_vs_bare",
+    "ratio_ray_train_interval_vs_bare",
+    "ratio_ray_train_vs_bare_in_ray_train",
+    "ratio_bare_in_ray_train_vs_bare",
+)
+
+
 def ray_train_figures(
     run: RayTrainRun, bare: list[float], bare_in_ray: list[float], warmup: int
 ) -> dict[str, Any]:
+    """One repeat's figures: st_ray under Ray Train, the bare loop alone and in a worker."""
     steps = run.step_times_s[warmup:]
     intervals = run.intervals_s[max(warmup - 1, 0) :]
     bare_median = statistics.median(bare[warmup:])
     in_ray_median = statistics.median(bare_in_ray[warmup:])
+    window_s, cpu = run.steady_cpu(warmup)
+    others = {k: v for k, v in cpu.items() if k != TRAIN_WORKER}
     return {
         "ray_train_cpus_per_worker": run.cpus_per_worker,
         "ray_train_cpus_reason": run.cpus_reason,
@@ -131,6 +154,10 @@ def ray_train_figures(
         "ratio_ray_train_interval_vs_bare": statistics.median(intervals) / bare_median,
         "ratio_ray_train_vs_bare_in_ray_train": statistics.median(intervals) / in_ray_median,
         "ratio_bare_in_ray_train_vs_bare": in_ray_median / bare_median,
+        # CPU seconds per Ray process over the steady-state steps (the worker's included).
+        "ray_steady_window_s": window_s,
+        "ray_steady_cpu_s": dict(sorted(cpu.items(), key=lambda kv: -kv[1])),
+        "ray_steady_other_cpu_s": sum(others.values()),
         "ray_train_step_times_s": run.step_times_s,
         "ray_train_intervals_s": run.intervals_s,
         "bare_same_threads_step_times_s": bare,
@@ -138,9 +165,35 @@ def ray_train_figures(
     }
 
 
+def combine_repeats(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Figures of several interleaved repeats: each scalar figure's median over the
+    repeats, the ratios' spread (min, max), the per-step lists of the first repeat, and
+    every repeat's own figures."""
+    first = repeats[0]
+    out: dict[str, Any] = {}
+    for key, value in first.items():
+        if isinstance(value, float):
+            out[key] = statistics.median(r[key] for r in repeats)
+        elif not isinstance(value, dict):
+            out[key] = value
+    for key in RATIOS:
+        out[f"{key}_spread"] = [min(r[key] for r in repeats), max(r[key] for r in repeats)]
+    labels = {label for r in repeats for label in r["ray_steady_cpu_s"]}
+    per_label = {
+        label: statistics.median(r["ray_steady_cpu_s"].get(label, 0.0) for r in repeats)
+        for label in labels
+    }
+    out["ray_steady_cpu_s"] = dict(sorted(per_label.items(), key=lambda kv: -kv[1]))
+    out["ray_train_repeats"] = repeats
+    return out
+
+
 def ray_train_lines(r: dict[str, Any]) -> list[str]:
     first, last = r["warmup"] + 1, r["steps"]
     threads = r["ray_train_torch_threads"]
+    count = len(r.get("ray_train_repeats") or [r])
+    window = r["ray_steady_window_s"]
+    top = [(k, v) for k, v in r["ray_steady_cpu_s"].items() if k != TRAIN_WORKER and v >= 0.05]
     rows = [
         (
             "st_ray, Ray Train",
@@ -156,21 +209,35 @@ def ray_train_lines(r: dict[str, Any]) -> list[str]:
             f"torch threads {threads}",
         ),
         ("fit() wall time", f"{r['ray_train_wall_s']:.2f} s (start-up, steps, export)"),
+        (
+            "CPU, steady steps",
+            f"{window:.1f} s of steps: Train worker "
+            f"{r['ray_steady_cpu_s'].get(TRAIN_WORKER, 0.0):.2f} CPU s, Ray's other "
+            f"processes {r['ray_steady_other_cpu_s']:.2f} CPU s "
+            f"({r['ray_steady_other_cpu_s'] / max(window, 1e-9):.1%} of one core)",
+        ),
+        ("  of which", ", ".join(f"{k} {v:.2f}" for k, v in top[:8]) or "-"),
     ]
     width = max(len(name) for name, _ in rows)
+
+    def spread(key: str) -> str:
+        low, high = r.get(f"{key}_spread", [r[key], r[key]])
+        return f"{r[key]:.2f}x" + (f" (range {low:.2f}-{high:.2f})" if count > 1 else "")
+
     return [
         "",
-        f"real path: st_ray.train.trainer.fit (what jobs/train.py runs; TorchTrainer, 1 worker, "
-        f"default options), steps {first}-{last}; then the bare loop in a Ray Train worker of "
-        "the same size, then alone in this process",
+        f"real path, {count} interleaved repeat{'s' if count != 1 else ''} (medians over them): "
+        "st_ray.train.trainer.fit (what jobs/train.py runs; TorchTrainer, 1 worker, default "
+        f"options, on a fresh local Ray instance), steps {first}-{last}; then the bare loop in "
+        "a Ray Train worker of the same size; then, Ray stopped, alone in this process",
         *(f"{name.ljust(width)}  {value}" for name, value in rows),
-        f"ratio Ray Train/bare step time (median step_time_s): {r['ratio_ray_train_vs_bare']:.2f}x",
-        f"ratio Ray Train/bare step time (median interval between steps): "
-        f"{r['ratio_ray_train_interval_vs_bare']:.2f}x   (goal <= 1.05x)",
+        f"ratio Ray Train/bare step time (median step_time_s): {spread('ratio_ray_train_vs_bare')}",
+        "ratio Ray Train/bare step time (median interval between steps): "
+        f"{spread('ratio_ray_train_interval_vs_bare')}   (goal <= 1.05x)",
         "  of which Ray itself (bare in a Train worker / bare alone): "
-        f"{r['ratio_bare_in_ray_train_vs_bare']:.2f}x",
+        f"{spread('ratio_bare_in_ray_train_vs_bare')}",
         "  of which st_ray (interval under Ray Train / bare in a Train worker): "
-        f"{r['ratio_ray_train_vs_bare_in_ray_train']:.2f}x",
+        f"{spread('ratio_ray_train_vs_bare_in_ray_train')}",
     ]
 
 

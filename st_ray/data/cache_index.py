@@ -21,11 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -82,7 +83,7 @@ def build_entries(
     """Index rows of ``shards`` (ids counted from ``first_id``), read from their footers and
     small columns only. Returns (table, payload columns)."""
     key_column, status_filter = KEY_COLUMNS[kind]
-    parts: list[dict[str, list]] = []
+    parts: list[pa.Table] = []
     payload: list[str] | None = None
     for shard_id, shard in enumerate(shards, start=first_id):
         try:
@@ -99,11 +100,9 @@ def build_entries(
         payload = columns
         parts.append(part)
     payload = payload or []
-    merged: dict[str, list] = {name: [] for name in _schema(payload).names}
-    for part in parts:
-        for name, values in part.items():
-            merged[name] += values
-    return pa.Table.from_pydict(merged, schema=_schema(payload)), payload
+    if not parts:
+        return _schema(payload).empty_table(), payload
+    return pa.concat_tables(parts), payload
 
 
 def _schema(payload: Sequence[str]) -> pa.Schema:
@@ -127,47 +126,91 @@ def _schema(payload: Sequence[str]) -> pa.Schema:
 
 def _shard_entries(
     file: pq.ParquetFile, kind: str, key_column: str, status_filter: bool, shard_id: int
-) -> tuple[dict[str, list], list[str]]:
+) -> tuple[pa.Table, list[str]]:
+    """One shard's index rows, column by column (no Python object per row): the small
+    columns as Arrow arrays, the payload chunks' byte ranges from the footer (one loop over
+    its row groups, into numpy arrays)."""
     names = file.schema_arrow.names
     payload = payload_columns(kind, names)
     small = [key_column, *(["status"] if status_filter else [])]
     small += [f"{c}_{part}" for c in payload for part in ("shape", "dtype")]
     table = file.read(columns=small)
-    keys = table.column(key_column).to_pylist()
-    statuses = table.column("status").to_pylist() if status_filter else None
-    shapes = {c: table.column(f"{c}_shape").to_pylist() for c in payload}
-    dtypes = {c: table.column(f"{c}_dtype").to_pylist() for c in payload}
     metadata = file.metadata
+    groups = metadata.num_row_groups
+    per_group = np.array([metadata.row_group(g).num_rows for g in range(groups)], np.int64)
+    if int(per_group.sum()) != table.num_rows:
+        raise ShardReadError(f"row groups hold {per_group.sum()} rows, the table {table.num_rows}")
+    group_of = np.repeat(np.arange(groups, dtype=np.int32), per_group)
+    row_in_group = np.arange(table.num_rows, dtype=np.int64) - np.repeat(
+        np.cumsum(per_group) - per_group, per_group
+    )
+    keep = np.ones(table.num_rows, bool)
+    if status_filter:
+        status = pc.equal(table.column("status"), OK)
+        keep = np.asarray(status.fill_null(False).to_numpy(zero_copy_only=False), bool)
+    columns: dict[str, Any] = {
+        "key": table.column(key_column).filter(pa.array(keep)),
+        "shard": np.full(int(keep.sum()), shard_id, np.int32),
+        "row_group": group_of[keep],
+        "row": row_in_group[keep].astype(np.int32),
+    }
     leaf = {metadata.schema.column(j).path: j for j in range(metadata.num_columns)}
-    out: dict[str, list] = {name: [] for name in _schema(payload).names}
-    row = 0
-    for group in range(metadata.num_row_groups):
-        meta = metadata.row_group(group)
-        for in_group in range(meta.num_rows):
-            i = row + in_group
-            if statuses is not None and statuses[i] != OK:
-                continue
-            out["key"].append(keys[i])
-            out["shard"].append(shard_id)
-            out["row_group"].append(group)
-            out["row"].append(in_group)
-            for c in payload:
-                nbytes = math.prod(shapes[c][i]) * np.dtype(dtypes[c][i]).itemsize
-                chunk = meta.column(leaf[c])
-                direct = (
-                    meta.num_rows == 1
-                    and chunk.compression in CODECS
-                    and not chunk.has_dictionary_page
-                    and chunk.physical_type == "BYTE_ARRAY"
-                )
-                out[f"{c}.offset"].append(chunk.data_page_offset if direct else -1)
-                out[f"{c}.length"].append(chunk.total_compressed_size)
-                out[f"{c}.codec"].append(CODECS.index(chunk.compression) if direct else -1)
-                out[f"{c}.nbytes"].append(nbytes)
-                out[f"{c}.shape"].append(list(shapes[c][i]))
-                out[f"{c}.dtype"].append(dtypes[c][i])
-        row += meta.num_rows
-    return out, payload
+    for c in payload:
+        offset, length, codec = _chunk_ranges(metadata, leaf[c], per_group)
+        shapes = table.column(f"{c}_shape").combine_chunks().cast(pa.list_(pa.int64()))
+        dtypes = table.column(f"{c}_dtype").combine_chunks().cast(pa.string())
+        nbytes = _element_counts(shapes) * _itemsizes(dtypes)
+        mask = pa.array(keep)
+        columns[f"{c}.offset"] = np.repeat(offset, per_group)[keep]
+        columns[f"{c}.length"] = np.repeat(length, per_group)[keep]
+        columns[f"{c}.codec"] = np.repeat(codec, per_group)[keep]
+        columns[f"{c}.nbytes"] = nbytes[keep]
+        columns[f"{c}.shape"] = shapes.filter(mask)
+        columns[f"{c}.dtype"] = dtypes.filter(mask)
+    schema = _schema(payload)
+    return pa.table({f.name: pa.array(columns[f.name], f.type) for f in schema}, schema), payload
+
+
+def _chunk_ranges(
+    metadata: pq.FileMetaData, column: int, per_group: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row group: the payload column chunk's (offset, length, codec), offset and codec -1
+    where the chunk is not one row's PLAIN value (a direct read cannot decode it)."""
+    groups = len(per_group)
+    offset = np.full(groups, -1, np.int64)
+    length = np.zeros(groups, np.int64)
+    codec = np.full(groups, -1, np.int8)
+    for g in range(groups):
+        chunk = metadata.row_group(g).column(column)
+        length[g] = chunk.total_compressed_size
+        if (
+            per_group[g] == 1
+            and chunk.compression in CODECS
+            and not chunk.has_dictionary_page
+            and chunk.physical_type == "BYTE_ARRAY"
+        ):
+            offset[g] = chunk.data_page_offset
+            codec[g] = CODECS.index(chunk.compression)
+    return offset, length, codec
+
+
+def _element_counts(shapes: pa.ListArray) -> np.ndarray:
+    """Product of each row's shape (1 for an empty shape, as for a scalar)."""
+    sizes = shapes.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+    values = shapes.flatten().to_numpy(zero_copy_only=False)
+    counts = np.ones(len(shapes), np.int64)
+    filled = sizes > 0
+    if filled.any():
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])[filled]
+        counts[filled] = np.multiply.reduceat(values.astype(np.int64), starts)
+    return counts
+
+
+def _itemsizes(dtypes: pa.StringArray) -> np.ndarray:
+    """numpy itemsize of each row's dtype name (looked up once per distinct name)."""
+    encoded = dtypes.dictionary_encode()
+    sizes = np.array([np.dtype(name).itemsize for name in encoded.dictionary.to_pylist()], np.int64)
+    return sizes[encoded.indices.to_numpy(zero_copy_only=False)] if len(sizes) else sizes
 
 
 def _dedupe(table: pa.Table) -> pa.Table:

@@ -22,11 +22,12 @@ from st_ray.train import data_feed, epoch_plan, noise, timesteps
 from st_ray.train.checkpoints import Progress
 from st_ray.train.context import WorkerContext
 from st_ray.train.ema import EMAModel
-from st_ray.train.feed import Feed, rank_planner
+from st_ray.train.feed import Feed
 from st_ray.train.layersync import LayerSync
 from st_ray.train.losses import LossConfig
 from st_ray.train.lr_schedules import schedule_scheduler
 from st_ray.train.optimizers import build_optimizer
+from st_ray.train.plan_ahead import EpochPlans
 from st_ray.train.settings import Derived, LoopSettings, derive, weight_dtype
 from st_ray.train.trainable import Trainable, trainable_for
 
@@ -50,6 +51,7 @@ class Run:
     texts: data_feed.TextEmbedStore
     empty_caption: dict[str, torch.Tensor]
     feed: Feed  # reads the next batches' rows while the step computes
+    plans: EpochPlans  # (epoch, seed) -> plan, the next one computed by the feed's readers
     noise_sampler: noise.NoiseSampler
     timestep_sampler: timesteps.TimestepSampler
     loss_config: LossConfig
@@ -97,9 +99,16 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
     latents = {d.id: data_feed.LatentStore(str(d["cache_dir_vae"]), s3) for d in images}
     texts = data_feed.TextEmbedStore(text_cache_root(plan), s3)
     empty = next(iter(texts.load_captions([EMPTY_CAPTION]).values()))
-    planner = rank_planner(datasets, options, seed=seed, world_size=ctx.world_size, rank=ctx.rank)
-    feed = Feed.from_options(latents, texts, options, planner)
-    first_epoch = plan_epoch(plan, datasets, epoch=0, seed=seed, world_size=ctx.world_size)
+    rank, world_size = ctx.rank, ctx.world_size
+    plans = EpochPlans(
+        lambda epoch, at_seed: plan_epoch(
+            plan, datasets, epoch=epoch, seed=at_seed, world_size=world_size
+        )
+    )
+    feed = Feed.from_options(
+        latents, texts, options, lambda epoch: plans(epoch, seed).batches(rank)
+    )
+    first_epoch = plans(0, seed)
     derived = derive(
         options,
         world_size=ctx.world_size,
@@ -140,6 +149,7 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
         texts=texts,
         empty_caption=empty,
         feed=feed,
+        plans=plans,
         noise_sampler=noise.NoiseSampler.from_options(options, flow_matching=flow),
         timestep_sampler=timesteps.TimestepSampler.from_options(
             options,
@@ -187,11 +197,10 @@ def plan_epoch(
     )
 
 
-def plan_for(run: Run, progress: Progress, ctx: WorkerContext) -> epoch_plan.EpochPlan:
-    """The batches of the epoch in progress."""
-    return plan_epoch(
-        run.plan, run.datasets, epoch=progress.epoch, seed=progress.seed, world_size=ctx.world_size
-    )
+def plan_for(run: Run, progress: Progress) -> epoch_plan.EpochPlan:
+    """The plan of the epoch in progress (computed ahead by the feed's readers, or now)."""
+    run.plans.release(progress.epoch)
+    return run.plans(progress.epoch, progress.seed)
 
 
 def wrap_ddp(core: torch.nn.Module, ctx: WorkerContext) -> torch.nn.Module:

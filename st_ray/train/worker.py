@@ -72,7 +72,7 @@ def train(plan: Plan, ctx: WorkerContext) -> Progress:
     try:
         events.before_training(progress)
         while progress.global_step < run.total_steps and progress.epoch < run.num_epochs:
-            batches = plan_for(run, progress, ctx).batches(ctx.rank)[progress.batches_in_epoch :]
+            batches = plan_for(run, progress).batches(ctx.rank)[progress.batches_in_epoch :]
             run.feed.expect(progress.epoch, batches)
             for group in groups(batches, run.loop.grad_accumulation):
                 started = time.perf_counter()
