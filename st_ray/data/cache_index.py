@@ -207,10 +207,13 @@ def _element_counts(shapes: pa.ListArray) -> np.ndarray:
 
 
 def _itemsizes(dtypes: pa.StringArray) -> np.ndarray:
-    """numpy itemsize of each row's dtype name (looked up once per distinct name)."""
+    """numpy itemsize of each row's dtype name (looked up once per distinct name); 0 where a
+    row has none (a skipped image stores no payload)."""
     encoded = dtypes.dictionary_encode()
-    sizes = np.array([np.dtype(name).itemsize for name in encoded.dictionary.to_pylist()], np.int64)
-    return sizes[encoded.indices.to_numpy(zero_copy_only=False)] if len(sizes) else sizes
+    names = encoded.dictionary.to_pylist()
+    sizes = np.array([np.dtype(name).itemsize for name in names] + [0], np.int64)
+    indices = encoded.indices.fill_null(len(names)).to_numpy(zero_copy_only=False)
+    return sizes[indices.astype(np.int64)]
 
 
 def _dedupe(table: pa.Table) -> pa.Table:
