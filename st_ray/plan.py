@@ -376,6 +376,9 @@ def format_plan(plan: Plan) -> str:
                 f"({entry['resolution_type']}), captions: {entry['caption_strategy']}, "
                 f"repeats {entry['repeats']}"
             )
+        elif entry.dataset_type == "conditioning":
+            kind = entry.fields.get("conditioning_type") or "controlnet"
+            lines.append(f"    - {entry.id}: conditioning ({kind}) {entry.backend} {where}")
         else:
             lines.append(f"    - {entry.id}: {entry.dataset_type} cache {entry['cache_dir'] or ''}")
     lines.append(f"  options set   {len(plan.config.explicit())} (the rest use defaults)")

@@ -60,9 +60,6 @@ OPTIONS = [
         "With several conditioning datasets, use one picked at random per sample ('random') or "
         "all of them together ('combined').",
         choices=("combined", "random"),
-        unsupported_values={
-            "combined": "combining several conditioning datasets is not implemented in st_ray",
-        },
     ),
     # Text encoder internals
     opt(
