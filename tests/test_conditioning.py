@@ -335,3 +335,65 @@ def test_black_masks_zero_the_loss(mask_setup, tmp_path, kind, probability, mask
         assert all(r["loss"] == 0.0 and r["grad_norm"] == 0.0 for r in reported)
     else:
         assert all(r["loss"] > 0 and r["grad_norm"] > 0 for r in reported)
+
+
+# ---------------------------------------------------------------------- ControlNet (sd1x)
+
+
+@pytest.mark.parametrize("model_type", ["full", "lora"])
+def test_controlnet_trains_and_renders_in_the_diffusers_pipeline(
+    mask_setup, tmp_path, model_type
+) -> None:
+    """2 steps train the ControlNet beside the frozen UNet; controlnet/ loads in
+    StableDiffusionControlNetPipeline, and another control image changes the render (the
+    zero-initialised output convolutions have moved)."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+    from safetensors.torch import load_file
+
+    from st_ray.plan import build_plan
+    from st_ray.train.controlnet import LORA_FILE, SUBFOLDER
+    from st_ray.train.trainer import fit_in_process
+
+    root, model, _, _ = mask_setup
+    config = _write_set(root, model, "controlnet", "controlnet")  # the same cache: same pairs
+    out = tmp_path / "out"
+    args = ["--output_dir", str(out), "--controlnet", "--model_type", model_type]
+    plan = build_plan(config, [*args, "--validation_disable"], {})
+    _, reported = fit_in_process(plan, tmp_path / "ckpt")
+    assert len(reported) == 2 and all(r["loss"] > 0 and r["grad_norm"] > 0 for r in reported)
+    if model_type == "lora":
+        assert any(
+            "lora_B" in k and v.abs().max() > 0 for k, v in load_file(out / LORA_FILE).items()
+        )
+    controlnet = ControlNetModel.from_pretrained(out / SUBFOLDER)
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        model, controlnet=controlnet, safety_checker=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+
+    def render(value: int) -> np.ndarray:
+        return pipe(
+            "a photo",
+            image=Image.new("RGB", (64, 64), (value,) * 3),
+            num_inference_steps=2,
+            height=64,
+            width=64,
+            output_type="np",
+            generator=torch.Generator().manual_seed(0),
+        ).images[0]
+
+    assert np.abs(render(0) - render(255)).max() > 0
+
+
+def test_controlnet_is_refused_where_it_cannot_apply(mask_setup, tmp_path) -> None:
+    from st_ray.plan import build_plan
+
+    root, model, mask_config, _ = mask_setup
+    out = ["--output_dir", str(tmp_path)]
+    with pytest.raises(ConfigError, match="needs a control image for every sample"):
+        build_plan(mask_config, [*out, "--controlnet"], {})
+    controls = _write_set(root, model, "controlnet", "controlnet-off")
+    with pytest.raises(ConfigError, match="which only ControlNet training reads"):
+        build_plan(controls, out, {})
+    with pytest.raises(ConfigError, match="has no ControlNet in st_ray"):
+        build_plan(controls, [*out, "--controlnet", "--model_family", "pixart_sigma"], {})

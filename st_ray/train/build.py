@@ -18,7 +18,7 @@ from st_ray.models import quantize
 from st_ray.models.family import Family, get_family_module
 from st_ray.plan import Plan
 from st_ray.storage import S3Settings
-from st_ray.train import data_feed, epoch_plan, loss_masks, noise, timesteps
+from st_ray.train import controlnet, data_feed, epoch_plan, loss_masks, noise, timesteps
 from st_ray.train.checkpoints import Progress
 from st_ray.train.context import WorkerContext
 from st_ray.train.ema import EMAModel
@@ -87,6 +87,8 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
     family = get_family_module(plan.family.name)
     dtype = weight_dtype(options, ctx.device)
     core = load_denoiser(plan, family, dtype, ctx.device)
+    if controlnet.enabled(options):  # the UNet, frozen, with the ControlNet that trains
+        core = controlnet.attach(core, options)
     trainable = trainable_for(plan)
     trainable.attach(core)
     core.train()

@@ -11,6 +11,7 @@ import torch
 
 from st_ray.train import (
     attention,
+    controlnet,
     data_feed,
     diff2flow,
     layersync,
@@ -91,6 +92,8 @@ def batch_loss(
         **{k: v.to(device) for k, v in batch["text_embeds"].items()},
         **{k: batch[k].to(device) for k in ("original_size", "crop_top_left", "target_size")},
     }
+    if run.plan.options.get("controlnet"):
+        inputs["controlnet_cond"] = controlnet.control_image(batch).to(device)
     regularised = regularisation.is_regularisation_batch(run.datasets, batch)
     if regularised:  # before: aux_loss state
 
