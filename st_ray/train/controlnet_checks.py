@@ -15,7 +15,7 @@ def check_controlnet(
 ) -> list[str]:
     """Problems added to ``problems``; returns notes for the plan."""
     on = bool(values.get("controlnet"))
-    images = [d for d in datasets if d.is_image]
+    images = [d for d in datasets if d.holds_images]  # eval datasets render too
     notes: list[str] = []
     if on and family is not None and family.controlnet_class is None:
         problems.add(
@@ -29,6 +29,13 @@ def check_controlnet(
             "configuration",
             "lora_type",
             "a ControlNet trains in full or as a PEFT LoRA ('standard'), not as LyCORIS",
+        )
+    if on and values.get("model_type") == "lora" and values.get("lora_format") == "comfyui":
+        problems.add(
+            "configuration",
+            "lora_format",
+            "a ControlNet LoRA is saved as PEFT tensors and merged into controlnet/; 'comfyui' "
+            "keys are for denoiser LoRAs",
         )
     for image in images:
         linked = conditioning_of(datasets, image)
