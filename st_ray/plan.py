@@ -32,6 +32,7 @@ from st_ray.models.family import FAMILIES, UNAVAILABLE_FAMILIES, FamilySpec
 from st_ray.notify.checks import check_notify_options
 from st_ray.publish.checks import check_publishing
 from st_ray.train import config_checks
+from st_ray.train.controlnet_checks import check_controlnet
 
 
 def _check_placement(loaded: LoadedConfig, problems: ProblemList) -> None:
@@ -148,6 +149,7 @@ def build_plan(
     _check_eval(loaded, datasets, problems)
     _check_captions(dataset_config, datasets, problems)
     _check_regularisation(loaded, datasets, problems)
+    control_notes = check_controlnet(values, family, datasets, problems)
 
     output_dir = Path(str(values["output_dir"])).expanduser()
     if "://" in str(values["output_dir"]):
@@ -172,7 +174,7 @@ def build_plan(
     tracking_uri = values.get("mlflow_tracking_uri") or (
         f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
     )
-    notes = [*loaded.notes, *problems.notes]
+    notes = [*loaded.notes, *problems.notes, *control_notes]
     if not any(d.dataset_type == "text_embeds" for d in datasets):
         notes.append(
             "no text_embeds dataset given: text embeddings are cached under "
@@ -376,6 +378,9 @@ def format_plan(plan: Plan) -> str:
                 f"({entry['resolution_type']}), captions: {entry['caption_strategy']}, "
                 f"repeats {entry['repeats']}"
             )
+        elif entry.dataset_type == "conditioning":
+            kind = entry.fields.get("conditioning_type") or "controlnet"
+            lines.append(f"    - {entry.id}: conditioning ({kind}) {entry.backend} {where}")
         else:
             lines.append(f"    - {entry.id}: {entry.dataset_type} cache {entry['cache_dir'] or ''}")
     lines.append(f"  options set   {len(plan.config.explicit())} (the rest use defaults)")

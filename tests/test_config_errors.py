@@ -147,8 +147,8 @@ CASES: list[tuple[str, Case, tuple[str, ...]]] = [
     ),
     (
         "unsupported option set",
-        _set(controlnet=True),
-        ("controlnet", "is not supported by st_ray yet"),
+        _set(control=True),
+        ("control", "is not supported by st_ray yet"),
     ),
     (
         "push_to_hub without hub_model_id",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from st_ray.config.conditioning_checks import CONDITIONING, check_links
 from st_ray.config.dataset_fields import FIELDS, HUGGINGFACE_FIELDS, PARQUET_FIELDS
 from st_ray.config.errors import ProblemList, unknown_key_message
 from st_ray.config.schema import Option, Support
@@ -265,10 +266,19 @@ def _check_collection(
             )
         _check_backend(entry, where, problems, base_dir)
         _check_resolution(entry, where, problems)
+    for entry in [e for e in enabled if e.dataset_type == CONDITIONING]:
+        # Captions and sizes come from the paired image: only the storage is checked.
+        where = f"{source} [entry {entry.index}] (id '{entry.id}')"
+        _check_backend(entry, where, problems, base_dir, captions=False)
+    check_links(enabled, source, problems)
 
 
 def _check_backend(
-    entry: DatasetEntry, where: str, problems: ProblemList, base_dir: Path | None
+    entry: DatasetEntry,
+    where: str,
+    problems: ProblemList,
+    base_dir: Path | None,
+    captions: bool = True,
 ) -> None:
     f = entry.fields
     if entry.backend == "local":
@@ -307,6 +317,12 @@ def _check_backend(
             and not (Path(str(f.get("instance_data_dir") or "")) / block["path"]).is_file()
         ):
             problems.add(where, "parquet.path", f"file '{block['path']}' does not exist")
+    if captions:
+        _check_captions(entry, where, problems)
+
+
+def _check_captions(entry: DatasetEntry, where: str, problems: ProblemList) -> None:
+    f = entry.fields
     strategy = f.get("caption_strategy")
     if strategy == "instanceprompt" and not f.get("instance_prompt"):
         problems.add(

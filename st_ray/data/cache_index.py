@@ -4,7 +4,8 @@ A committed cache (``cache_store``) gets one row-index file per set of committed
 ``rows-<digest of the shard list>.parquet``, written at commit time (and built from the shards
 on first use for caches written before it existed). For each key (a latent cache's content
 hash with status "ok", a text cache's caption hash) it records the shard, row group and row,
-and for each payload column (``latent``; or every ``<name>`` beside ``<name>_shape`` and
+and for each payload column (``latent`` and ``conditioning``
+when present; or every ``<name>`` beside ``<name>_shape`` and
 ``<name>_dtype``) its shape, dtype, size and -- when the column chunk holds just that value --
 the chunk's byte range and codec. New shards are written so that every row does
 (``SHARD_WRITE_ARGS``: one row per row group, no dictionary): the chunk is one data page whose
@@ -67,8 +68,9 @@ def shard_error(root: str, shard: str, error: BaseException) -> ShardReadError:
 def payload_columns(kind: str, names: Sequence[str]) -> list[str]:
     """The byte columns a reader decodes: ``latent``, or each ``<n>`` with ``<n>_shape`` and
     ``<n>_dtype`` beside it (text encoders' outputs)."""
-    if kind == "latents":
-        return [c for c in ["latent"] if {c, f"{c}_shape", f"{c}_dtype"} <= set(names)]
+    if kind == "latents":  # with the paired conditioning images, when a dataset has them
+        wanted = ["latent", "conditioning"]
+        return [c for c in wanted if {c, f"{c}_shape", f"{c}_dtype"} <= set(names)]
     return [n for n in names if f"{n}_shape" in names and f"{n}_dtype" in names]
 
 

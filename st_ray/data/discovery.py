@@ -64,9 +64,10 @@ def discover_counted(
     """``discover``'s rows, and how many listed files were ignored for their extension
     (folders and S3 prefixes; table-driven backends list no other files)."""
     ignored = 0
-    if not entry.holds_images:
+    if not (entry.holds_images or entry.dataset_type == "conditioning"):
         raise DiscoveryError(
-            f"dataset '{entry.id}': only image datasets are discovered, not '{entry.dataset_type}'"
+            f"dataset '{entry.id}': only image and conditioning datasets are discovered, not "
+            f"'{entry.dataset_type}'"
         )
     run = options or {}
     if entry.backend == "huggingface":

@@ -19,6 +19,8 @@ import torch
 from st_ray.device import pick_device, torch_dtype
 from st_ray.models.quantize import quantize_text_encoders
 
+# Paired conditioning pixels (st_ray.data.conditioning.PIXELS), stored beside the latent.
+CONDITIONING_PIXELS = "conditioning_pixels"
 # Rows that are not freshly decoded images pass through the VAE stage untouched.
 ENCODE_STATUS = "ok"
 # Columns a latent shard carries besides the latent, with fixed Arrow types so every shard
@@ -131,6 +133,18 @@ class VaeEncoder:
         columns["latent_dtype"] = pa.array(
             [self.store_dtype.name if s else None for s in shapes], type=pa.string()
         )
+        if CONDITIONING_PIXELS in batch:  # paired conditioning images ride along, as uint8
+            aligned = [batch[CONDITIONING_PIXELS][i] if shapes[i] else None for i in range(count)]
+            columns["conditioning"] = pa.array(
+                [a.tobytes() if a is not None else None for a in aligned], type=pa.binary()
+            )
+            columns["conditioning_shape"] = pa.array(
+                [list(a.shape) if a is not None else None for a in aligned],
+                type=pa.list_(pa.int32()),
+            )
+            columns["conditioning_dtype"] = pa.array(
+                ["uint8" if a is not None else None for a in aligned], type=pa.string()
+            )
         return pa.table(columns)
 
     def encode(self, pixels: np.ndarray, keys: list[str]) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from st_ray.data import conditioning
 from st_ray.data.prepare import CACHED, OK
 
 # Row values of the discovery schema that decide what caching makes of an image.
@@ -48,6 +49,9 @@ def row_key(row: Mapping[str, Any]) -> str | None:
     if not row.get("stamp"):
         return None
     values = [row.get(name) for name in KEY_FIELDS]
+    if row.get(conditioning.STAMPS) is not None:  # paired conditioning files (keys of
+        # datasets without them stay as they were)
+        values += [row.get(conditioning.URIS), row.get(conditioning.STAMPS)]
     return hashlib.sha256(json.dumps(values, default=str).encode()).hexdigest()[:32]
 
 

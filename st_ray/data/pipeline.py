@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from st_ray.config.datasets import DatasetEntry
 from st_ray.config.options import CORE_OPTIONS
-from st_ray.data import captioning, discovery, listing
+from st_ray.data import captioning, conditioning, discovery, listing
 from st_ray.data.bucket_settings import BucketSettings
 from st_ray.data.cache_index import SHARD_WRITE_ARGS
 from st_ray.data.cache_store import CacheStore, Manifest
@@ -63,6 +63,7 @@ class DatasetReport:
     encoded: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     ignored: int = 0  # listed files that are neither images Pillow opens nor captions
+    unpaired: dict[str, list[str]] = field(default_factory=dict)  # conditioning id -> images
 
     @property
     def usable(self) -> int:
@@ -94,6 +95,8 @@ class CacheReport:
             for d in self.datasets
             if d.ignored
         ]
+        for d in self.datasets:
+            lines += conditioning.unpaired_lines(d.dataset_id, d.unpaired)
         lines.append(
             f"text embeddings: {self.captions} distinct captions, {self.captions_reused} "
             f"reused, {self.captions_encoded} encoded -> {self.text_cache}"
@@ -126,6 +129,7 @@ def latent_settings(plan: Plan, entry: DatasetEntry) -> dict[str, Any]:
         "seed": options.get("seed") or 0,
         **{k: entry.fields.get(k) for k in keys},
         **{k: options.get(k) for k in plan.family.cache_options(LATENT_CACHE)},
+        **conditioning.cache_settings(plan.datasets, entry),
     }
 
 
@@ -189,7 +193,9 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
     rows, ignored = discovery.discover_counted(entry, s3_data)
     if entry.fields.get("captioning_model"):
         rows = caption_missing(entry, rows, s3_data, caching_actors(plan))
-    report = DatasetReport(entry.id, store.root, seen=len(rows), ignored=ignored)
+    seen = len(rows)
+    rows, unpaired = conditioning.paired(plan.datasets, entry, rows)
+    report = DatasetReport(entry.id, store.root, seen=seen, ignored=ignored, unpaired=unpaired)
     if not rows:
         store.commit(manifest, [], 0)
         return report, set()
@@ -211,6 +217,8 @@ def cache_dataset(plan: Plan, entry: DatasetEntry) -> tuple[DatasetReport, set[s
     statuses = Counter(run_table.column("status").to_pylist())
     report.reused = statuses.pop(CACHED, 0)
     report.encoded = statuses.pop(OK, 0)
+    if seen > len(rows):
+        statuses[conditioning.NO_PAIR] = seen - len(rows)
     report.skipped = dict(sorted(statuses.items()))
     manifest.summary = {
         "seen": report.seen,
@@ -268,6 +276,7 @@ def _encode_rows(
         delete_problematic=bool(options.get("delete_problematic_images")),
         delete_unwanted=bool(options.get("delete_unwanted_images")),
         caption_filters=caption_filters,
+        conditioning_s3=conditioning.source_s3(plan.datasets, entry),
     )
     actors = caching_actors(plan)
     run_uri, run_dir = store.new_run_dir()

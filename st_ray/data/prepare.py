@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from st_ray import storage
-from st_ray.data import discovery
+from st_ray.data import conditioning, discovery
 from st_ray.data.bucket_settings import BucketSettings
 from st_ray.data.bucketing import aspect_in_range, plan_image
 from st_ray.data.captions import resolve_captions
@@ -39,6 +39,8 @@ class PrepareSettings:
     delete_problematic: bool = False
     delete_unwanted: bool = False
     caption_filters: tuple[str, ...] = ()
+    # One per paired conditioning dataset: its storage settings (rows carry the files).
+    conditioning_s3: tuple[S3Settings | None, ...] = ()
 
 
 # Rows without pixels carry an empty image, so the column is always a uint8 HxWx3 tensor.
@@ -51,12 +53,13 @@ def prepare_batch(batch: dict[str, np.ndarray], settings: PrepareSettings) -> di
     columns: dict[str, Any] = {}
     for key in out[0]:
         values = [row[key] for row in out]
-        if key == "pixels":
+        if key in ("pixels", conditioning.PIXELS):
             values = [_NO_PIXELS if v is None else v for v in values]
         elif key == "captions":
             # Lists in object columns confuse Ray's Arrow conversion: carry them as JSON.
             key, values = "captions_json", [json.dumps(v) for v in values]
-        columns[key] = np.array(values, dtype=object) if key != "pixels" else _ragged(values)
+        ragged = key in ("pixels", conditioning.PIXELS)
+        columns[key] = _ragged(values) if ragged else np.array(values, dtype=object)
     return columns
 
 
@@ -82,11 +85,26 @@ def prepare_row(row: dict[str, Any], settings: PrepareSettings) -> dict[str, Any
         "crop_top": None,
         "pixels": None,
     }
+    paired = bool(settings.conditioning_s3)
+    if paired:
+        result[conditioning.PIXELS] = None
     try:
         data = discovery.read_image_bytes(row, settings.s3)
     except Exception:  # noqa: BLE001 - any storage failure is a per-file skip, counted
         return {**result, "status": "unreadable"}
     result["content_hash"] = hashlib.sha256(data).hexdigest()
+    extra: list[bytes] = []
+    if paired:
+        uris = json.loads(str(row[conditioning.URIS]))
+        try:
+            extra = [
+                discovery.read_image_bytes({"uri": uri}, s3)
+                for uri, s3 in zip(uris, settings.conditioning_s3, strict=True)
+            ]
+        except Exception:  # noqa: BLE001 - a per-pair skip, counted
+            return {**result, "status": conditioning.UNREADABLE}
+        hashes = [hashlib.sha256(b).hexdigest() for b in extra]
+        result["content_hash"] = conditioning.pair_hash(result["content_hash"], hashes)
 
     captions = resolve_captions(
         settings.caption_strategy,
@@ -125,6 +143,14 @@ def prepare_row(row: dict[str, Any], settings: PrepareSettings) -> dict[str, Any
             _delete(row["uri"], settings.s3)
         return {**result, "status": plan.skip_reason}
     pixels = apply_plan(image, plan)
+    if paired:
+        try:
+            aligned = conditioning.aligned_pixels([load_image(b) for b in extra], plan)
+        except BadImage:
+            return {**result, "status": conditioning.UNREADABLE}
+        if aligned is None:
+            return {**result, "status": conditioning.SIZE_MISMATCH}
+        result[conditioning.PIXELS] = aligned
     return {
         **result,
         "bucket_width": plan.bucket[0],

@@ -71,6 +71,9 @@ class FamilySpec:
     latent_channels: int = 4
     # The diffusers class of the pipeline's ``vae/``; None for pixel-space families.
     vae_class: str | None = "AutoencoderKL"
+    # The diffusers ControlNet class trained beside the denoiser with controlnet: true (None:
+    # ControlNet training is refused for the family).
+    controlnet_class: str | None = None
     # The text encoders ``load_text_encoders`` loads by default (st_ray.models.text_encoders).
     text_slots: tuple[Slot, ...] = ()
     # Module names PEFT adapts by default (see st_ray.train.adapters).

@@ -18,6 +18,7 @@ SPEC = FamilySpec(
     name="sd1x",
     denoiser="unet",
     denoiser_class="UNet2DConditionModel",
+    controlnet_class="ControlNetModel",
     hidden_blocks=UNET_BLOCKS,
     prediction_types=("epsilon", "v_prediction"),
     flavours={"1.5": "stable-diffusion-v1-5/stable-diffusion-v1-5"},

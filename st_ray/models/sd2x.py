@@ -12,6 +12,7 @@ SPEC = FamilySpec(
     name="sd2x",
     denoiser="unet",
     denoiser_class="UNet2DConditionModel",
+    controlnet_class="ControlNetModel",
     hidden_blocks=UNET_BLOCKS,
     prediction_types=("v_prediction", "epsilon"),
     flavours={

@@ -23,6 +23,7 @@ SPEC = FamilySpec(
     name="sdxl",
     denoiser="unet",
     denoiser_class="UNet2DConditionModel",
+    controlnet_class="ControlNetModel",
     hidden_blocks=UNET_BLOCKS,
     prediction_types=("epsilon", "v_prediction"),
     flavours={

@@ -24,12 +24,15 @@ def call_unet(
 ) -> torch.Tensor:
     """One UNet forward pass as the SD/SDXL pipelines make it (no CFG batch doubling)."""
     dtype = unwrap(denoiser).dtype
+    # ControlNet training: the control image goes to the ControlNet beside the UNet.
+    control = {"controlnet_cond": batch["controlnet_cond"]} if "controlnet_cond" in batch else {}
     pred = denoiser(
         noisy_latents.to(dtype),
         timesteps.to(noisy_latents.device),
         encoder_hidden_states=conditioning(batch, "prompt_embeds", noisy_latents, dtype),
         added_cond_kwargs=added_cond_kwargs,
         return_dict=False,
+        **control,
     )[0]
     return pred.to(noisy_latents.dtype)
 

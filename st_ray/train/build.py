@@ -18,7 +18,7 @@ from st_ray.models import quantize
 from st_ray.models.family import Family, get_family_module
 from st_ray.plan import Plan
 from st_ray.storage import S3Settings
-from st_ray.train import data_feed, epoch_plan, noise, timesteps
+from st_ray.train import controlnet, data_feed, epoch_plan, loss_masks, noise, timesteps
 from st_ray.train.checkpoints import Progress
 from st_ray.train.context import WorkerContext
 from st_ray.train.ema import EMAModel
@@ -59,6 +59,7 @@ class Run:
     prediction_type: str
     dtype: torch.dtype
     layersync: LayerSync | None = None  # hooks on the core's student / teacher blocks
+    mask_kinds: dict[str, str] = field(default_factory=dict)  # dataset id -> mask kind
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -88,6 +89,8 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
     family = get_family_module(plan.family.name)
     dtype = weight_dtype(options, ctx.device)
     core = load_denoiser(plan, family, dtype, ctx.device)
+    if controlnet.enabled(options):  # the UNet, frozen, with the ControlNet that trains
+        core = controlnet.attach(core, options)
     trainable = trainable_for(plan)
     trainable.attach(core)
     core.train()
@@ -162,6 +165,7 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
         prediction_type=options.get("prediction_type") or plan.family.prediction_types[0],
         dtype=dtype,
         layersync=LayerSync.attach(options, core, plan.family.hidden_blocks),
+        mask_kinds=loss_masks.mask_kinds(plan.datasets),
     )
 
 

@@ -18,6 +18,8 @@ import torch
 
 from st_ray.data.cache_rows import CacheRows
 from st_ray.data.cache_store import CacheStore
+from st_ray.data.conditioning import COLUMN as CONDITIONING
+from st_ray.data.conditioning import to_model_range
 from st_ray.data.pipeline import LATENTS, TEXT, caption_hash
 from st_ray.storage import S3Settings
 from st_ray.train.epoch_plan import DatasetSamples
@@ -100,15 +102,16 @@ class _ShardReader:
 
 
 class LatentStore(_ShardReader):
-    """Latents (C, H/8, W/8) by content hash, in the dtype they were cached in."""
+    """Latents (C, H/8, W/8) by content hash, in the dtype they were cached in; for a dataset
+    with paired conditioning images, {"latent": ..., "conditioning": uint8 (K, H, W, 3)}."""
 
     kind = LATENTS
 
-    def load(self, content_hashes: Iterable[str]) -> dict[str, torch.Tensor]:
+    def load(self, content_hashes: Iterable[str]) -> dict[str, Any]:
         return self._load(content_hashes)
 
-    def decode(self, row: dict[str, torch.Tensor]) -> torch.Tensor:
-        return row["latent"]
+    def decode(self, row: dict[str, torch.Tensor]) -> Any:
+        return row if CONDITIONING in row else row["latent"]
 
 
 class TextEmbedStore(_ShardReader):
@@ -141,6 +144,7 @@ def collate(
     caption_dropout_probability: float,
     generator: torch.Generator,
     empty_caption_embeds: Mapping[str, torch.Tensor] | None = None,
+    conditioning_sampling: str = "random",
 ) -> dict[str, Any]:
     """One batch as tensors.
 
@@ -156,6 +160,11 @@ def collate(
     training script: the source image's size; SimpleTuner uses the resized size instead);
     ``caption_dropped`` (B,) bool (SimpleTuner also zeroes those time ids for them); ``captions`` (the text used,
     "" when dropped), ``dataset_id`` and ``bucket`` (width, height).
+
+    Samples with paired conditioning images (``LatentStore`` rows with ``conditioning``) add
+    ``conditioning_pixels`` (B, K, 3, H, W) in [-1, 1]: with ``conditioning_sampling``
+    'random' one of each sample's K conditioning images (K = 1), drawn after the draws
+    above; with 'combined' all of them.
     """
     if not batch_samples:
         raise ValueError("an empty batch")
@@ -170,6 +179,10 @@ def collate(
     missing = [s.content_hash for s in batch_samples if s.content_hash not in latents]
     if missing:
         raise KeyError(f"no latent loaded for {missing[0]}")
+    rows_of = [latents[s.content_hash] for s in batch_samples]
+    paired = [isinstance(r, Mapping) for r in rows_of]
+    if any(paired) and not all(paired):
+        raise ValueError("a batch mixes samples with and without conditioning images")
 
     count = len(batch_samples)
     dropped = torch.rand(count, generator=generator) < caption_dropout_probability
@@ -198,8 +211,15 @@ def collate(
 
     width, height = batch_samples[0].bucket
     sizes = [s.original_size or s.bucket for s in batch_samples]
+    extra = {}
+    if all(paired):
+        extra["conditioning_pixels"] = _conditioning(
+            [r[CONDITIONING] for r in rows_of], conditioning_sampling, generator
+        )
+        rows_of = [r["latent"] for r in rows_of]
     return {
-        "latents": torch.stack([latents[s.content_hash] for s in batch_samples]),
+        **extra,
+        "latents": torch.stack(rows_of),
         "text_embeds": {key: torch.stack([row[key] for row in rows]) for key in keys},
         "original_size": torch.tensor([(h, w) for w, h in sizes], dtype=torch.long),
         "crop_top_left": torch.tensor(
@@ -211,3 +231,20 @@ def collate(
         "dataset_id": batch_samples[0].dataset_id,
         "bucket": (width, height),
     }
+
+
+def _conditioning(
+    stored: Sequence[torch.Tensor], sampling: str, generator: torch.Generator
+) -> torch.Tensor:
+    """(B, K, 3, H, W) in [-1, 1] from each sample's uint8 (K, H, W, 3) conditioning images:
+    one picked at random per sample ('random', K = 1) or all ('combined')."""
+    if sampling == "combined":
+        chosen = list(stored)
+    elif sampling == "random":
+        chosen = []
+        for images in stored:
+            pick = int(torch.randint(images.shape[0], (1,), generator=generator))
+            chosen.append(images[pick : pick + 1])
+    else:
+        raise ValueError(f"conditioning_multidataset_sampling {sampling!r} is not random/combined")
+    return to_model_range(torch.stack(chosen))

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from st_ray.train.losses import reduce_loss
+
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -58,11 +60,15 @@ def flow_loss(
     prediction_type: str,
     *,
     target_flow: torch.Tensor,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean squared error between the converted prediction and ``target_flow`` (noise - x0;
-    for regularisation data the base model's prediction converted the same way)."""
+    for regularisation data the base model's prediction converted the same way); weighted
+    per latent pixel by a loss ``mask`` (losses.masked_mean) when given."""
     flow = prediction_to_flow(pred, noisy, timesteps, alphas_cumprod, prediction_type)
-    return torch.nn.functional.mse_loss(flow, target_flow.float())
+    if mask is None:
+        return torch.nn.functional.mse_loss(flow, target_flow.float())
+    return reduce_loss((flow - target_flow.float()) ** 2, mask=mask)
 
 
 def active(options: Mapping[str, Any]) -> bool:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from st_ray.plan import Plan
-from st_ray.train import data_feed, noise, timesteps
+from st_ray.train import controlnet, data_feed, noise, timesteps
 
 # Independent of the run's seed: trials with different seeds still see the same eval noise.
 EVAL_NOISE_SEED = 20240917
@@ -155,6 +155,8 @@ class EvalLoss:
                         for k in ("original_size", "crop_top_left", "target_size")
                     },
                 }
+                if run.plan.options.get("controlnet"):  # eval pairs carry control images too
+                    inputs["controlnet_cond"] = controlnet.control_image(item.batch).to(device)
                 for level in range(len(self.timesteps)):
                     eps = item.noise[level].to(device)
                     loss = self._level_loss(run, model, x0, eps, level, inputs)

@@ -52,7 +52,8 @@ class Events:
         progress.tracking_run_id = tracker.run_id
         # Rank 0 renders; the other ranks wait for it at their next gradient all-reduce.
         validator = None
-        if ctx.rank == 0 and run.loop.validation:
+        # ControlNet training renders no validation images yet (the plan notes it).
+        if ctx.rank == 0 and run.loop.validation and not run.plan.options.get("controlnet"):
             out_dir = final_output_dir(run.plan.options)
             validator = Validator(run.plan, run.core, ctx.device, ema=run.ema, out_dir=out_dir)
         enabled = eval_loss.is_enabled(run.plan)

@@ -11,9 +11,11 @@ import torch
 
 from st_ray.train import (
     attention,
+    controlnet,
     data_feed,
     diff2flow,
     layersync,
+    loss_masks,
     noise,
     regularisation,
     timesteps,
@@ -64,6 +66,7 @@ def load_batch(
         caption_dropout_probability=run.loop.caption_dropout,
         generator=generator,
         empty_caption_embeds=run.empty_caption,
+        conditioning_sampling=str(run.plan.options["conditioning_multidataset_sampling"]),
     )
 
 
@@ -89,6 +92,8 @@ def batch_loss(
         **{k: v.to(device) for k, v in batch["text_embeds"].items()},
         **{k: batch[k].to(device) for k in ("original_size", "crop_top_left", "target_size")},
     }
+    if run.plan.options.get("controlnet"):
+        inputs["controlnet_cond"] = controlnet.control_image(batch).to(device)
     regularised = regularisation.is_regularisation_batch(run.datasets, batch)
     if regularised:  # before: aux_loss state
 
@@ -102,11 +107,13 @@ def batch_loss(
             run.denoiser, noisy.to(run.dtype), t, inputs, run.plan.options, generator=generator
         )
     pred = prediction.output.float()
+    probability = float(run.plan.options["masked_loss_probability"])
+    mask = loss_masks.batch_mask(run.mask_kinds, batch, x0.shape[2:], probability, generator)
     if draw.sigmas is None and diff2flow.active(run.plan.options):
         convert = (noisy, t, run.alphas_cumprod, run.prediction_type)
         # Regularisation data: the base model's prediction, as a flow, is the target.
         flow = diff2flow.prediction_to_flow(target, *convert) if regularised else target_noise - x0
-        loss = diff2flow.flow_loss(pred, *convert, target_flow=flow)
+        loss = diff2flow.flow_loss(pred, *convert, target_flow=flow, mask=mask)
     else:
         loss = compute_loss(
             run.loss_config,
@@ -116,6 +123,7 @@ def batch_loss(
             snr=snr,
             prediction_type="flow_matching" if draw.sigmas is not None else run.prediction_type,
             num_train_timesteps=run.timestep_sampler.num_train_timesteps,
+            mask=mask,
         )
     if run.layersync is not None:
         term, similarity = run.layersync.loss()

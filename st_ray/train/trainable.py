@@ -119,6 +119,10 @@ class LycorisTrainable(Trainable):
 def trainable_for(plan: Plan) -> Trainable:
     """The plan's choice: model_type 'full', or a LoRA of lora_type 'standard' / 'lycoris'."""
     options = plan.options
+    if options.get("controlnet"):
+        from st_ray.train.controlnet import ControlNetTrainable  # imports this module
+
+        return ControlNetTrainable(plan.family.name, options)
     if options["model_type"] != "lora":
         return FullTrainable(plan.family.denoiser)
     if lycoris_adapter.enabled(options):

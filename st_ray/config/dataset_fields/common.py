@@ -10,7 +10,13 @@ from st_ray.config.schema import Option
 # Reasons shared by several unsupported fields or values.
 VIDEO = "video datasets are not implemented yet"
 AUDIO = "audio datasets are not implemented yet"
-CONDITIONING = "conditioning datasets (ControlNet, masks, edit references) are not implemented yet"
+CONDITIONING_GENERATORS = (
+    "conditioning generators (canny, depth, ...) are not implemented yet; give a conditioning "
+    "dataset of ready-made images instead"
+)
+REFERENCES = (
+    "edit-model reference images (for image-editing model flavours) are not implemented yet"
+)
 IMAGE_EMBEDS = (
     "separate image_embeds datasets are not implemented yet; latents go to each image "
     "dataset's cache_dir_vae"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from st_ray.config.dataset_fields.common import (
     AUDIO,
     COND_EMBEDS,
-    CONDITIONING,
     IMAGE_EMBEDS,
     MEMORY,
     VIDEO,
@@ -40,8 +39,10 @@ IDENTITY: list[Option] = group(
             str,
             "image",
             "What the entry holds: 'image' training samples, 'eval' images the evaluation loss "
-            "is measured on (cached like images, never trained on), or 'text_embeds', the cache "
-            "that stores text-encoder outputs (one entry with default true is needed).",
+            "is measured on (cached like images, never trained on), 'conditioning' images "
+            "paired file by file with an image dataset (conditioning_data), or 'text_embeds', "
+            "the cache that stores text-encoder outputs (one entry with default true is "
+            "needed).",
             choices=(
                 "image",
                 "text_embeds",
@@ -56,7 +57,6 @@ IDENTITY: list[Option] = group(
             unsupported_values={
                 "image_embeds": IMAGE_EMBEDS,
                 "conditioning_image_embeds": COND_EMBEDS,
-                "conditioning": CONDITIONING,
                 "video": VIDEO,
                 "audio": AUDIO,
                 "caption": "caption-only (text-only) datasets are not implemented yet",

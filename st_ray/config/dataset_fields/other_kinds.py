@@ -1,14 +1,15 @@
-"""Dataset fields of dataset kinds st_ray does not implement yet (conditioning, video, audio,
-grounding, webshart, memory): accepted at their defaults, refused otherwise with the reason."""
+"""Dataset fields of conditioning datasets, and of the kinds st_ray does not implement yet
+(video, audio, grounding, webshart, memory: accepted at their defaults, refused otherwise)."""
 
 from __future__ import annotations
 
 from st_ray.config.dataset_fields.common import (
     AUDIO,
     COND_EMBEDS,
-    CONDITIONING,
+    CONDITIONING_GENERATORS,
     GROUNDING,
     MEMORY,
+    REFERENCES,
     VIDEO,
     WEBSHART,
     group,
@@ -22,8 +23,9 @@ OTHER_KINDS: list[Option] = group(
             "conditioning_data",
             Json,
             None,
-            "image only: id (or list of ids) of the conditioning datasets paired with it.",
-            unsupported=CONDITIONING,
+            "image/eval only: id (or list of ids) of the conditioning datasets paired with it, "
+            "file by file: a conditioning image pairs with the image of the same relative path "
+            "and stem (any image extension). Images without a pair are skipped and listed.",
         ),
         opt(
             "conditioning",
@@ -31,22 +33,35 @@ OTHER_KINDS: list[Option] = group(
             None,
             "Generators that derive conditioning datasets from these images (canny, depth, "
             "masks, superresolution, jpeg_artifacts...).",
-            unsupported=CONDITIONING,
+            unsupported=CONDITIONING_GENERATORS,
         ),
         opt(
             "conditioning_type",
             str,
             None,
-            "conditioning only: 'controlnet', 'mask', 'reference_strict' or 'reference_loose'.",
-            choices=(None, "controlnet", "mask", "reference_strict", "reference_loose"),
-            unsupported=CONDITIONING,
+            "conditioning only: 'controlnet' (control images for controlnet training, the "
+            "default), 'mask' (loss masks: white trains, black is ignored), 'segmentation' "
+            "(loss masks applied in a masked_loss_probability share of batches), "
+            "'reference_strict' or 'reference_loose' (edit-model references).",
+            choices=(
+                None,
+                "controlnet",
+                "mask",
+                "segmentation",
+                "reference_strict",
+                "reference_loose",
+            ),
+            unsupported_values={
+                "reference_strict": REFERENCES,
+                "reference_loose": REFERENCES,
+            },
         ),
         opt(
             "source_dataset_id",
             str,
             None,
-            "conditioning only: the image dataset whose samples this one aligns with.",
-            unsupported=CONDITIONING,
+            "conditioning only: the image dataset this one pairs with (the same link as that "
+            "dataset's conditioning_data).",
         ),
         opt(
             "conditioning_image_embeds",

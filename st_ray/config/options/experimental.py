@@ -2,7 +2,7 @@
 
 from st_ray.config.schema import Json, opt
 
-_NO_CONTROL = "ControlNet and control-signal training are not implemented in st_ray"
+_NO_CONTROL = "control-signal (channel-concatenated) training is not implemented in st_ray"
 _NO_VIDEO = "st_ray trains image models only; video and audio options are not implemented"
 _NO_CREPA = "CREPA regularisation is on st_ray's later roadmap, not implemented yet"
 _NO_SCHEDULED = "scheduled sampling is on st_ray's later roadmap, not implemented yet"
@@ -29,8 +29,9 @@ OPTIONS = [
         "controlnet",
         bool,
         False,
-        "Train a ControlNet branch (full or LoRA) next to the base model.",
-        unsupported=_NO_CONTROL,
+        "Train a ControlNet (full, or a LoRA on it with model_type 'lora') beside the frozen "
+        "denoiser, on control images from conditioning datasets (conditioning_type "
+        "'controlnet'); saved in diffusers layout under controlnet/. UNet families only.",
     ),
     opt(
         "control",
@@ -43,15 +44,16 @@ OPTIONS = [
         "controlnet_custom_config",
         Json,
         None,
-        "JSON object overriding the ControlNet architecture settings.",
-        unsupported=_NO_CONTROL,
+        "JSON object of ControlNet architecture settings for the ControlNet made from the "
+        "denoiser (ControlNetModel.from_unet's conditioning_embedding_out_channels, "
+        "conditioning_channels, controlnet_conditioning_channel_order).",
     ),
     opt(
         "controlnet_model_name_or_path",
         str,
         None,
-        "Existing ControlNet weights (Hub id or path) to start from.",
-        unsupported=_NO_CONTROL,
+        "Existing ControlNet weights (Hub id or path) to start from instead of a copy of the "
+        "denoiser's encoder.",
     ),
     opt(
         "conditioning_multidataset_sampling",
@@ -60,9 +62,6 @@ OPTIONS = [
         "With several conditioning datasets, use one picked at random per sample ('random') or "
         "all of them together ('combined').",
         choices=("combined", "random"),
-        unsupported_values={
-            "combined": "combining several conditioning datasets is not implemented in st_ray",
-        },
     ),
     # Text encoder internals
     opt(

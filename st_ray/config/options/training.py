@@ -542,7 +542,6 @@ OPTIONS = [
         "masked regions; plain mask datasets always apply their mask.",
         minimum=0,
         maximum=1,
-        no_effect="masked loss needs conditioning (mask) datasets, which are not supported yet",
     ),
     # --- noise perturbation ---
     opt(
