@@ -29,6 +29,7 @@ from st_ray.train.lr_schedules import schedule_scheduler
 from st_ray.train.optimizers import build_optimizer
 from st_ray.train.settings import Derived, LoopSettings, derive, weight_dtype
 from st_ray.train.trainable import Trainable, trainable_for
+from st_ray.train.tread import Tread
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Run:
     prediction_type: str
     dtype: torch.dtype
     layersync: LayerSync | None = None  # hooks on the core's student / teacher blocks
+    tread: Tread | None = None  # token routing hooks on the core's blocks (training only)
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -86,6 +88,7 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
     family = get_family_module(plan.family.name)
     dtype = weight_dtype(options, ctx.device)
     core = load_denoiser(plan, family, dtype, ctx.device)
+    tread = Tread.attach(options, core, plan.family)  # before LayerSync: it sees routed tokens
     trainable = trainable_for(plan)
     trainable.attach(core)
     core.train()
@@ -152,6 +155,7 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
         prediction_type=options.get("prediction_type") or plan.family.prediction_types[0],
         dtype=dtype,
         layersync=LayerSync.attach(options, core, plan.family.hidden_blocks),
+        tread=tread,
     )
 
 

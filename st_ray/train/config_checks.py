@@ -76,7 +76,7 @@ def _cpu_only(values: Mapping[str, Any]) -> bool:
 def check_objectives(loaded: LoadedConfig, problems: ProblemList) -> None:
     """Training objectives and regularisers that cannot apply to the run's family."""
     from st_ray.models.family import FAMILIES
-    from st_ray.train import diff2flow, layersync
+    from st_ray.train import diff2flow, layersync, tread
 
     values = loaded.values
     family = FAMILIES.get(values.get("model_family"))
@@ -86,6 +86,9 @@ def check_objectives(loaded: LoadedConfig, problems: ProblemList) -> None:
     found = [
         *diff2flow.option_problems(values, prediction_type=prediction, family=family.name),
         *layersync.option_problems(values, hidden_blocks=family.hidden_blocks, family=family.name),
+        *tread.option_problems(
+            values, family, tread.block_count(family, values.get("pretrained_model_name_or_path"))
+        ),
     ]
     for key, message in found:
         problems.add(loaded.provenance.get(key, "configuration"), key, message)

@@ -17,6 +17,7 @@ from st_ray.train import (
     noise,
     regularisation,
     timesteps,
+    tread,
 )
 from st_ray.train.losses import compute_loss
 
@@ -40,9 +41,10 @@ def train_step(
             else (run.denoiser.no_sync())
         )
         kernel = attention.context(run.plan.options, run.core_device)
-        with sync, autocast(run.dtype, run.core), kernel:
-            loss = batch_loss(run, batch, generator, step) / len(batches)
-        loss.backward()
+        with tread.routing(run.tread):  # the backward's checkpoint recomputes route alike
+            with sync, autocast(run.dtype, run.core), kernel:
+                loss = batch_loss(run, batch, generator, step) / len(batches)
+            loss.backward()
         total += float(loss.detach())
     run.metrics["grad_norm"] = clip_gradients(run)  # before step: schedule-free rewrites .grad
     run.optimizer.step()

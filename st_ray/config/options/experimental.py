@@ -500,9 +500,12 @@ OPTIONS = [
         "tread_config",
         Json,
         None,
-        "TREAD token-routing settings (which tokens skip which blocks) as inline JSON or a "
-        "JSON file.",
-        unsupported="TREAD token routing is not implemented in st_ray",
+        'TREAD token routing during training, as in SimpleTuner: {"routes": '
+        '[{"selection_ratio": 0.5, "start_layer_idx": 2, "end_layer_idx": -2}]}. '
+        "selection_ratio of the image tokens (0 <= r < 1, drawn at random) skip blocks "
+        "start..end (inclusive, negative from the end) and rejoin unchanged after them; text "
+        "tokens are never routed; validation and export are not routed. DiT families whose "
+        "blocks take the image tokens on their own only (the README lists them).",
     ),
     # Adapter variants
     opt(
