@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from st_ray.config.schema import Option
+from st_ray.models.routing import TokenRouting
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,21 +47,6 @@ JOINT_DIT_BLOCKS = (("transformer_blocks", 1),)
 PACKAGES_ENV = "ST_RAY_FAMILY_PACKAGES"
 # Caches an option can make stale (``Option.caches``).
 TEXT_CACHE, LATENT_CACHE = "text", "latent"
-
-
-@dataclass(frozen=True)
-class TokenRouting:
-    """How a DiT's blocks take image tokens, for TREAD routing: each block of
-    ``FamilySpec.hidden_blocks`` gets them as its ``hidden_states`` argument.
-
-    ``rotary``: what the blocks' ``image_rotary_emb`` argument holds. "none": positions are
-    already in the tokens (absolute embeddings); "text_first": a (cos, sin) pair whose rows are
-    the text tokens, then the image tokens; "image_first": an (image, text) pair of rotary
-    tables. ``layer_keys``: the denoiser config.json keys whose sum is the number of blocks.
-    """
-
-    rotary: str = "none"
-    layer_keys: tuple[str, ...] = ("num_layers",)
 
 
 @dataclass(frozen=True)
@@ -103,8 +89,7 @@ class FamilySpec:
     # (LayerSync): (attribute path, index of the image hidden states when a block returns a
     # tuple). A path naming a ModuleList contributes each of its blocks; empty: not exposed.
     hidden_blocks: tuple[tuple[str, int], ...] = ()
-    # TREAD token routing over ``hidden_blocks`` (st_ray.train.tread); None: not routable,
-    # ``token_routing_refused`` says why.
+    # TREAD routing (st_ray.train.tread); None: not routable, ``token_routing_refused`` says why.
     token_routing: TokenRouting | None = None
     token_routing_refused: str = ""
     # The module whose ``build(out_dir, seed)`` writes the tiny test model; default

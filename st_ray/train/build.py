@@ -18,7 +18,7 @@ from st_ray.models import quantize
 from st_ray.models.family import Family, get_family_module
 from st_ray.plan import Plan
 from st_ray.storage import S3Settings
-from st_ray.train import data_feed, epoch_plan, noise, timesteps
+from st_ray.train import data_feed, epoch_plan, noise, scheduled_sampling, timesteps
 from st_ray.train.checkpoints import Progress
 from st_ray.train.context import WorkerContext
 from st_ray.train.ema import EMAModel
@@ -59,6 +59,7 @@ class Run:
     dtype: torch.dtype
     layersync: LayerSync | None = None  # hooks on the core's student / teacher blocks
     tread: Tread | None = None  # token routing hooks on the core's blocks (training only)
+    scheduled_sampling: scheduled_sampling.Settings | None = None  # rollouts, ReflexFlow
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -156,6 +157,7 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
         dtype=dtype,
         layersync=LayerSync.attach(options, core, plan.family.hidden_blocks),
         tread=tread,
+        scheduled_sampling=scheduled_sampling.Settings.from_options(options, flow_matching=flow),
     )
 
 

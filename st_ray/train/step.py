@@ -16,6 +16,7 @@ from st_ray.train import (
     layersync,
     noise,
     regularisation,
+    rollout,
     timesteps,
     tread,
 )
@@ -91,6 +92,18 @@ def batch_loss(
         **{k: v.to(device) for k, v in batch["text_embeds"].items()},
         **{k: batch[k].to(device) for k in ("original_size", "crop_top_left", "target_size")},
     }
+    rolled = (
+        None
+        if draw.sigmas is None
+        else rollout.roll(run, x0, input_noise, draw.sigmas, inputs, generator, step)
+    )
+    if rolled is not None:  # scheduled sampling: train on the model's own rollout
+        noisy, t = (
+            rolled.noisy,
+            timesteps.flow_timesteps(rolled.sigmas, run.timestep_sampler.num_train_timesteps).to(
+                device
+            ),
+        )
     regularised = regularisation.is_regularisation_batch(run.datasets, batch)
     if regularised:  # before: aux_loss state
 
@@ -109,6 +122,8 @@ def batch_loss(
         # Regularisation data: the base model's prediction, as a flow, is the target.
         flow = diff2flow.prediction_to_flow(target, *convert) if regularised else target_noise - x0
         loss = diff2flow.flow_loss(pred, *convert, target_flow=flow)
+    elif rolled is not None and rolled.clean is not None:  # ReflexFlow
+        loss = rollout.rolled_loss(run, pred, target.float(), t, x0, rolled)
     else:
         loss = compute_loss(
             run.loss_config,
