@@ -32,6 +32,7 @@ class RolledOut:
     offsets: torch.Tensor  # rollout lengths (0: the sample kept its drawn input)
     clean: torch.Tensor | None = None  # ReflexFlow: prediction on the drawn input
     biased: torch.Tensor | None = None  # ReflexFlow: prediction on the rolled-out input
+    timesteps: torch.Tensor | None = None  # the conditioning timesteps σ·T (set by ``roll``)
 
 
 @torch.no_grad()
@@ -80,14 +81,15 @@ def roll(
     run: Run,
     x0: torch.Tensor,
     input_noise: torch.Tensor,
-    sigmas: torch.Tensor,
+    sigmas: torch.Tensor | None,
     inputs: dict,
     generator: torch.Generator,
     step: int,
 ) -> RolledOut | None:
-    """The batch's scheduled-sampling input at global ``step``; None when it is off."""
+    """The batch's scheduled-sampling input at global ``step``; None when it is off (or the
+    batch has no σ: not flow matching)."""
     settings = run.scheduled_sampling
-    if settings is None:
+    if settings is None or sigmas is None:
         return None
     probability = scheduled_sampling.rollout_probability(settings, step)
     offsets = scheduled_sampling.draw_offsets(
@@ -110,6 +112,7 @@ def roll(
         reflexflow=settings.reflexflow,
     )
     run.metrics["scheduled_sampling_rollouts"] = float((rolled.offsets > 0).sum())
+    rolled.timesteps = timesteps.flow_timesteps(rolled.sigmas, T)
     return rolled
 
 

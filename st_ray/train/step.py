@@ -92,18 +92,9 @@ def batch_loss(
         **{k: v.to(device) for k, v in batch["text_embeds"].items()},
         **{k: batch[k].to(device) for k in ("original_size", "crop_top_left", "target_size")},
     }
-    rolled = (
-        None
-        if draw.sigmas is None
-        else rollout.roll(run, x0, input_noise, draw.sigmas, inputs, generator, step)
-    )
+    rolled = rollout.roll(run, x0, input_noise, draw.sigmas, inputs, generator, step)
     if rolled is not None:  # scheduled sampling: train on the model's own rollout
-        noisy, t = (
-            rolled.noisy,
-            timesteps.flow_timesteps(rolled.sigmas, run.timestep_sampler.num_train_timesteps).to(
-                device
-            ),
-        )
+        noisy, t = rolled.noisy, rolled.timesteps.to(device)
     regularised = regularisation.is_regularisation_batch(run.datasets, batch)
     if regularised:  # before: aux_loss state
 
