@@ -270,3 +270,81 @@ def test_caption_shuffle_settings_are_checked_and_keyed(tmp_path: Path) -> None:
     assert listing.fingerprint(with_shuffle_seed(fields, 1), ()) != listing.fingerprint(
         with_shuffle_seed(fields, 2), ()
     )
+
+
+# ------------------------------------------------------------------------------------ TREAD
+
+
+@contextlib.contextmanager
+def _dit_block_tokens() -> Iterator[list[tuple[str, int]]]:
+    """(block class, image tokens it returned) of every training forward inside the block; a
+    global hook runs before the router restores the tokens at the end of a route."""
+    seen: list[tuple[str, int]] = []
+
+    def hook(module, args, output):
+        name = type(module).__name__
+        if name.endswith("TransformerBlock") and module.training and torch.is_grad_enabled():
+            seen.append((name, output[1].shape[1]))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def test_tread_routes_half_the_image_tokens_past_the_first_block(setups, tmp_path: Path) -> None:
+    """Tiny flux (one double, one single block): route 0..0 at 0.5 drops half the image
+    tokens from the double block only; with gradient checkpointing, so the backward's
+    recomputation routes the same tokens (a different draw would fail the recompute)."""
+    _, config = setups("flux")
+    route = {"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": -2}
+    with _dit_block_tokens() as seen:
+        steps = _first_steps(
+            config,
+            tmp_path,
+            *("--tread_config", json.dumps({"routes": [route]}), "--gradient_checkpointing"),
+        )
+    assert all(math.isfinite(step["loss"]) for step in steps)
+    double = [n for name, n in seen if name == "FluxTransformerBlock"]
+    single = [n for name, n in seen if name == "FluxSingleTransformerBlock"]
+    assert single and double and len(set(single)) == 1
+    assert all(n == single[0] // 2 for n in double)  # half the image tokens, every pass
+
+
+def test_tread_block_indices_are_checked_against_a_local_model_at_plan_time(
+    setups, tmp_path: Path
+) -> None:
+    _, config = setups("flux")
+    route = {"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": 2}
+    with pytest.raises(ConfigError, match="layer 2 does not exist; this denoiser has 2 blocks"):
+        _plan(config, tmp_path, "--tread_config", json.dumps({"routes": [route]}))
+
+
+# ----------------------------------------------------------------------- scheduled sampling
+
+
+def test_scheduled_sampling_rolls_out_and_reflexflow_adds_its_anti_drift_term(
+    setups, base_runs, tmp_path: Path
+) -> None:
+    """Tiny flux, batch 1, the rollout probability ramping from 0 at step 0 to 1 at step 1.
+    Step 0 rolls nothing out, so ReflexFlow's frequency weight is 1 (clean == biased) and the
+    loss is the plain one plus β1 x anti-drift, at the same seed; step 1 rolls its sample out
+    (biased_late: 1 to 3 timesteps here) and its loss stays finite."""
+    _, config = setups("flux")
+    base, _ = base_runs("flux")
+    steps = _first_steps(
+        config,
+        tmp_path,
+        *("--scheduled_sampling_max_step_offset", "3", "--scheduled_sampling_strategy"),
+        *("biased_late", "--scheduled_sampling_ramp_steps", "1"),
+        *("--scheduled_sampling_prob_end", "1", "--scheduled_sampling_reflexflow_beta1", "4"),
+    )
+    first, second = steps
+    assert first["scheduled_sampling_rollouts"] == 0
+    assert first["loss"] - base[0]["loss"] == pytest.approx(
+        4 * first["reflexflow_anti_drift"], rel=1e-4, abs=1e-6
+    )
+    assert 0 < first["reflexflow_anti_drift"] <= 4
+    assert second["scheduled_sampling_rollouts"] == 1
+    assert math.isfinite(second["loss"]) and second["reflexflow_anti_drift"] > 0

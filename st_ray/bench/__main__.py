@@ -2,7 +2,8 @@
 ``python -m st_ray.bench train [--steps N] [--warmup N] [--batch-size B] [--resolution PX] ...``
 (in-process and under Ray Train)
 and ``python -m st_ray.bench sizing [--resolution PX ...] [--mfu F]``
-and ``python -m st_ray.bench feed [--rows N ...] [--s3-rows N ...] [--step-ms MS] [--old]``.
+and ``python -m st_ray.bench feed [--rows N ...] [--s3-rows N ...] [--step-ms MS] [--old]``
+and ``python -m st_ray.bench tread [--family F] [--resolution PX] [--routes JSON] ...``.
 """
 
 from __future__ import annotations
@@ -90,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     from st_ray.bench.feed import add_arguments as feed_arguments
 
     feed_arguments(feed)
+    tread = sub.add_parser(
+        "tread", help="TREAD token routing: training step time with and without tread_config"
+    )
+    from st_ray.bench.tread import add_arguments as tread_arguments
+
+    tread_arguments(tread)
     args = parser.parse_args(argv)
 
     if args.command == "cache":
@@ -104,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         from st_ray.bench import feed as bench_feed
 
         return bench_feed.main(args)
+    if args.command == "tread":
+        from st_ray.bench import tread as bench_tread
+
+        return bench_tread.main(args)
     if args.command == "sizing":
         from st_ray.bench import sizing as bench_sizing
 

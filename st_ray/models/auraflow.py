@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 
 SPEC = FamilySpec(
     name="auraflow",
+    token_routing_refused=(
+        "auraflow's single-stream blocks take register, text and image tokens as one sequence "
+        "with no separate image-token argument, so TREAD cannot route its image tokens "
+        "generically"
+    ),
     denoiser="transformer",
     denoiser_class="AuraFlowTransformer2DModel",
     prediction_types=("flow_matching",),

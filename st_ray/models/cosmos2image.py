@@ -34,6 +34,11 @@ SLOTS = (te.Slot("text_encoder", "tokenizer", "T5EncoderModel"),)
 
 SPEC = FamilySpec(
     name="cosmos2image",
+    token_routing_refused=(
+        "cosmos2image's blocks take 3-D rotary tables and extra learned position embeddings "
+        "over the whole token grid, which st_ray's router does not slice, so TREAD cannot "
+        "route them"
+    ),
     denoiser="transformer",
     denoiser_class="CosmosTransformer3DModel",
     prediction_types=("flow_matching",),

@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from st_ray.config.schema import Option
+from st_ray.models.routing import TokenRouting
 
 if TYPE_CHECKING:
     import numpy as np
@@ -91,6 +92,9 @@ class FamilySpec:
     # (LayerSync): (attribute path, index of the image hidden states when a block returns a
     # tuple). A path naming a ModuleList contributes each of its blocks; empty: not exposed.
     hidden_blocks: tuple[tuple[str, int], ...] = ()
+    # TREAD routing (st_ray.train.tread); None: not routable, ``token_routing_refused`` says why.
+    token_routing: TokenRouting | None = None
+    token_routing_refused: str = ""
     # The module whose ``build(out_dir, seed)`` writes the tiny test model; default
     # ``st_ray.zoo.<name>``.
     zoo_recipe: str = ""

@@ -10,6 +10,7 @@ from st_ray.models import text_encoders as te
 from st_ray.models.family import (
     FamilySpec,
     Prediction,
+    TokenRouting,
     conditioning,
     load_pretrained_denoiser,
     unwrap,
@@ -123,6 +124,7 @@ SPEC = FamilySpec(
     denoiser="transformer",
     denoiser_class="FluxTransformer2DModel",
     hidden_blocks=(("transformer_blocks", 1), ("single_transformer_blocks", 1)),
+    token_routing=TokenRouting(rotary="text_first", layer_keys=("num_layers", "num_single_layers")),
     prediction_types=("flow_matching",),
     flavours={
         "dev": "black-forest-labs/FLUX.1-dev",

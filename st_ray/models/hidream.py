@@ -42,6 +42,11 @@ OPTIONS = (
 
 SPEC = FamilySpec(
     name="hidream",
+    token_routing_refused=(
+        "hidream's single-stream blocks take image and text tokens as one sequence (its "
+        "double-stream blocks extend the text per block), so TREAD cannot route its image "
+        "tokens generically"
+    ),
     denoiser="transformer",
     denoiser_class="HiDreamImageTransformer2DModel",
     prediction_types=("flow_matching",),

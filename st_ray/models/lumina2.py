@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 SPEC = FamilySpec(
     name="lumina2",
+    token_routing_refused=(
+        "lumina2's blocks take one joint text + image sequence with per-sample padded lengths "
+        "and batched rotary tables, so TREAD cannot route its image tokens generically"
+    ),
     denoiser="transformer",
     denoiser_class="Lumina2Transformer2DModel",
     prediction_types=("flow_matching",),

@@ -6,7 +6,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import DIT_BLOCKS, FamilySpec, Prediction, conditioning, unwrap
+from st_ray.models.family import (
+    DIT_BLOCKS,
+    FamilySpec,
+    Prediction,
+    TokenRouting,
+    conditioning,
+    unwrap,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -19,6 +26,7 @@ SPEC = FamilySpec(
     denoiser="transformer",
     denoiser_class="PixArtTransformer2DModel",
     hidden_blocks=DIT_BLOCKS,
+    token_routing=TokenRouting(),
     prediction_types=("epsilon",),
     flavours={
         "600M-1024": "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from st_ray.models import qwen_text
 from st_ray.models import text_encoders as te
-from st_ray.models.family import JOINT_DIT_BLOCKS, FamilySpec, Prediction, conditioning, unwrap
+from st_ray.models.family import (
+    JOINT_DIT_BLOCKS,
+    FamilySpec,
+    Prediction,
+    TokenRouting,
+    conditioning,
+    unwrap,
+)
 from st_ray.models.latent_stats import normalised_latents
 
 if TYPE_CHECKING:
@@ -20,6 +27,7 @@ SPEC = FamilySpec(
     denoiser="transformer",
     denoiser_class="QwenImageTransformer2DModel",
     hidden_blocks=JOINT_DIT_BLOCKS,
+    token_routing=TokenRouting(rotary="image_first"),
     prediction_types=("flow_matching",),
     flavours={"v1.0": "Qwen/Qwen-Image"},
     pixel_granularity=16,  # 8x VAE, 2x2 patches

@@ -54,6 +54,10 @@ SPEC = FamilySpec(
     denoiser="transformer",
     denoiser_class="SanaTransformer2DModel",
     hidden_blocks=DIT_BLOCKS,
+    token_routing_refused=(
+        "sana's blocks run a convolution over the image tokens laid out as an H x W map "
+        "(Mix-FFN), which a routed token subset no longer forms, so TREAD cannot route them"
+    ),
     prediction_types=("flow_matching",),
     # SimpleTuner's flavours; the first is its default.
     flavours={

@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from st_ray.config.schema import opt
 from st_ray.models import text_encoders as te
-from st_ray.models.family import JOINT_DIT_BLOCKS, FamilySpec, Prediction, conditioning, unwrap
+from st_ray.models.family import (
+    JOINT_DIT_BLOCKS,
+    FamilySpec,
+    Prediction,
+    TokenRouting,
+    conditioning,
+    unwrap,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,6 +52,7 @@ SPEC = FamilySpec(
     denoiser="transformer",
     denoiser_class="SD3Transformer2DModel",
     hidden_blocks=JOINT_DIT_BLOCKS,
+    token_routing=TokenRouting(),
     prediction_types=("flow_matching",),
     flavours={
         "medium": "stabilityai/stable-diffusion-3.5-medium",

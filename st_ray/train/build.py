@@ -18,7 +18,15 @@ from st_ray.models import quantize
 from st_ray.models.family import Family, get_family_module
 from st_ray.plan import Plan
 from st_ray.storage import S3Settings
-from st_ray.train import controlnet, data_feed, epoch_plan, loss_masks, noise, timesteps
+from st_ray.train import (
+    controlnet,
+    data_feed,
+    epoch_plan,
+    loss_masks,
+    noise,
+    scheduled_sampling,
+    timesteps,
+)
 from st_ray.train.checkpoints import Progress
 from st_ray.train.context import WorkerContext
 from st_ray.train.ema import EMAModel
@@ -30,6 +38,7 @@ from st_ray.train.optimizers import build_optimizer
 from st_ray.train.plan_ahead import EpochPlans
 from st_ray.train.settings import Derived, LoopSettings, derive, weight_dtype
 from st_ray.train.trainable import Trainable, trainable_for
+from st_ray.train.tread import Tread
 
 
 @dataclass
@@ -60,6 +69,8 @@ class Run:
     dtype: torch.dtype
     layersync: LayerSync | None = None  # hooks on the core's student / teacher blocks
     mask_kinds: dict[str, str] = field(default_factory=dict)  # dataset id -> mask kind
+    tread: Tread | None = None  # token routing hooks on the core's blocks (training only)
+    scheduled_sampling: scheduled_sampling.Settings | None = None  # rollouts, ReflexFlow
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -91,6 +102,7 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
     core = load_denoiser(plan, family, dtype, ctx.device)
     if controlnet.enabled(options):  # the UNet, frozen, with the ControlNet that trains
         core = controlnet.attach(core, options)
+    tread = Tread.attach(options, core, plan.family)  # before LayerSync: it sees routed tokens
     trainable = trainable_for(plan)
     trainable.attach(core)
     core.train()
@@ -166,6 +178,8 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
         dtype=dtype,
         layersync=LayerSync.attach(options, core, plan.family.hidden_blocks),
         mask_kinds=loss_masks.mask_kinds(plan.datasets),
+        tread=tread,
+        scheduled_sampling=scheduled_sampling.Settings.from_options(options, flow_matching=flow),
     )
 
 

@@ -76,7 +76,7 @@ def _cpu_only(values: Mapping[str, Any]) -> bool:
 def check_objectives(loaded: LoadedConfig, problems: ProblemList) -> None:
     """Training objectives and regularisers that cannot apply to the run's family."""
     from st_ray.models.family import FAMILIES
-    from st_ray.train import diff2flow, layersync
+    from st_ray.train import diff2flow, layersync, scheduled_sampling, tread
 
     values = loaded.values
     family = FAMILIES.get(values.get("model_family"))
@@ -86,9 +86,17 @@ def check_objectives(loaded: LoadedConfig, problems: ProblemList) -> None:
     found = [
         *diff2flow.option_problems(values, prediction_type=prediction, family=family.name),
         *layersync.option_problems(values, hidden_blocks=family.hidden_blocks, family=family.name),
+        *scheduled_sampling.option_problems(
+            values, flow_matching=family.flow_matching, family=family.name
+        ),
+        *tread.option_problems(
+            values, family, tread.block_count(family, values.get("pretrained_model_name_or_path"))
+        ),
     ]
     for key, message in found:
         problems.add(loaded.provenance.get(key, "configuration"), key, message)
+    for note in scheduled_sampling.option_notes(values, flow_matching=family.flow_matching):
+        problems.note(note)
     if values.get("diff2flow_enabled") and not values.get("diff2flow_loss"):
         problems.note(
             "diff2flow_enabled without diff2flow_loss changes nothing (as in SimpleTuner): "

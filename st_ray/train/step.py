@@ -18,7 +18,9 @@ from st_ray.train import (
     loss_masks,
     noise,
     regularisation,
+    rollout,
     timesteps,
+    tread,
 )
 from st_ray.train.losses import compute_loss
 
@@ -42,9 +44,10 @@ def train_step(
             else (run.denoiser.no_sync())
         )
         kernel = attention.context(run.plan.options, run.core_device)
-        with sync, autocast(run.dtype, run.core), kernel:
-            loss = batch_loss(run, batch, generator, step) / len(batches)
-        loss.backward()
+        with tread.routing(run.tread):  # the backward's checkpoint recomputes route alike
+            with sync, autocast(run.dtype, run.core), kernel:
+                loss = batch_loss(run, batch, generator, step) / len(batches)
+            loss.backward()
         total += float(loss.detach())
     run.metrics["grad_norm"] = clip_gradients(run)  # before step: schedule-free rewrites .grad
     run.optimizer.step()
@@ -94,6 +97,9 @@ def batch_loss(
     }
     if run.plan.options.get("controlnet"):
         inputs["controlnet_cond"] = controlnet.control_image(batch).to(device)
+    rolled = rollout.roll(run, x0, input_noise, draw.sigmas, inputs, generator, step)
+    if rolled is not None:  # scheduled sampling: train on the model's own rollout
+        noisy, t = rolled.noisy, rolled.timesteps.to(device)
     regularised = regularisation.is_regularisation_batch(run.datasets, batch)
     if regularised:  # before: aux_loss state
 
@@ -114,6 +120,8 @@ def batch_loss(
         # Regularisation data: the base model's prediction, as a flow, is the target.
         flow = diff2flow.prediction_to_flow(target, *convert) if regularised else target_noise - x0
         loss = diff2flow.flow_loss(pred, *convert, target_flow=flow, mask=mask)
+    elif rolled is not None and rolled.clean is not None:  # ReflexFlow
+        loss = rollout.rolled_loss(run, pred, target.float(), t, x0, rolled, mask)
     else:
         loss = compute_loss(
             run.loss_config,

@@ -5,7 +5,6 @@ from st_ray.config.schema import Json, opt
 _NO_CONTROL = "control-signal (channel-concatenated) training is not implemented in st_ray"
 _NO_VIDEO = "st_ray trains image models only; video and audio options are not implemented"
 _NO_CREPA = "CREPA regularisation is on st_ray's later roadmap, not implemented yet"
-_NO_SCHEDULED = "scheduled sampling is on st_ray's later roadmap, not implemented yet"
 _NO_DISTILL = "model distillation is not implemented in st_ray"
 _NO_GROUP_OFFLOAD = "diffusers group offloading is not implemented in st_ray"
 _NO_MUSUBI = "Musubi-style block swapping is not implemented in st_ray"
@@ -352,10 +351,10 @@ OPTIONS = [
         "scheduled_sampling_max_step_offset",
         int,
         0,
-        "Longest rollout, in sampler steps, the model runs on its own predictions before the "
-        "training step; 0 disables scheduled sampling.",
+        "Longest rollout, in timesteps, the model runs on its own predictions (no gradients) "
+        "before the training step; 0 disables scheduled sampling. Flow-matching families only "
+        "(epsilon / v-prediction rollouts need SimpleTuner's skrample solvers).",
         minimum=0,
-        unsupported=_NO_SCHEDULED,
     ),
     opt(
         "scheduled_sampling_strategy",
@@ -363,34 +362,32 @@ OPTIONS = [
         "uniform",
         "How rollout lengths are drawn: evenly, favouring short ones, or favouring long ones.",
         choices=("uniform", "biased_early", "biased_late"),
-        unsupported=_NO_SCHEDULED,
     ),
     opt(
         "scheduled_sampling_probability",
         float,
         0.0,
-        "Chance that a sample gets a non-zero rollout.",
+        "Chance that a sample gets a rollout (when scheduled_sampling_ramp_steps is 0).",
         minimum=0,
         maximum=1,
-        unsupported=_NO_SCHEDULED,
     ),
     opt(
         "scheduled_sampling_prob_start",
         float,
         0.0,
-        "Rollout probability at the start of the ramp.",
+        "Rollout probability at the start of the ramp (and before start_step); 0 falls back "
+        "to scheduled_sampling_probability, as in SimpleTuner.",
         minimum=0,
         maximum=1,
-        unsupported=_NO_SCHEDULED,
     ),
     opt(
         "scheduled_sampling_prob_end",
         float,
         0.5,
-        "Rollout probability at the end of the ramp.",
+        "Rollout probability at the end of the ramp; 0 falls back to "
+        "scheduled_sampling_probability, as in SimpleTuner.",
         minimum=0,
         maximum=1,
-        unsupported=_NO_SCHEDULED,
     ),
     opt(
         "scheduled_sampling_ramp_steps",
@@ -398,7 +395,6 @@ OPTIONS = [
         0,
         "Steps over which the rollout probability moves from start to end; 0 means no ramp.",
         minimum=0,
-        unsupported=_NO_SCHEDULED,
     ),
     opt(
         "scheduled_sampling_start_step",
@@ -406,7 +402,6 @@ OPTIONS = [
         0,
         "Global step at which the ramp begins.",
         minimum=0,
-        unsupported=_NO_SCHEDULED,
     ),
     opt(
         "scheduled_sampling_ramp_shape",
@@ -414,31 +409,32 @@ OPTIONS = [
         "linear",
         "Shape of the probability ramp.",
         choices=("linear", "cosine"),
-        unsupported=_NO_SCHEDULED,
     ),
     opt(
         "scheduled_sampling_sampler",
         str,
         "unipc",
-        "Solver used for the rollout steps.",
+        "Solver used for the rollout steps of epsilon / v-prediction models in SimpleTuner; "
+        "flow-matching rollouts step with Euler one timestep at a time whatever it says (as "
+        "in SimpleTuner), and st_ray notes a non-default value.",
         choices=("unipc", "euler", "dpm", "rk4"),
-        unsupported=_NO_SCHEDULED,
     ),
     opt(
         "scheduled_sampling_order",
         int,
         2,
-        "Order of the rollout solver.",
+        "Order of the rollout solver (epsilon / v-prediction rollouts; no effect on "
+        "flow-matching ones, as in SimpleTuner; st_ray notes a non-default value).",
         minimum=1,
-        unsupported=_NO_SCHEDULED,
     ),
     opt(
         "scheduled_sampling_reflexflow",
         bool,
         None,
-        "ReflexFlow anti-drift and frequency-weighted loss during rollouts of flow-matching "
-        "models. Unset: on whenever scheduled sampling is active on such a model.",
-        unsupported=_NO_SCHEDULED,
+        "ReflexFlow with scheduled sampling on flow-matching models: the loss is weighted by "
+        "1 + alpha x the exposure bias (clean minus rolled-out prediction, L1-normalised), "
+        "times beta2, plus beta1 x the anti-drift term (logged as reflexflow_anti_drift). "
+        "Unset: on whenever scheduled sampling is active on such a model.",
     ),
     opt(
         "scheduled_sampling_reflexflow_alpha",
@@ -446,7 +442,6 @@ OPTIONS = [
         1.0,
         "Scale of ReflexFlow's exposure-bias frequency weighting.",
         minimum=0,
-        unsupported=_NO_SCHEDULED,
     ),
     opt(
         "scheduled_sampling_reflexflow_beta1",
@@ -454,7 +449,6 @@ OPTIONS = [
         10.0,
         "Weight of ReflexFlow's directional anti-drift term.",
         minimum=0,
-        unsupported=_NO_SCHEDULED,
     ),
     opt(
         "scheduled_sampling_reflexflow_beta2",
@@ -462,7 +456,6 @@ OPTIONS = [
         1.0,
         "Weight of ReflexFlow's frequency-compensated loss term.",
         minimum=0,
-        unsupported=_NO_SCHEDULED,
     ),
     # Alternative objectives and distillation
     opt(
@@ -499,9 +492,12 @@ OPTIONS = [
         "tread_config",
         Json,
         None,
-        "TREAD token-routing settings (which tokens skip which blocks) as inline JSON or a "
-        "JSON file.",
-        unsupported="TREAD token routing is not implemented in st_ray",
+        'TREAD token routing during training, as in SimpleTuner: {"routes": '
+        '[{"selection_ratio": 0.5, "start_layer_idx": 2, "end_layer_idx": -2}]}. '
+        "selection_ratio of the image tokens (0 <= r < 1, drawn at random) skip blocks "
+        "start..end (inclusive, negative from the end) and rejoin unchanged after them; text "
+        "tokens are never routed; validation and export are not routed. DiT families whose "
+        "blocks take the image tokens on their own only (the README lists them).",
     ),
     # Adapter variants
     opt(
