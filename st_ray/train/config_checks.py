@@ -94,3 +94,12 @@ def check_objectives(loaded: LoadedConfig, problems: ProblemList) -> None:
             "diff2flow_enabled without diff2flow_loss changes nothing (as in SimpleTuner): "
             "set diff2flow_loss to train against the flow target"
         )
+
+
+def check_training_modes(loaded: LoadedConfig, problems: ProblemList) -> None:
+    """Gradient checkpointing, torch.compile and text-encoder training settings that cannot
+    work on this run."""
+    from st_ray.models import checkpointing
+
+    for key, message in checkpointing.option_problems(loaded.values):
+        problems.add(loaded.provenance.get(key, "configuration"), key, message)

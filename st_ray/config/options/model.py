@@ -301,8 +301,6 @@ OPTIONS = [
         None,
         "Checkpoint only every N-th block, trading back some memory for speed.",
         minimum=1,
-        unsupported="checkpointing only every N-th block is not implemented by st_ray yet; "
-        "use gradient_checkpointing",
     ),
     opt(
         "gradient_checkpointing_backend",
@@ -311,7 +309,6 @@ OPTIONS = [
         "Implementation of gradient checkpointing: 'torch' recomputes activations, 'unsloth' "
         "offloads them to CPU memory instead.",
         choices=("torch", "unsloth"),
-        unsupported="only PyTorch's own gradient checkpointing is implemented by st_ray",
     ),
     opt(
         "vae_enable_slicing",

@@ -1,0 +1,142 @@
+"""Training modes (issue 18): gradient checkpointing every N blocks and its CPU-offload
+backend, torch.compile of the denoiser, and text-encoder training; plus the combinations the
+plan refuses before any work."""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from st_ray import zoo
+from st_ray.config.errors import ConfigError
+from st_ray.models import checkpointing
+from tests.test_config_errors import _base, _run
+
+# ------------------------------------------------------------------ gradient checkpointing
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of tensor storage alive, and their peak, counted op by op (CPU has no allocator
+    statistics): the memory a forward pass keeps for backward is what checkpointing saves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self.seen: set[int] = set()
+
+    def _free(self, key: int, size: int) -> None:
+        self.live -= size
+        self.seen.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            key, size = storage.data_ptr(), storage.nbytes()
+            if size and key not in self.seen:
+                self.seen.add(key)
+                self.live += size
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._free, key, size)
+        return out
+
+
+def _unet_inputs(model: torch.nn.Module) -> tuple[Any, ...]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    text = torch.randn(2, 7, model.config.cross_attention_dim, generator=g)
+    return (x, torch.tensor([10, 500]), text)
+
+
+def _dit_inputs(model: torch.nn.Module) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(1)
+    c = model.config
+    return {
+        "hidden_states": torch.randn(2, c.in_channels, 8, 8, generator=g),
+        "encoder_hidden_states": torch.randn(2, 7, c.joint_attention_dim, generator=g),
+        "pooled_projections": torch.randn(2, c.pooled_projection_dim, generator=g),
+        "timestep": torch.tensor([10, 500]),
+    }
+
+
+DENOISERS = {  # family -> (diffusers class, subfolder, config changes, inputs)
+    "sd1x": ("UNet2DConditionModel", "unet", {}, _unet_inputs),
+    # the zoo's DiTs have one block: four, to checkpoint every second one
+    "sd3": ("SD3Transformer2DModel", "transformer", {"num_layers": 4}, _dit_inputs),
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is fastest, and the shared CI machine is not oversubscribed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _gradients(family: str, zoo_root: Path, options: dict) -> tuple[list, int, int | None]:
+    """(gradients, bytes held at the end of the forward pass, blocks checkpointed)."""
+    import diffusers
+
+    name, subfolder, changes, inputs = DENOISERS[family]
+    cls = getattr(diffusers, name)
+    torch.manual_seed(0)
+    config = cls.load_config(zoo.ensure(family, zoo_root), subfolder=subfolder)
+    model = cls.from_config({**config, **changes})
+    func = checkpointing.enable(model, options)
+    args = inputs(model)
+    with LiveBytes() as memory:
+        out = model(**args).sample if isinstance(args, dict) else model(*args).sample
+        held = memory.live
+        out.square().mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    return grads, held, None if func is None else func.checkpointed
+
+
+@pytest.mark.parametrize("family", sorted(DENOISERS))
+def test_checkpointing_every_nth_block(family: str, zoo_root: Path) -> None:
+    """Gradients equal the unchecked ones; memory held for backward falls from none through
+    every 2nd block to every block; the offload backend checkpoints the same blocks."""
+    on = {"gradient_checkpointing": True}
+    plain, plain_held, _ = _gradients(family, zoo_root, {})
+    full, full_held, full_count = _gradients(family, zoo_root, on)
+    half, half_held, half_count = _gradients(
+        family, zoo_root, {**on, "gradient_checkpointing_interval": 2}
+    )
+    offload, _, offload_count = _gradients(
+        family, zoo_root, {**on, "gradient_checkpointing_backend": "unsloth"}
+    )
+    assert full_count and half_count == full_count // 2 and offload_count == full_count
+    for grads in (full, half, offload):
+        for a, b in zip(plain, grads, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert full_held < half_held < plain_held
+
+
+# ------------------------------------------------------------------ refused combinations
+
+REFUSED = [
+    (
+        {"gradient_checkpointing": False, "gradient_checkpointing_interval": 2},
+        ("gradient_checkpointing_interval", "gradient checkpointing, which is off"),
+    ),
+]
+
+
+@pytest.mark.parametrize("changes,fragments", REFUSED)
+def test_refused_combinations(tmp_path: Path, changes: dict, fragments: tuple[str, ...]) -> None:
+    config, datasets = _base(tmp_path)
+    config.update(changes)
+    with pytest.raises(ConfigError) as caught:
+        _run(tmp_path, config, datasets)
+    for fragment in fragments:
+        assert fragment in str(caught.value)
