@@ -18,7 +18,7 @@ from st_ray.models import quantize
 from st_ray.models.family import Family, get_family_module
 from st_ray.plan import Plan
 from st_ray.storage import S3Settings
-from st_ray.train import data_feed, epoch_plan, noise, timesteps
+from st_ray.train import compiling, data_feed, epoch_plan, noise, timesteps
 from st_ray.train.checkpoints import Progress
 from st_ray.train.context import WorkerContext
 from st_ray.train.ema import EMAModel
@@ -88,6 +88,8 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
     core = load_denoiser(plan, family, dtype, ctx.device)
     trainable = trainable_for(plan)
     trainable.attach(core)
+    compiling.check_device(options, ctx.device)
+    compiling.compile_denoiser(core, options)  # after the adapter, before DDP
     core.train()
     denoiser = wrap_ddp(core, ctx)
 

@@ -100,6 +100,12 @@ def check_training_modes(loaded: LoadedConfig, problems: ProblemList) -> None:
     """Gradient checkpointing, torch.compile and text-encoder training settings that cannot
     work on this run."""
     from st_ray.models import checkpointing
+    from st_ray.train import compiling
 
-    for key, message in checkpointing.option_problems(loaded.values):
+    values = loaded.values
+    found = [
+        *checkpointing.option_problems(values),
+        *compiling.option_problems(values, cpu_only=_cpu_only(values)),
+    ]
+    for key, message in found:
         problems.add(loaded.provenance.get(key, "configuration"), key, message)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from st_ray.models.family import FamilySpec, get_family_module, unwrap
 from st_ray.models.quantize import quantize_text_encoders
+from st_ray.train import compiling
 from st_ray.train.validation_settings import ValidationSettings
 
 if TYPE_CHECKING:
@@ -133,6 +134,10 @@ def build_pipeline(
     diffusers.utils.logging.disable_progress_bar()  # "Loading pipeline components..."
     pipeline = cls.from_pretrained(model_path, dtype=dtype, **components, **kwargs)
     pipeline.set_progress_bar_config(disable=True)
+    # validation_torch_compile: the pipeline renders with a compiled view of the denoiser.
+    compiled = compiling.for_validation(core, options)
+    if compiled is not core:
+        setattr(pipeline, family_spec.denoiser, compiled)
     pipeline.scheduler = build_scheduler(
         pipeline.scheduler, settings, flow_matching(family_spec, settings)
     )
