@@ -181,6 +181,108 @@ def test_compiled_lora_steps_match_eager(regional: bool, zoo_root: Path) -> None
     np.testing.assert_allclose(compiled, eager, rtol=1e-5)
 
 
+# ------------------------------------------------------------------ text-encoder training
+
+
+def test_freeze_strategies_and_limit() -> None:
+    from st_ray.train.text_training import layer_frozen, limit_reached
+
+    name = "text_model.encoder.layers.{}.self_attn.q_proj.weight"
+    frozen = {
+        strategy: [i for i in range(6) if layer_frozen(name.format(i), strategy, 2, 3)]
+        for strategy in ("before", "between", "after")
+    }
+    assert frozen == {"before": [0, 1], "between": [2, 3], "after": [4, 5]}
+    assert not layer_frozen("text_model.embeddings.token_embedding.weight", "before", 2, 3)
+    # text_encoder_limit: a percentage of the run, frozen once exceeded (SimpleTuner)
+    assert [limit_reached(s, 10, 25) for s in (2, 3)] == [False, True]
+    assert not limit_reached(10, 10, 100)
+
+
+@pytest.fixture(scope="module")
+def sd1x_te_config(tmp_path_factory, zoo_root, example_dataset, family_cache_root):
+    from st_ray.data.pipeline import build_caches
+    from st_ray.plan import build_plan
+    from tests.test_training import _write_config
+
+    root = tmp_path_factory.mktemp("te-sd1x")
+    model = zoo.ensure("sd1x", zoo_root)
+    config = _write_config(
+        root,
+        model,
+        example_dataset.images_dir,
+        "sd1x",
+        family_cache_root,
+        train_text_encoder=True,
+        text_encoder_lr=1e-2,
+        max_train_steps=2,
+        checkpoint_step_interval=1,
+    )
+    build_caches(build_plan(config, [], {}))
+    return model, config
+
+
+def _te_plan(config: Path, out: Path, *extra: str):
+    from st_ray.plan import build_plan
+
+    return build_plan(config, ["--output_dir", str(out), *extra], {})
+
+
+def _render(pipe) -> np.ndarray:
+    return pipe(
+        "a red square",
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_text_encoder_lora_trains_loads_and_resumes(sd1x_te_config, tmp_path: Path) -> None:
+    """Captions encoded in the loop train a text-encoder LoRA beside the UNet's: its keys are
+    in the LoRA file load_lora_weights reads and they change the image; resume is exact."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file, save_file
+
+    from st_ray.train.trainer import fit_in_process
+
+    model, config = sd1x_te_config
+    straight, reported = fit_in_process(_te_plan(config, tmp_path / "a"), tmp_path / "ck-a")
+    assert straight.global_step == 2 and all(np.isfinite(r["loss"]) for r in reported)
+    weights = tmp_path / "a" / "pytorch_lora_weights.safetensors"
+    tensors = load_file(weights)
+    te_keys = [k for k in tensors if k.startswith("text_encoder.")]
+    assert te_keys and any(k.startswith("unet.") for k in tensors)
+    assert any(".lora_B." in k and tensors[k].abs().max() > 0 for k in te_keys)  # it trained
+
+    # The same UNet LoRA without the text-encoder part renders another image.
+    unet_only = tmp_path / "unet-only"
+    unet_only.mkdir()
+    save_file(
+        {k: v for k, v in tensors.items() if k.startswith("unet.")},
+        unet_only / "pytorch_lora_weights.safetensors",
+    )
+    pipe = StableDiffusionPipeline.from_pretrained(model)
+    pipe.load_lora_weights(tmp_path / "a")
+    assert "default_0" in str(pipe.text_encoder.peft_config)  # the encoder took its LoRA
+    with_te = _render(pipe)
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(unet_only)
+    assert np.abs(_render(pipe) - with_te).max() > 1e-4
+
+    resumed, tail = fit_in_process(
+        _te_plan(config, tmp_path / "b"),
+        tmp_path / "ck-b",
+        resume_from=tmp_path / "ck-a" / "checkpoint-1",
+    )
+    assert resumed.global_step == 2
+    assert [r["loss"] for r in tail] == [r["loss"] for r in reported[1:]]
+    again = load_file(tmp_path / "b" / "pytorch_lora_weights.safetensors")
+    assert all(torch.equal(tensors[k], again[k]) for k in tensors)
+
+
 # ------------------------------------------------------------------ refused combinations
 
 REFUSED = [
@@ -197,6 +299,16 @@ REFUSED = [
         ("is an inductor setting",),
     ),
     ({"dynamo_use_regional_compilation": True}, ("needs dynamo_backend",)),
+    ({"save_text_encoder": True}, ("save_text_encoder needs train_text_encoder",)),
+    (
+        {"train_text_encoder": True, "model_family": "sd3", "model_type": "full"},
+        ("train_text_encoder trains CLIP text encoders", "sd1x"),
+    ),
+    (
+        {"train_text_encoder": True, "text_encoder_1_precision": "int8-quanto"},
+        ("text_encoder_1_precision 'int8-quanto' quantises a text encoder",),
+    ),
+    ({"train_text_encoder": True, "lora_format": "comfyui"}, ("use lora_format 'diffusers'",)),
     (
         {"gradient_checkpointing": False, "gradient_checkpointing_interval": 2},
         ("gradient_checkpointing_interval", "gradient checkpointing, which is off"),

@@ -28,6 +28,7 @@ from st_ray.train.losses import LossConfig
 from st_ray.train.lr_schedules import schedule_scheduler
 from st_ray.train.optimizers import build_optimizer
 from st_ray.train.settings import Derived, LoopSettings, derive, weight_dtype
+from st_ray.train.text_training import TextEncoderTraining
 from st_ray.train.trainable import Trainable, trainable_for
 
 
@@ -57,6 +58,7 @@ class Run:
     prediction_type: str
     dtype: torch.dtype
     layersync: LayerSync | None = None  # hooks on the core's student / teacher blocks
+    text_training: TextEncoderTraining | None = None  # train_text_encoder
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -109,7 +111,11 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
     )
 
     named = {name: p for name, p in core.named_parameters() if p.requires_grad}
-    optimizer = build_optimizer(list(named.values()), options, learning_rate=derived.learning_rate)
+    text_training = TextEncoderTraining.build(plan, family, ctx.device, dtype)
+    params: list = list(named.values())
+    if text_training is not None:  # the encoders' own group (text_encoder_lr)
+        params = [{"params": params}, text_training.param_group(derived.learning_rate)]
+    optimizer = build_optimizer(params, options, learning_rate=derived.learning_rate)
     if loop.release_gradients:
         import optimi
 
@@ -154,6 +160,7 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
         prediction_type=options.get("prediction_type") or plan.family.prediction_types[0],
         dtype=dtype,
         layersync=LayerSync.attach(options, core, plan.family.hidden_blocks),
+        text_training=text_training,
     )
 
 

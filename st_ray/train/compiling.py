@@ -112,8 +112,8 @@ def compile_denoiser(core: torch.nn.Module, options: Mapping[str, Any]) -> None:
 
 def repeated_blocks(core: torch.nn.Module) -> list[torch.nn.Module]:
     """The modules of the classes diffusers lists in ``_repeated_blocks`` (the UNet's
-    transformer blocks, Flux's double and single blocks...); for a model that lists none (SD3,
-    PixArt), the entries of its top-level block lists (``transformer_blocks``...)."""
+    transformer blocks, a DiT's double- and single-stream blocks...); for a model that lists none
+    (some DiTs), the entries of its top-level block lists (``transformer_blocks``...)."""
     names = set(getattr(core, "_repeated_blocks", None) or ())
     if names:
         return [m for m in core.modules() if type(m).__name__ in names]
