@@ -249,7 +249,14 @@ def test_text_encoder_lora_trains_loads_and_resumes(sd1x_te_config, tmp_path: Pa
     from st_ray.train.trainer import fit_in_process
 
     model, config = sd1x_te_config
-    straight, reported = fit_in_process(_te_plan(config, tmp_path / "a"), tmp_path / "ck-a")
+    # Run a validates after step 1 with the trained encoders, and must still train on as b.
+    validation = ["--validation_prompt", "a red square", "--validation_resolution", "32"]
+    validation += ["--num_validation_images", "1", "--validation_num_inference_steps", "1"]
+    validation += ["--validation_step_interval", "1", "--validation_guidance", "1.0"]
+    straight, reported = fit_in_process(
+        _te_plan(config, tmp_path / "a", *validation), tmp_path / "ck-a"
+    )
+    assert list((tmp_path / "a" / "validation" / "step-1").glob("*.png"))
     assert straight.global_step == 2 and all(np.isfinite(r["loss"]) for r in reported)
     weights = tmp_path / "a" / "pytorch_lora_weights.safetensors"
     tensors = load_file(weights)
