@@ -290,6 +290,28 @@ def test_text_encoder_lora_trains_loads_and_resumes(sd1x_te_config, tmp_path: Pa
     assert all(torch.equal(tensors[k], again[k]) for k in tensors)
 
 
+@pytest.mark.usefixtures("ray_local")
+def test_full_text_encoder_is_saved_with_save_text_encoder(sd1x_te_config, tmp_path: Path) -> None:
+    """model_type full: the trained encoder lands in text_encoder/ (save_text_encoder), loads
+    with transformers and differs from the base; its text_encoder_lr group moved it."""
+    from transformers import CLIPTextModel
+
+    from st_ray.train.trainer import fit_in_process
+
+    model, config = sd1x_te_config
+    extra = ["--model_type", "full", "--save_text_encoder", "true", "--max_train_steps", "1"]
+    fit_in_process(_te_plan(config, tmp_path / "out", *extra), tmp_path / "ck")
+    trained = CLIPTextModel.from_pretrained(tmp_path / "out" / "text_encoder")
+    base = CLIPTextModel.from_pretrained(model, subfolder="text_encoder")
+    moved = [
+        n
+        for (n, a), b in zip(trained.named_parameters(), base.parameters(), strict=True)
+        if not torch.equal(a, b)
+    ]
+    assert any("layers.0.self_attn" in n for n in moved)
+    assert (tmp_path / "out" / "unet" / "config.json").exists()
+
+
 # ------------------------------------------------------------------ refused combinations
 
 REFUSED = [
