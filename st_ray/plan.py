@@ -65,6 +65,7 @@ def compose() -> None:
         config_checks.check_training_setup,
         config_checks.check_hardware,
         config_checks.check_objectives,
+        config_checks.check_training_modes,
         check_notify_options,
         _check_placement,
         check_publishing,

@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from st_ray.config.schema import Option
+from st_ray.models import checkpointing
 from st_ray.models.routing import TokenRouting
 
 if TYPE_CHECKING:
@@ -403,8 +404,7 @@ def load_pretrained_denoiser(
     model = getattr(diffusers, model_class).from_pretrained(
         source, torch_dtype=dtype, **kwargs, **load_kwargs
     )
-    if options.get("gradient_checkpointing"):
-        model.enable_gradient_checkpointing()
+    checkpointing.enable(model, options)
     return model if device is None else model.to(device)
 
 

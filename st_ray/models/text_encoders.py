@@ -8,7 +8,9 @@ imports the family modules and must stay light.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -166,10 +168,29 @@ def t5_max_length(options: Mapping[str, Any], default: int) -> int:
     return int(value) if value else default
 
 
+# Set while a trained text encoder encodes captions in the training loop: the families'
+# encode_prompts then keep autograd and return the tensors on the device (``live``).
+_LIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("st_ray_live_text", default=False)
+
+
+@contextlib.contextmanager
+def live() -> Iterator[None]:
+    """Within: ``inference_mode`` is a no-op and ``to_numpy`` returns the tensor itself, so a
+    family's ``encode_prompts`` yields differentiable device tensors (text-encoder training)."""
+    token = _LIVE.set(True)
+    try:
+        yield
+    finally:
+        _LIVE.reset(token)
+
+
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """CPU numpy copy; bfloat16 (no numpy dtype) becomes float32, integer masks int64."""
+    """CPU numpy copy; bfloat16 (no numpy dtype) becomes float32, integer masks int64.
+    Under ``live``: the tensor unchanged."""
     import torch
 
+    if _LIVE.get():
+        return tensor
     tensor = tensor.detach().cpu()
     if tensor.dtype == torch.bfloat16:
         tensor = tensor.float()
@@ -179,7 +200,8 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def inference_mode():
-    """Shorthand so family modules need not import torch at module level."""
+    """Shorthand so family modules need not import torch at module level (a no-op under
+    ``live``)."""
     import torch
 
-    return torch.inference_mode()
+    return contextlib.nullcontext() if _LIVE.get() else torch.inference_mode()

@@ -19,6 +19,7 @@ from st_ray.models.family import Family, get_family_module
 from st_ray.plan import Plan
 from st_ray.storage import S3Settings
 from st_ray.train import (
+    compiling,
     controlnet,
     data_feed,
     epoch_plan,
@@ -37,6 +38,7 @@ from st_ray.train.lr_schedules import schedule_scheduler
 from st_ray.train.optimizers import build_optimizer
 from st_ray.train.plan_ahead import EpochPlans
 from st_ray.train.settings import Derived, LoopSettings, derive, weight_dtype
+from st_ray.train.text_training import TextEncoderTraining
 from st_ray.train.trainable import Trainable, trainable_for
 from st_ray.train.tread import Tread
 
@@ -71,6 +73,7 @@ class Run:
     mask_kinds: dict[str, str] = field(default_factory=dict)  # dataset id -> mask kind
     tread: Tread | None = None  # token routing hooks on the core's blocks (training only)
     scheduled_sampling: scheduled_sampling.Settings | None = None  # rollouts, ReflexFlow
+    text_training: TextEncoderTraining | None = None  # train_text_encoder
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -105,6 +108,8 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
     tread = Tread.attach(options, core, plan.family)  # before LayerSync: it sees routed tokens
     trainable = trainable_for(plan)
     trainable.attach(core)
+    compiling.check_device(options, ctx.device)
+    compiling.compile_denoiser(core, options)  # after the adapter, before DDP
     core.train()
     denoiser = wrap_ddp(core, ctx)
 
@@ -131,7 +136,11 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
     )
 
     named = {name: p for name, p in core.named_parameters() if p.requires_grad}
-    optimizer = build_optimizer(list(named.values()), options, learning_rate=derived.learning_rate)
+    text_training = TextEncoderTraining.build(plan, family, ctx.device, dtype)
+    params: list = list(named.values())
+    if text_training is not None:  # the encoders' own group (text_encoder_lr)
+        params = [{"params": params}, text_training.param_group(derived.learning_rate)]
+    optimizer = build_optimizer(params, options, learning_rate=derived.learning_rate)
     if loop.release_gradients:
         import optimi
 
@@ -180,6 +189,7 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
         mask_kinds=loss_masks.mask_kinds(plan.datasets),
         tread=tread,
         scheduled_sampling=scheduled_sampling.Settings.from_options(options, flow_matching=flow),
+        text_training=text_training,
     )
 
 

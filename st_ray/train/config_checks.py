@@ -102,3 +102,31 @@ def check_objectives(loaded: LoadedConfig, problems: ProblemList) -> None:
             "diff2flow_enabled without diff2flow_loss changes nothing (as in SimpleTuner): "
             "set diff2flow_loss to train against the flow target"
         )
+
+
+def check_training_modes(loaded: LoadedConfig, problems: ProblemList) -> None:
+    """Gradient checkpointing, torch.compile and text-encoder training settings that cannot
+    work on this run."""
+    from st_ray.models import checkpointing
+    from st_ray.models.family import FAMILIES
+    from st_ray.train import compiling, text_training
+
+    values = loaded.values
+    family = FAMILIES.get(values.get("model_family"))
+    found = [
+        *checkpointing.option_problems(values),
+        *compiling.option_problems(values, cpu_only=_cpu_only(values)),
+    ]
+    if family is not None:
+        found += text_training.option_problems(values, family.text_slots)
+    if (
+        values.get("train_text_encoder")
+        and values.get("model_type") != "lora"
+        and not values.get("save_text_encoder")
+    ):
+        problems.note(
+            "train_text_encoder with model_type 'full' and save_text_encoder off: the trained "
+            "text encoders are kept in checkpoints, not in the final output"
+        )
+    for key, message in found:
+        problems.add(loaded.provenance.get(key, "configuration"), key, message)

@@ -55,7 +55,10 @@ class Events:
         # ControlNet training renders no validation images yet (the plan notes it).
         if ctx.rank == 0 and run.loop.validation and not run.plan.options.get("controlnet"):
             out_dir = final_output_dir(run.plan.options)
-            validator = Validator(run.plan, run.core, ctx.device, ema=run.ema, out_dir=out_dir)
+            trained = run.text_training.encoders if run.text_training is not None else None
+            validator = Validator(
+                run.plan, run.core, ctx.device, ema=run.ema, out_dir=out_dir, text_encoders=trained
+            )
         enabled = eval_loss.is_enabled(run.plan)
         events = cls(
             run=run,

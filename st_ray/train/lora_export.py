@@ -189,3 +189,25 @@ def _add_header(path: Path, extra: Mapping[str, Any]) -> None:
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     header.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
     save_file(tensors, path, header)
+
+
+def add_component_loras(
+    path: Path, loras: Mapping[str, tuple[dict[str, torch.Tensor], dict[str, Any]]]
+) -> None:
+    """Add other pipeline components' LoRAs (``{component: export_lora(model)}``, e.g. the
+    trained text encoders) to the diffusers LoRA file at ``path``: tensors under
+    ``<component>.<PEFT key>`` and each LoraConfig under the same prefix in the
+    ``lora_adapter_metadata`` header, where ``pipeline.load_lora_weights`` finds them."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        header = dict(handle.metadata() or {})
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    configs = json.loads(header.get(METADATA_KEY) or "{}")
+    for component, (state, config) in loras.items():
+        tensors.update({f"{component}.{k}": v for k, v in state.items()})
+        configs.update({f"{component}.{k}": v for k, v in config.items()})
+    header[METADATA_KEY] = json.dumps(configs, indent=2, sort_keys=True)
+    header.setdefault("format", "pt")
+    save_file(tensors, path, header)

@@ -111,6 +111,7 @@ def write_checkpoint(run: Run, progress: Progress, generator: torch.Generator) -
                 # The trained tensors exactly as trained (PEFT keys for a LoRA) for resume;
                 # the weight files beside them are the export people load.
                 "adapter": run.trainable.state(run.core),
+                "text_encoders": run.text_training.state() if run.text_training else None,
                 "optimizer": run.optimizer.state_dict(),
                 "scheduler": run.scheduler.state_dict(),
                 "ema": run.ema.state_dict() if run.ema is not None else None,
@@ -168,9 +169,12 @@ def prefer_rolling(ctx: WorkerContext) -> None:
     ctx.resume_dir = local
 
 
-def save_weights(run: Run, directory: Path) -> list[str]:
+def save_weights(run: Run, directory: Path, *, final: bool = False) -> list[str]:
     """The trained weights in diffusers layout; returns the paths written (relative)."""
-    return run.trainable.save(run.core, directory)
+    files = run.trainable.save(run.core, directory)
+    if run.text_training is not None:  # after: a LoRA's encoder tensors join its file
+        files += run.text_training.save(directory, final=final)
+    return files
 
 
 def restore(run: Run, directory: Path, generator: torch.Generator) -> Progress:
@@ -178,13 +182,18 @@ def restore(run: Run, directory: Path, generator: torch.Generator) -> Progress:
     manifest = checkpoints.read_manifest(directory)
     state = checkpoints.load_state(directory)
     run.trainable.load(run.core, directory, state["adapter"])
+    if run.text_training is not None:
+        run.text_training.load(directory, state.get("text_encoders"))
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
+    progress = checkpoints.progress_from(manifest)
+    if run.text_training is not None:  # frozen again when text_encoder_limit was passed
+        run.text_training.after_step(progress.global_step, run.total_steps)
     if run.ema is not None and state["ema"] is not None:
         run.ema.load_state_dict(state["ema"])
     checkpoints.restore_rng(state["rng"])
     generator.set_state(state["generator"])
-    return checkpoints.progress_from(manifest)
+    return progress
 
 
 def export_final(run: Run, output_dir: Path) -> list[str]:
@@ -192,7 +201,7 @@ def export_final(run: Run, output_dir: Path) -> list[str]:
     output_dir.mkdir(parents=True, exist_ok=True)
     swap = run.ema.swapped_in() if run.ema is not None else contextlib.nullcontext()
     with evaluation_mode(run), swap:
-        return save_weights(run, output_dir)
+        return save_weights(run, output_dir, final=True)
 
 
 @contextlib.contextmanager

@@ -49,12 +49,16 @@ def train_step(
                 loss = batch_loss(run, batch, generator, step) / len(batches)
             loss.backward()
         total += float(loss.detach())
+    if run.text_training is not None:
+        run.text_training.sync_gradients()
     run.metrics["grad_norm"] = clip_gradients(run)  # before step: schedule-free rewrites .grad
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=run.loop.grads_to_none)
     if run.ema is not None:
         run.ema.step(step + 1)
+    if run.text_training is not None:
+        run.text_training.after_step(step + 1, run.total_steps)
     return total
 
 
@@ -91,8 +95,11 @@ def batch_loss(
         noisy = noise.flow_noisy(x0, input_noise, draw.sigmas.to(device))
         target = noise.flow_target(x0, target_noise)
         snr = None
+    embeds = dict(batch["text_embeds"])
+    if run.text_training is not None:  # captions through the trained encoders, not the cache
+        embeds.update(run.text_training.encode(batch["captions"]))
     inputs = {
-        **{k: v.to(device) for k, v in batch["text_embeds"].items()},
+        **{k: v.to(device) for k, v in embeds.items()},
         **{k: batch[k].to(device) for k in ("original_size", "crop_top_left", "target_size")},
     }
     if run.plan.options.get("controlnet"):
@@ -154,7 +161,10 @@ def autocast(dtype: torch.dtype, model: torch.nn.Module) -> contextlib.AbstractC
 
 def clip_gradients(run: Run) -> float:
     """The gradients' total norm (logged as grad_norm), clipped to max_grad_norm when set."""
-    params = [p for p in run.core.parameters() if p.requires_grad and p.grad is not None]
+    trained = list(run.core.parameters())
+    if run.text_training is not None:
+        trained += run.text_training.parameters()
+    params = [p for p in trained if p.requires_grad and p.grad is not None]
     norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
     max_norm = run.loop.max_grad_norm
     if max_norm > 0:

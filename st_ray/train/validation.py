@@ -27,6 +27,7 @@ from st_ray.train.validation_settings import ValidationSettings, is_due, trainin
 if TYPE_CHECKING:
     import torch
 
+    from st_ray.models.text_encoders import TextEncoders
     from st_ray.plan import Plan
     from st_ray.train.ema import EMAModel
 
@@ -141,8 +142,10 @@ class Validator:
         *,
         ema: EMAModel | None = None,
         out_dir: Path | None = None,
+        text_encoders: TextEncoders | None = None,
     ) -> None:
         config_path = plan.config.config_path
+        self.text_encoders = text_encoders  # the trained ones (train_text_encoder), if any
         self.plan = plan
         self.denoiser = unwrap(denoiser)
         self.device = device
@@ -177,19 +180,28 @@ class Validator:
                 self.plan.family,
                 self.settings,
                 options=self.plan.options,
+                text_encoders=self.text_encoders,
             )
         # One base seed for both passes, so the EMA images compare with the trained ones.
         seed = _base_seed(self.settings)
         common = dict(step=step, out_dir=self.out_dir, options=self.plan.options, seed=seed)
         args = (self.pipeline, self.plan.family, self.settings)
         # validation_lycoris_strength scales a LyCORIS network while rendering.
-        with lycoris_adapter.strength(
-            self.denoiser, self.plan.options.get("validation_lycoris_strength")
+        trained = list(self.text_encoders.models.values()) if self.text_encoders else []
+        with (
+            lycoris_adapter.strength(
+                self.denoiser, self.plan.options.get("validation_lycoris_strength")
+            ),
+            contextlib.ExitStack() as modes,
         ):
+            for encoder in trained:
+                modes.enter_context(_eval_mode(encoder))
             paths = render_with(*args, device=self.device, **common)
             if self.ema is not None and step > 0:  # at step 0 the EMA equals the weights
                 with self.ema.swapped_in():
                     paths += render_with(*args, device=self.device, suffix="ema", **common)
+        for encoder in trained:  # the render may have offloaded them; training goes on
+            encoder.to(self.device)
         self.done[step] = paths
         return paths
 

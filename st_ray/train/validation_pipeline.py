@@ -15,6 +15,8 @@ from st_ray.train.validation_settings import ValidationSettings
 if TYPE_CHECKING:
     import torch
 
+    from st_ray.models.text_encoders import TextEncoders
+
 
 # validation_noise_scheduler -> diffusers scheduler class, for the DDPM-style families.
 DDPM_SCHEDULERS = {
@@ -96,6 +98,7 @@ def build_pipeline(
     *,
     options: Mapping[str, Any] | None = None,
     dtype: torch.dtype | None = None,
+    text_encoders: TextEncoders | None = None,
 ) -> Any:
     """``<pipeline_class>.from_pretrained(model_path, <unet|transformer>=denoiser)`` with the
     family's own text encoders (honouring revision, variant and the T5 / VAE overrides) on the
@@ -108,8 +111,10 @@ def build_pipeline(
     dtype = dtype or _base_dtype(core)
     cpu = torch.device("cpu")
     family = get_family_module(family_spec.name)
-    encoders = family.load_text_encoders(model_path, device=cpu, dtype=dtype, options=options)
-    quantize_text_encoders(encoders.models, options, cpu)  # as for caching: less memory
+    encoders = text_encoders  # trained ones (train_text_encoder) render as they are now
+    if encoders is None:
+        encoders = family.load_text_encoders(model_path, device=cpu, dtype=dtype, options=options)
+        quantize_text_encoders(encoders.models, options, cpu)  # as for caching: less memory
     slots = {s.name: s.tokenizer for s in getattr(family, "SLOTS", ())}
     components: dict[str, Any] = {family_spec.denoiser: core}
     for name, model in encoders.models.items():
@@ -133,6 +138,12 @@ def build_pipeline(
     diffusers.utils.logging.disable_progress_bar()  # "Loading pipeline components..."
     pipeline = cls.from_pretrained(model_path, dtype=dtype, **components, **kwargs)
     pipeline.set_progress_bar_config(disable=True)
+    # validation_torch_compile: the pipeline renders with a compiled view of the denoiser.
+    from st_ray.train import compiling
+
+    compiled = compiling.for_validation(core, options)
+    if compiled is not core:
+        setattr(pipeline, family_spec.denoiser, compiled)
     pipeline.scheduler = build_scheduler(
         pipeline.scheduler, settings, flow_matching(family_spec, settings)
     )

@@ -5,8 +5,6 @@ from st_ray.config.schema import Json, opt
 # Ray placement group strategies (st_ray.placement builds the groups).
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
-_NO_COMPILE = "torch.compile of the denoiser is not wired into st_ray yet"
-
 GROUP = "Ray cluster, run storage and tracking (st_ray)"
 
 OPTIONS = [
@@ -153,7 +151,6 @@ OPTIONS = [
         "torch.compile backend for the denoiser (config.env TRAINING_DYNAMO_BACKEND); 'no' "
         "disables compilation.",
         choices=("no", "inductor", "aot_eager", "cudagraphs", "eager"),
-        unsupported=_NO_COMPILE,
     ),
     opt(
         "dynamo_mode",
@@ -161,27 +158,23 @@ OPTIONS = [
         None,
         "torch.compile mode, e.g. 'max-autotune'.",
         choices=(None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-        unsupported=_NO_COMPILE,
     ),
     opt(
         "dynamo_fullgraph",
         bool,
         False,
         "Ask torch.compile for a single graph.",
-        unsupported=_NO_COMPILE,
     ),
     opt(
         "dynamo_dynamic",
         bool,
         False,
         "Let torch.compile trace dynamic shapes.",
-        unsupported=_NO_COMPILE,
     ),
     opt(
         "dynamo_use_regional_compilation",
         bool,
         False,
         "Compile repeated blocks once each instead of the whole model.",
-        unsupported=_NO_COMPILE,
     ),
 ]

@@ -4,8 +4,6 @@ from st_ray.config.schema import Json, opt
 
 GROUP = "Model, precision and memory"
 
-_NO_TE_TRAINING = "training the text encoder is not supported by st_ray yet"
-
 _PRECISIONS = (
     "no_change",
     "int8-quanto",
@@ -301,8 +299,6 @@ OPTIONS = [
         None,
         "Checkpoint only every N-th block, trading back some memory for speed.",
         minimum=1,
-        unsupported="checkpointing only every N-th block is not implemented by st_ray yet; "
-        "use gradient_checkpointing",
     ),
     opt(
         "gradient_checkpointing_backend",
@@ -311,7 +307,6 @@ OPTIONS = [
         "Implementation of gradient checkpointing: 'torch' recomputes activations, 'unsloth' "
         "offloads them to CPU memory instead.",
         choices=("torch", "unsloth"),
-        unsupported="only PyTorch's own gradient checkpointing is implemented by st_ray",
     ),
     opt(
         "vae_enable_slicing",
@@ -367,7 +362,6 @@ OPTIONS = [
         False,
         "Also train the text encoder(s) together with the denoiser (only worthwhile for SD 1.x "
         "and 2.x).",
-        unsupported=_NO_TE_TRAINING,
     ),
     opt(
         "text_encoder_lr",
@@ -375,7 +369,6 @@ OPTIONS = [
         None,
         "Learning rate for the text encoder when it is trained; unset uses learning_rate.",
         minimum=0,
-        unsupported=_NO_TE_TRAINING,
     ),
     opt(
         "text_encoder_limit",
@@ -384,7 +377,6 @@ OPTIONS = [
         "How long the text encoder may be trained before it is frozen again, to keep it "
         "from degrading.",
         minimum=0,
-        unsupported=_NO_TE_TRAINING,
     ),
     opt(
         "freeze_encoder_before",
@@ -393,7 +385,6 @@ OPTIONS = [
         "Text encoder layer index below which layers stay frozen (strategies 'before' and "
         "'between').",
         minimum=0,
-        unsupported=_NO_TE_TRAINING,
     ),
     opt(
         "freeze_encoder_after",
@@ -402,7 +393,6 @@ OPTIONS = [
         "Text encoder layer index above which layers stay frozen (strategies 'after' and "
         "'between').",
         minimum=0,
-        unsupported=_NO_TE_TRAINING,
     ),
     opt(
         "freeze_encoder_strategy",
@@ -410,14 +400,12 @@ OPTIONS = [
         "after",
         "Which text encoder layers to freeze relative to freeze_encoder_before/after.",
         choices=("before", "between", "after"),
-        unsupported=_NO_TE_TRAINING,
     ),
     opt(
         "save_text_encoder",
         bool,
         False,
         "Write the (trained) text encoder into the final pipeline save.",
-        unsupported=_NO_TE_TRAINING,
     ),
     opt(
         "layer_freeze_strategy",

@@ -200,7 +200,6 @@ OPTIONS = [
         bool,
         False,
         "Compile the validation pipeline with torch.compile for faster sampling.",
-        unsupported="torch.compile is not wired into st_ray yet",
     ),
     # Model-specific guidance tweaks
     opt(
