@@ -250,8 +250,9 @@ def _check_eval(loaded: LoadedConfig, datasets: list[DatasetEntry], problems: Pr
             f'\'{wanted}\' is not an enabled dataset with "dataset_type": "eval"; '
             f"eval datasets: {', '.join(eval_ids) or 'none'}",
         )
+    clip = str(values.get("evaluation_type") or "none").lower() == "clip"
     for name in EVAL_SCHEDULE_OPTIONS[:2]:
-        if values.get(name) and not eval_ids and not values.get("eval_loss_disable"):
+        if values.get(name) and not eval_ids and not values.get("eval_loss_disable") and not clip:
             # SimpleTuner runs such a config; the evaluation loss is then simply not computed.
             problems.note(
                 f"{loaded.provenance[name]}: {name} schedules the evaluation loss, but no "

@@ -54,7 +54,10 @@ class Events:
         validator = None
         if ctx.rank == 0 and run.loop.validation:
             out_dir = final_output_dir(run.plan.options)
-            validator = Validator(run.plan, run.core, ctx.device, ema=run.ema, out_dir=out_dir)
+            every = eval_loss.step_interval(run.plan.options, run.steps_per_epoch)
+            validator = Validator(
+                run.plan, run.core, ctx.device, ema=run.ema, out_dir=out_dir, eval_every=every
+            )
         enabled = eval_loss.is_enabled(run.plan)
         events = cls(
             run=run,
@@ -149,6 +152,8 @@ class Events:
         if images:
             self.tracker.log_artifact(images[0].parent, "validation")
             self.notifier.validation(step, images)
+        if self.validator.metrics.get(step):  # CLIP scores, under the step they belong to
+            self.tracker.log_metrics(self.validator.metrics[step], step)
         return images
 
     def after_training(self, progress: Progress) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models.family import FamilySpec, get_family_module, unwrap
-from st_ray.train import attention, lycoris_adapter, watermark
+from st_ray.train import attention, clip_score, lycoris_adapter, watermark
 from st_ray.train.validation_pipeline import build_pipeline, check_scheduler, flow_matching
 from st_ray.train.validation_settings import ValidationSettings, is_due, training_edge
 
@@ -141,7 +141,11 @@ class Validator:
         *,
         ema: EMAModel | None = None,
         out_dir: Path | None = None,
+        eval_every: int = 0,
     ) -> None:
+        """``eval_every``: the eval schedule in steps (eval_steps_interval /
+        eval_epoch_interval); with evaluation_type clip, validations (and their CLIP scores)
+        also run on it."""
         config_path = plan.config.config_path
         self.plan = plan
         self.denoiser = unwrap(denoiser)
@@ -159,9 +163,18 @@ class Validator:
             get_family_module(plan.family.name).validation_components(plan.options)
         self.pipeline: Any = None
         self.done: dict[int, list[Path]] = {}
+        self.clip = clip_score.is_enabled(plan.options) and self.settings.enabled
+        self.eval_every = eval_every if self.clip else 0
+        self.scorer: clip_score.ClipScorer | None = None
+        self.metrics: dict[int, dict[str, float]] = {}  # step -> CLIP scores
 
     def is_due(self, step: int, epoch_end: bool = False, epoch: int = 0) -> bool:
-        return is_due(self.settings, step, epoch_end, epoch) and step not in self.done
+        if step in self.done:
+            return False
+        on_eval = self.eval_every > 0 and step > 0 and not epoch_end
+        return is_due(self.settings, step, epoch_end, epoch) or (
+            on_eval and step % self.eval_every == 0
+        )
 
     def run(self, step: int) -> list[Path]:
         """Render the validation for ``step``; the paths written (a step renders once)."""
@@ -191,6 +204,11 @@ class Validator:
                 with self.ema.swapped_in():
                     paths += render_with(*args, device=self.device, suffix="ema", **common)
         self.done[step] = paths
+        if self.clip:
+            if self.scorer is None:
+                self.scorer = clip_score.ClipScorer.from_options(self.plan.options, self.device)
+            assert self.scorer is not None
+            self.metrics[step] = self.scorer.score_files(paths, self.settings.prompts)
         return paths
 
 

@@ -315,16 +315,15 @@ OPTIONS = [
         str,
         "none",
         "Extra score computed on validation images; 'clip' measures prompt adherence with a "
-        "CLIP model.",
+        "CLIP model (logged per prompt and as clip/mean at each validation; validations also "
+        "run on eval_steps_interval / eval_epoch_interval).",
         choices=("none", "clip"),
-        unsupported_values={"clip": "CLIP scoring of validation images is not implemented"},
     ),
     opt(
         "pretrained_evaluation_model_name_or_path",
         str,
         "openai/clip-vit-large-patch14-336",
-        "CLIP model used when evaluation_type is 'clip'.",
-        unsupported="CLIP scoring of validation images is not implemented",
+        "CLIP model used when evaluation_type is 'clip' (a Hub id or a local folder).",
     ),
     opt(
         "num_eval_images",
