@@ -248,7 +248,7 @@ def _train_worker_pids() -> set[int]:
     return found
 
 
-def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path) -> None:
+def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path, zoo_root: Path) -> None:
     """Two Ray Train workers train each step together, and a second fit of the same run name
     and storage resumes from the first one's last checkpoint instead of starting over."""
     import mlflow
@@ -310,7 +310,19 @@ def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path) -> None:
     hook.write_text(f'#!/bin/sh\necho "$1 $2 $(ls "$1" | wc -l)" >> "{tmp_path / "hooks.txt"}"\n')
     hook.chmod(0o755)
     script = ("--post_checkpoint_script", f"{hook} {{local_checkpoint_path}} {{global_step}}")
-    plan = _plan(config, tmp_path / "out", *extra, *rolling, *script, "--max_train_steps", "6")
+    # The second fit validates on its own actor (CPU, no CPU reserved: the 2 workers hold the
+    # session's 2), with CLIP scores, while the workers train: due at 4 and 6 (the final).
+    clip = zoo.ensure("clip", zoo_root)
+    validation = (
+        *("--validation_prompt", "a red square", "--validation_step_interval", "2"),
+        *("--validation_mode", "async", "--validation_actor_cpus", "0"),
+        *("--validation_resolution", "32", "--validation_num_inference_steps", "1"),
+        *("--validation_guidance", "1", "--validation_disable_unconditional"),
+        *("--evaluation_type", "clip", "--pretrained_evaluation_model_name_or_path", str(clip)),
+    )
+    plan = _plan(
+        config, tmp_path / "out", *extra, *rolling, *script, *validation, "--max_train_steps", "6"
+    )
     assert resolve(plan).checkpoint == str(storage / "ddp" / "rolling-checkpoint-3")
     second = fit(plan)
     assert second.metrics["step"] == 6
@@ -327,6 +339,15 @@ def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path) -> None:
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]  # step 3 was not trained twice
+    # The actor's images and scores are logged under the steps they were rendered for.
+    client = mlflow.MlflowClient()
+    folders = {a.path for a in client.list_artifacts(run.info.run_id, "validation")}
+    assert folders == {"validation/step-4", "validation/step-6"}
+    names = [a.path for a in client.list_artifacts(run.info.run_id, "validation/step-6")]
+    assert names == ["validation/step-6/validation-32x32-0.png"]
+    clip_steps = [m.step for m in client.get_metric_history(run.info.run_id, "clip/mean")]
+    assert sorted(clip_steps) == [4, 6]
+    assert (tmp_path / "out" / "validation" / "step-6" / "validation-32x32-0.png").is_file()
     assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| Learning rate | 0.004 (learning_rate 0.001, lr_scale) |" in card

@@ -27,6 +27,7 @@ from st_ray.train.saving import (
 )
 from st_ray.train.tracking import tracker_for
 from st_ray.train.validation import Validator
+from st_ray.train.validation_actor import BackgroundValidation
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Events:
     resumed: bool = False
     checkpointed_step: int = -1
     publisher: Publisher | None = None  # rank 0: Hub and publishing_config uploads
+    background: BackgroundValidation | None = None  # rank 0, validation_mode async
 
     @classmethod
     def start(cls, run: Run, ctx: WorkerContext, progress: Progress) -> Events:
@@ -50,7 +52,8 @@ class Events:
             run.plan, ctx.rank, progress.tracking_run_id, derived=run.derived.as_dict()
         )
         progress.tracking_run_id = tracker.run_id
-        # Rank 0 renders; the other ranks wait for it at their next gradient all-reduce.
+        # Rank 0 renders (the other ranks wait for it at their next gradient all-reduce), or
+        # hands the render to a validation actor (validation_mode async).
         validator = None
         if ctx.rank == 0 and run.loop.validation:
             out_dir = final_output_dir(run.plan.options)
@@ -73,6 +76,17 @@ class Events:
             rolling=rolling_series(run, ctx),
             publisher=Publisher.from_plan(run.plan) if ctx.rank == 0 else None,
         )
+        placement = ctx.validation
+        asynchronous = placement is not None and placement.mode == "async"
+        if validator is not None and validator.settings.enabled and asynchronous:
+            events.background = BackgroundValidation(
+                placement,
+                run.plan,
+                run.core,
+                eval_every=validator.eval_every,
+                out_dir=validator.out_dir,
+                on_result=events.validated,
+            )
         if events.publisher is not None:  # post_upload_script after each upload
             events.publisher.on_uploaded.append(after_upload(events.notifier, ctx))
         return events
@@ -88,6 +102,8 @@ class Events:
         step = progress.global_step
         done = step >= self.run.total_steps
         loop = self.run.loop
+        if self.background is not None:
+            self.background.poll()  # a validation that finished: logged under its own step
         evaluated = self.evaluate(step, done, metrics)
         self.tracker.log_metrics(metrics, step)
         if self.ctx.rank == 0:
@@ -144,17 +160,24 @@ class Events:
                 metrics.update(self.evaluator.compute(self.run))
         return due
 
-    def validate(self, step: int, due: bool | None) -> list[Path]:
+    def validate(self, step: int, due: bool | None, final: bool = False) -> list[Path]:
         if not due or self.validator is None:
             return []
+        if self.background is not None:  # a snapshot now, the images when they are ready
+            with evaluation_mode(self.run):
+                return self.background.submit(step, final=final)
         with evaluation_mode(self.run):
             images = self.validator.run(step)
+        self.validated(step, images, self.validator.metrics.get(step, {}))
+        return images
+
+    def validated(self, step: int, images: list[Path], metrics: dict[str, float]) -> None:
+        """Log a validation's images and CLIP scores under the step it rendered."""
         if images:
             self.tracker.log_artifact(images[0].parent, "validation")
             self.notifier.validation(step, images)
-        if self.validator.metrics.get(step):  # CLIP scores, under the step they belong to
-            self.tracker.log_metrics(self.validator.metrics[step], step)
-        return images
+        if metrics:
+            self.tracker.log_metrics(metrics, step)
 
     def after_training(self, progress: Progress) -> None:
         if self.ctx.rank != 0:
@@ -162,7 +185,9 @@ class Events:
         output_dir = final_output_dir(self.run.plan.options)
         for name in export_final(self.run, output_dir):
             self.tracker.log_artifact(output_dir / name, "final")
-        images = self.validate(progress.global_step, self.validator is not None)
+        images = self.validate(progress.global_step, self.validator is not None, final=True)
+        if self.background is not None:
+            self.background.close()
         card = write_model_card(
             output_dir,
             self.run.plan,
@@ -179,6 +204,8 @@ class Events:
         self.notifier.finished(progress.global_step, output_dir)
 
     def stopped(self, progress: Progress) -> None:
+        if self.background is not None:
+            self.background.close()  # a validation under way is logged, then the actor ends
         if self.ctx.rank == 0:
             say(f"stopped early by the campaign at step {progress.global_step}")
             if self.publisher is not None:  # checkpoint uploads still under way

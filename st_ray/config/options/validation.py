@@ -47,6 +47,31 @@ OPTIONS = [
         "Turn off validation image generation entirely.",
     ),
     opt(
+        "validation_mode",
+        str,
+        "auto",
+        "st_ray: where validations render. 'sync': on rank 0 while every rank waits "
+        "(SimpleTuner's behaviour); 'async': on a validation actor of their own from a "
+        "snapshot of the weights while training goes on; 'auto': async when the Ray cluster "
+        "has a GPU the Train workers do not take, else sync (CPU-only clusters: sync).",
+        choices=("auto", "sync", "async"),
+    ),
+    opt(
+        "validation_actor_gpus",
+        float,
+        None,
+        "st_ray: GPUs of the asynchronous validation actor (a fraction shares one; 0 renders "
+        "on CPU). Unset: 1 when a GPU is spare, else 0.",
+        minimum=0,
+    ),
+    opt(
+        "validation_actor_cpus",
+        float,
+        1.0,
+        "st_ray: CPUs the asynchronous validation actor asks of Ray.",
+        minimum=0,
+    ),
+    opt(
         "validation_method",
         str,
         "simpletuner-local",
