@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models.family import FamilySpec, get_family_module, unwrap
-from st_ray.train import attention, clip_score, lycoris_adapter, watermark
+from st_ray.train import attention, clip_score, guidance, lycoris_adapter, watermark
 from st_ray.train.validation_pipeline import build_pipeline, check_scheduler, flow_matching
 from st_ray.train.validation_settings import ValidationSettings, is_due, training_edge
 
@@ -82,15 +82,16 @@ def render_with(
                     family.prepare_render(pipeline, width, height)
                     seeds = [base_seed + i for i in range(settings.num_images)]
                     generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
-                    images = pipeline(
-                        prompt=prompt,
-                        height=height,
-                        width=width,
-                        num_images_per_prompt=settings.num_images,
-                        generator=generators,
-                        output_type="pil",
-                        **call,
-                    ).images
+                    with guidance.no_cfg_until(denoiser, settings.guidance_modes):
+                        images = pipeline(
+                            prompt=prompt,
+                            height=height,
+                            width=width,
+                            num_images_per_prompt=settings.num_images,
+                            generator=generators,
+                            output_type="pil",
+                            **call,
+                        ).images
                     for i, (image, seed) in enumerate(zip(images, seeds, strict=True)):
                         tail = f"-{suffix}" if suffix else ""
                         path = folder / f"{name}-{width}x{height}-{i}{tail}.png"
@@ -161,6 +162,10 @@ class Validator:
         check_scheduler(self.settings.scheduler, flow_matching(plan.family, self.settings))
         if self.settings.enabled:  # the family's own refusals (e.g. Cosmos' sampler) too
             get_family_module(plan.family.name).validation_components(plan.options)
+            import diffusers
+
+            pipeline_class = getattr(diffusers, plan.family.pipeline_class)
+            guidance.check(self.settings.guidance_modes, pipeline_class, plan.family.name)
         self.pipeline: Any = None
         self.done: dict[int, list[Path]] = {}
         self.clip = clip_score.is_enabled(plan.options) and self.settings.enabled
@@ -222,7 +227,7 @@ def _call_kwargs(
         "guidance_scale": settings.guidance,
     }
     # A guidance-distilled pipeline's negative prompt only feeds true CFG
-    # (validation_guidance_real), unsupported here.
+    # (validation_guidance_real > 1: guidance.call_kwargs).
     if (
         settings.negative_prompt
         and "negative_prompt" in accepted
@@ -231,6 +236,7 @@ def _call_kwargs(
         kwargs["negative_prompt"] = settings.negative_prompt
     if settings.guidance_rescale > 0 and "guidance_rescale" in accepted:
         kwargs["guidance_rescale"] = settings.guidance_rescale
+    kwargs.update(guidance.call_kwargs(settings.guidance_modes, accepted, settings.negative_prompt))
     family = get_family_module(family_spec.name)
     # Family extras, e.g. the T5 length the prompts were encoded with for training.
     kwargs.update({k: v for k, v in family.validation_kwargs(options).items() if k in accepted})

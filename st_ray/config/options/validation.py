@@ -4,9 +4,7 @@ from st_ray.config.schema import Json, opt
 
 _NO_ADAPTER = "loading extra adapters only for validation is not implemented in st_ray"
 _NO_EXTERNAL = "st_ray renders validations in its own pipeline; external scripts are not supported"
-_NO_SLG = "skip-layer guidance during validation is not implemented in st_ray"
 _NO_PREVIEW = "streaming validation previews (Tiny AutoEncoder frames sent by webhook) are not implemented in st_ray"
-_REAL_CFG = "true-CFG sampling for guidance-distilled models is not implemented in st_ray"
 
 GROUP = "Validation and evaluation"
 
@@ -232,9 +230,9 @@ OPTIONS = [
         "validation_guidance_real",
         float,
         1.0,
-        "True classifier-free guidance scale for guidance-distilled models; 1.0 leaves it off.",
+        "True classifier-free guidance scale for guidance-distilled models (pipelines with "
+        "true_cfg_scale; uses the validation negative prompt); 1.0 leaves it off.",
         minimum=1,
-        unsupported=_REAL_CFG,
     ),
     opt(
         "validation_no_cfg_until_timestep",
@@ -243,14 +241,13 @@ OPTIONS = [
         "With true CFG on a guidance-distilled model, the number of initial sampling steps run "
         "without it.",
         minimum=0,
-        unsupported=_REAL_CFG,
     ),
     opt(
         "validation_guidance_skip_layers",
         Json,
         None,
-        "JSON list of transformer block indices to skip for skip-layer guidance during validation.",
-        unsupported=_NO_SLG,
+        "JSON list of transformer block indices to skip for skip-layer guidance during "
+        "validation (pipelines with skip_guidance_layers; needs validation_guidance above 1).",
     ),
     opt(
         "validation_guidance_skip_layers_start",
@@ -258,7 +255,6 @@ OPTIONS = [
         0.01,
         "Fraction of the sampling schedule at which skip-layer guidance begins.",
         minimum=0,
-        unsupported=_NO_SLG,
     ),
     opt(
         "validation_guidance_skip_layers_stop",
@@ -266,7 +262,6 @@ OPTIONS = [
         0.2,
         "Fraction of the sampling schedule at which skip-layer guidance ends.",
         minimum=0,
-        unsupported=_NO_SLG,
     ),
     opt(
         "validation_guidance_skip_scale",
@@ -274,7 +269,6 @@ OPTIONS = [
         2.8,
         "Strength of skip-layer guidance.",
         minimum=0,
-        unsupported=_NO_SLG,
     ),
     # Previews
     opt(
