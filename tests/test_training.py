@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -90,7 +91,7 @@ def _plan(config: Path, out: Path, *extra: str):
     return build_plan(config, ["--output_dir", str(out), *extra], {})
 
 
-def test_lora_trains_exports_and_tracks(sd1x_setup, tmp_path: Path, hub_server) -> None:
+def test_lora_trains_exports_and_tracks(sd1x_setup, tmp_path: Path, hub_server, capsys) -> None:
     from diffusers import StableDiffusionPipeline
 
     _, model, config = sd1x_setup
@@ -98,7 +99,21 @@ def test_lora_trains_exports_and_tracks(sd1x_setup, tmp_path: Path, hub_server) 
     # The final output and each checkpoint also go to the loopback Hub (tests/hub_server.py).
     hub = ["--push_to_hub", "true", "--hub_model_id", "me/tiny-lora"]
     hub += ["--push_checkpoints_to_hub", "true", "--push_to_hub_background", "true"]
-    progress, reported = fit_in_process(_plan(config, out, *hub), tmp_path / "ckpt")
+    # External validation every 2 steps: the script gets the latest checkpoint and the step.
+    script = tmp_path / "external.py"
+    script.write_text("import sys\nprint('scored', *sys.argv[1:])\n")
+    external = [
+        *("--validation_prompt", "x", "--validation_step_interval", "2", "--disable_benchmark"),
+        *("--validation_method", "external-script", "--validation_external_script"),
+        f"{sys.executable} {script} {{global_step}} {{local_checkpoint_path}} {{model_family}}",
+    ]
+    progress, reported = fit_in_process(_plan(config, out, *hub, *external), tmp_path / "ckpt")
+    lines = capsys.readouterr().out.splitlines()
+    ckpts = tmp_path / "ckpt"
+    assert [line for line in lines if line.startswith("[validation_external_script]")] == [
+        f"[validation_external_script] scored 2 {ckpts.resolve() / 'checkpoint-2'} sd1x",
+        f"[validation_external_script] scored 4 {ckpts.resolve() / 'checkpoint-4'} sd1x",
+    ]
     assert progress.global_step == 4 and [r["step"] for r in reported] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in reported)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["checkpoint-2", "checkpoint-4"]

@@ -15,6 +15,7 @@ from st_ray.train import eval_loss, rolling
 from st_ray.train.build import Run
 from st_ray.train.checkpoints import Progress
 from st_ray.train.context import StopRequested, WorkerContext, say
+from st_ray.train.external_validation import ExternalValidation
 from st_ray.train.model_card import write_model_card
 from st_ray.train.notifications import RunNotifier
 from st_ray.train.saving import (
@@ -45,6 +46,7 @@ class Events:
     checkpointed_step: int = -1
     publisher: Publisher | None = None  # rank 0: Hub and publishing_config uploads
     background: BackgroundValidation | None = None  # rank 0, validation_mode async
+    external: ExternalValidation | None = None  # rank 0, validation_method external-script
 
     @classmethod
     def start(cls, run: Run, ctx: WorkerContext, progress: Progress) -> Events:
@@ -76,6 +78,9 @@ class Events:
             rolling=rolling_series(run, ctx),
             publisher=Publisher.from_plan(run.plan) if ctx.rank == 0 else None,
         )
+        if validator is not None and validator.settings.enabled:
+            family = run.plan.family.name
+            events.external = ExternalValidation.from_options(run.plan.options, family, say)
         placement = ctx.validation
         asynchronous = placement is not None and placement.mode == "async"
         if validator is not None and validator.settings.enabled and asynchronous:
@@ -163,6 +168,9 @@ class Events:
     def validate(self, step: int, due: bool | None, final: bool = False) -> list[Path]:
         if not due or self.validator is None:
             return []
+        if self.external is not None and step > 0:  # step 0: the built-in benchmark
+            self.external.run(step, self.notifier.last_checkpoint)
+            return []
         if self.background is not None:  # a snapshot now, the images when they are ready
             with evaluation_mode(self.run):
                 return self.background.submit(step, final=final)
@@ -186,8 +194,9 @@ class Events:
         for name in export_final(self.run, output_dir):
             self.tracker.log_artifact(output_dir / name, "final")
         images = self.validate(progress.global_step, self.validator is not None, final=True)
-        if self.background is not None:
-            self.background.close()
+        for runner in (self.background, self.external):
+            if runner is not None:
+                runner.close()
         card = write_model_card(
             output_dir,
             self.run.plan,
@@ -204,8 +213,9 @@ class Events:
         self.notifier.finished(progress.global_step, output_dir)
 
     def stopped(self, progress: Progress) -> None:
-        if self.background is not None:
-            self.background.close()  # a validation under way is logged, then the actor ends
+        for runner in (self.background, self.external):
+            if runner is not None:  # a validation under way finishes (and is logged) first
+                runner.close()
         if self.ctx.rank == 0:
             say(f"stopped early by the campaign at step {progress.global_step}")
             if self.publisher is not None:  # checkpoint uploads still under way

@@ -3,7 +3,6 @@
 from st_ray.config.schema import Json, opt
 
 _NO_ADAPTER = "loading extra adapters only for validation is not implemented in st_ray"
-_NO_EXTERNAL = "st_ray renders validations in its own pipeline; external scripts are not supported"
 _NO_PREVIEW = "streaming validation previews (Tiny AutoEncoder frames sent by webhook) are not implemented in st_ray"
 
 GROUP = "Validation and evaluation"
@@ -75,22 +74,20 @@ OPTIONS = [
         "simpletuner-local",
         "How validation runs: the built-in pipeline, or an external script.",
         choices=("simpletuner-local", "external-script"),
-        unsupported=_NO_EXTERNAL,
     ),
     opt(
         "validation_external_script",
         str,
         None,
         "Command run for validation when validation_method is 'external-script'; may contain "
-        "placeholders such as {local_checkpoint_path} and {global_step}.",
-        unsupported=_NO_EXTERNAL,
+        "placeholders such as {local_checkpoint_path} (the latest checkpoint) and "
+        "{global_step} (as for post_checkpoint_script).",
     ),
     opt(
         "validation_external_background",
         bool,
         False,
         "Start the external validation script without waiting for it.",
-        unsupported=_NO_EXTERNAL,
     ),
     # Prompts
     opt(
