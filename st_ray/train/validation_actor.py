@@ -90,7 +90,9 @@ class BackgroundValidation:
         eval_every: int,
         out_dir: Path,
         on_result: OnResult,
+        worker_class: type = ValidationWorker,
     ) -> None:
+        self.worker_class = worker_class  # the actor's class (tests: one that dies)
         self.placement = placement
         self.plan = plan
         self.denoiser = denoiser
@@ -151,7 +153,7 @@ class BackgroundValidation:
         self.backlog.finished()
         try:
             result = ray.get(ref)
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as err:
+        except ray.exceptions.RayActorError as err:  # killed, OOM, its node lost
             log.warning(
                 "the validation actor died during the validation of step %s (%s); training "
                 "goes on and the next validation starts a fresh actor",
@@ -183,7 +185,7 @@ class BackgroundValidation:
     def _start_actor(self) -> Any:
         import ray
 
-        actor_class = ray.remote(ValidationWorker)
+        actor_class = ray.remote(self.worker_class)
         base = copy.deepcopy(self.denoiser).to("cpu")
         gpu = self.placement.num_gpus > 0
         return actor_class.options(
