@@ -253,8 +253,9 @@ def _check_eval(loaded: LoadedConfig, datasets: list[DatasetEntry], problems: Pr
             f'\'{wanted}\' is not an enabled dataset with "dataset_type": "eval"; '
             f"eval datasets: {', '.join(eval_ids) or 'none'}",
         )
+    clip = str(values.get("evaluation_type") or "none").lower() == "clip"
     for name in EVAL_SCHEDULE_OPTIONS[:2]:
-        if values.get(name) and not eval_ids and not values.get("eval_loss_disable"):
+        if values.get(name) and not eval_ids and not values.get("eval_loss_disable") and not clip:
             # SimpleTuner runs such a config; the evaluation loss is then simply not computed.
             problems.note(
                 f"{loaded.provenance[name]}: {name} schedules the evaluation loss, but no "
@@ -348,6 +349,26 @@ def describe_recovery(values: Mapping[str, Any]) -> str:
     return f"{budget} from the latest checkpoint (checkpoints: {since}; none yet: from step 0)"
 
 
+def describe_validation(values: Mapping[str, Any]) -> str:
+    """validation_mode as the plan states it (the cluster decides 'auto' at start)."""
+    from st_ray.train.validation_mode import async_blocker
+
+    mode = values.get("validation_mode") or "auto"
+    if values.get("validation_disable"):
+        return "off (validation_disable)"
+    if mode == "sync":
+        return "synchronous on rank 0 (validation_mode sync)"
+    blocker = async_blocker(values)
+    if blocker:
+        return f"synchronous on rank 0 ({blocker})"
+    if mode == "async":
+        return "asynchronous on a validation actor while training goes on (validation_mode async)"
+    return (
+        "auto: asynchronous on a validation actor when the Ray cluster has a spare GPU, else "
+        "synchronous on rank 0 (decided when training starts; in-process runs: synchronous)"
+    )
+
+
 def format_plan(plan: Plan) -> str:
     """A short human summary of what the run will do (secrets redacted)."""
     values = plan.options
@@ -367,6 +388,7 @@ def format_plan(plan: Plan) -> str:
         f"  output_dir    {plan.output_dir}",
         f"  run storage   {redact(plan.run_storage)}",
         f"  recovery      {describe_recovery(values)}",
+        f"  validation    {describe_validation(values)}",
         f"  MLflow        {redact(plan.tracking_uri)}",
         f"  datasets      {plan.dataset_config}",
     ]

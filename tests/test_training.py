@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -90,7 +91,7 @@ def _plan(config: Path, out: Path, *extra: str):
     return build_plan(config, ["--output_dir", str(out), *extra], {})
 
 
-def test_lora_trains_exports_and_tracks(sd1x_setup, tmp_path: Path, hub_server) -> None:
+def test_lora_trains_exports_and_tracks(sd1x_setup, tmp_path: Path, hub_server, capsys) -> None:
     from diffusers import StableDiffusionPipeline
 
     _, model, config = sd1x_setup
@@ -98,7 +99,21 @@ def test_lora_trains_exports_and_tracks(sd1x_setup, tmp_path: Path, hub_server) 
     # The final output and each checkpoint also go to the loopback Hub (tests/hub_server.py).
     hub = ["--push_to_hub", "true", "--hub_model_id", "me/tiny-lora"]
     hub += ["--push_checkpoints_to_hub", "true", "--push_to_hub_background", "true"]
-    progress, reported = fit_in_process(_plan(config, out, *hub), tmp_path / "ckpt")
+    # External validation every 2 steps: the script gets the latest checkpoint and the step.
+    script = tmp_path / "external.py"
+    script.write_text("import sys\nprint('scored', *sys.argv[1:])\n")
+    external = [
+        *("--validation_prompt", "x", "--validation_step_interval", "2", "--disable_benchmark"),
+        *("--validation_method", "external-script", "--validation_external_script"),
+        f"{sys.executable} {script} {{global_step}} {{local_checkpoint_path}} {{model_family}}",
+    ]
+    progress, reported = fit_in_process(_plan(config, out, *hub, *external), tmp_path / "ckpt")
+    lines = capsys.readouterr().out.splitlines()
+    ckpts = tmp_path / "ckpt"
+    assert [line for line in lines if line.startswith("[validation_external_script]")] == [
+        f"[validation_external_script] scored 2 {ckpts.resolve() / 'checkpoint-2'} sd1x",
+        f"[validation_external_script] scored 4 {ckpts.resolve() / 'checkpoint-4'} sd1x",
+    ]
     assert progress.global_step == 4 and [r["step"] for r in reported] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in reported)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["checkpoint-2", "checkpoint-4"]
@@ -248,7 +263,7 @@ def _train_worker_pids() -> set[int]:
     return found
 
 
-def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path) -> None:
+def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path, zoo_root: Path) -> None:
     """Two Ray Train workers train each step together, and a second fit of the same run name
     and storage resumes from the first one's last checkpoint instead of starting over."""
     import mlflow
@@ -310,7 +325,19 @@ def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path) -> None:
     hook.write_text(f'#!/bin/sh\necho "$1 $2 $(ls "$1" | wc -l)" >> "{tmp_path / "hooks.txt"}"\n')
     hook.chmod(0o755)
     script = ("--post_checkpoint_script", f"{hook} {{local_checkpoint_path}} {{global_step}}")
-    plan = _plan(config, tmp_path / "out", *extra, *rolling, *script, "--max_train_steps", "6")
+    # The second fit validates on its own actor (CPU, no CPU reserved: the 2 workers hold the
+    # session's 2), with CLIP scores, while the workers train: due at 4 and 6 (the final).
+    clip = zoo.ensure("clip", zoo_root)
+    validation = (
+        *("--validation_prompt", "a red square", "--validation_step_interval", "2"),
+        *("--validation_mode", "async", "--validation_actor_cpus", "0"),
+        *("--validation_resolution", "32", "--validation_num_inference_steps", "1"),
+        *("--validation_guidance", "1", "--validation_disable_unconditional"),
+        *("--evaluation_type", "clip", "--pretrained_evaluation_model_name_or_path", str(clip)),
+    )
+    plan = _plan(
+        config, tmp_path / "out", *extra, *rolling, *script, *validation, "--max_train_steps", "6"
+    )
     assert resolve(plan).checkpoint == str(storage / "ddp" / "rolling-checkpoint-3")
     second = fit(plan)
     assert second.metrics["step"] == 6
@@ -327,6 +354,15 @@ def test_ray_train_two_workers_then_resume(sd1x_setup, tmp_path: Path) -> None:
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]  # step 3 was not trained twice
+    # The actor's images and scores are logged under the steps they were rendered for.
+    client = mlflow.MlflowClient()
+    folders = {a.path for a in client.list_artifacts(run.info.run_id, "validation")}
+    assert folders == {"validation/step-4", "validation/step-6"}
+    names = [a.path for a in client.list_artifacts(run.info.run_id, "validation/step-6")]
+    assert names == ["validation/step-6/validation-32x32-0.png"]
+    clip_steps = [m.step for m in client.get_metric_history(run.info.run_id, "clip/mean")]
+    assert sorted(clip_steps) == [4, 6]
+    assert (tmp_path / "out" / "validation" / "step-6" / "validation-32x32-0.png").is_file()
     assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| Learning rate | 0.004 (learning_rate 0.001, lr_scale) |" in card

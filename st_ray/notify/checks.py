@@ -9,6 +9,7 @@ from st_ray.config.loader import LoadedConfig
 from st_ray.notify.disk_guard import parse_size
 from st_ray.notify.hooks import HOOK_OPTIONS, check_template
 from st_ray.notify.webhooks import parse_targets
+from st_ray.train.external_validation import problems as external_validation_problems
 
 
 def check_notify_options(loaded: LoadedConfig, problems: ProblemList) -> None:
@@ -28,6 +29,8 @@ def check_notify_options(loaded: LoadedConfig, problems: ProblemList) -> None:
             wrong = check_template(str(values[key]))
             if wrong:
                 add(key, f"the command {wrong}")
+    for key, message in external_validation_problems(values):
+        add(key, message)
     if values.get("disk_low_threshold") not in (None, ""):
         try:
             parse_size(values["disk_low_threshold"])

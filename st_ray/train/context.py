@@ -49,6 +49,8 @@ class WorkerContext:
     run_fs: Any = None
     run_folder: str | None = None
     job_id: str | None = None  # for webhook payloads (ST_RAY_JOB_ID / SIMPLETUNER_JOB_ID)
+    # Where rank 0 validates (st_ray.train.validation_mode); None: synchronously (no Ray).
+    validation: Any = None
 
     @property
     def local_run_folder(self) -> Path | None:

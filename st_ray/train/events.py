@@ -15,6 +15,7 @@ from st_ray.train import eval_loss, rolling
 from st_ray.train.build import Run
 from st_ray.train.checkpoints import Progress
 from st_ray.train.context import StopRequested, WorkerContext, say
+from st_ray.train.external_validation import ExternalValidation
 from st_ray.train.model_card import write_model_card
 from st_ray.train.notifications import RunNotifier
 from st_ray.train.saving import (
@@ -27,6 +28,7 @@ from st_ray.train.saving import (
 )
 from st_ray.train.tracking import tracker_for
 from st_ray.train.validation import Validator
+from st_ray.train.validation_actor import BackgroundValidation
 
 
 @dataclass
@@ -43,6 +45,8 @@ class Events:
     resumed: bool = False
     checkpointed_step: int = -1
     publisher: Publisher | None = None  # rank 0: Hub and publishing_config uploads
+    background: BackgroundValidation | None = None  # rank 0, validation_mode async
+    external: ExternalValidation | None = None  # rank 0, validation_method external-script
 
     @classmethod
     def start(cls, run: Run, ctx: WorkerContext, progress: Progress) -> Events:
@@ -50,14 +54,22 @@ class Events:
             run.plan, ctx.rank, progress.tracking_run_id, derived=run.derived.as_dict()
         )
         progress.tracking_run_id = tracker.run_id
-        # Rank 0 renders; the other ranks wait for it at their next gradient all-reduce.
+        # Rank 0 renders (the other ranks wait for it at their next gradient all-reduce), or
+        # hands the render to a validation actor (validation_mode async).
         validator = None
         # ControlNet training renders no validation images yet (the plan notes it).
         if ctx.rank == 0 and run.loop.validation and not run.plan.options.get("controlnet"):
             out_dir = final_output_dir(run.plan.options)
             trained = run.text_training.encoders if run.text_training is not None else None
+            every = eval_loss.step_interval(run.plan.options, run.steps_per_epoch)
             validator = Validator(
-                run.plan, run.core, ctx.device, ema=run.ema, out_dir=out_dir, text_encoders=trained
+                run.plan,
+                run.core,
+                ctx.device,
+                ema=run.ema,
+                out_dir=out_dir,
+                text_encoders=trained,
+                eval_every=every,
             )
         enabled = eval_loss.is_enabled(run.plan)
         events = cls(
@@ -74,6 +86,20 @@ class Events:
             rolling=rolling_series(run, ctx),
             publisher=Publisher.from_plan(run.plan) if ctx.rank == 0 else None,
         )
+        if validator is not None and validator.settings.enabled:
+            family = run.plan.family.name
+            events.external = ExternalValidation.from_options(run.plan.options, family, say)
+        placement = ctx.validation
+        asynchronous = placement is not None and placement.mode == "async"
+        if validator is not None and validator.settings.enabled and asynchronous:
+            events.background = BackgroundValidation(
+                placement,
+                run.plan,
+                run.core,
+                eval_every=validator.eval_every,
+                out_dir=validator.out_dir,
+                on_result=events.validated,
+            )
         if events.publisher is not None:  # post_upload_script after each upload
             events.publisher.on_uploaded.append(after_upload(events.notifier, ctx))
         return events
@@ -89,6 +115,8 @@ class Events:
         step = progress.global_step
         done = step >= self.run.total_steps
         loop = self.run.loop
+        if self.background is not None:
+            self.background.poll()  # a validation that finished: logged under its own step
         evaluated = self.evaluate(step, done, metrics)
         self.tracker.log_metrics(metrics, step)
         if self.ctx.rank == 0:
@@ -145,15 +173,27 @@ class Events:
                 metrics.update(self.evaluator.compute(self.run))
         return due
 
-    def validate(self, step: int, due: bool | None) -> list[Path]:
+    def validate(self, step: int, due: bool | None, final: bool = False) -> list[Path]:
         if not due or self.validator is None:
             return []
+        if self.external is not None and step > 0:  # step 0: the built-in benchmark
+            self.external.run(step, self.notifier.last_checkpoint)
+            return []
+        if self.background is not None:  # a snapshot now, the images when they are ready
+            with evaluation_mode(self.run):
+                return self.background.submit(step, final=final)
         with evaluation_mode(self.run):
             images = self.validator.run(step)
+        self.validated(step, images, self.validator.metrics.get(step, {}))
+        return images
+
+    def validated(self, step: int, images: list[Path], metrics: dict[str, float]) -> None:
+        """Log a validation's images and CLIP scores under the step it rendered."""
         if images:
             self.tracker.log_artifact(images[0].parent, "validation")
             self.notifier.validation(step, images)
-        return images
+        if metrics:
+            self.tracker.log_metrics(metrics, step)
 
     def after_training(self, progress: Progress) -> None:
         if self.ctx.rank != 0:
@@ -161,7 +201,10 @@ class Events:
         output_dir = final_output_dir(self.run.plan.options)
         for name in export_final(self.run, output_dir):
             self.tracker.log_artifact(output_dir / name, "final")
-        images = self.validate(progress.global_step, self.validator is not None)
+        images = self.validate(progress.global_step, self.validator is not None, final=True)
+        for runner in (self.background, self.external):
+            if runner is not None:
+                runner.close()
         card = write_model_card(
             output_dir,
             self.run.plan,
@@ -178,6 +221,9 @@ class Events:
         self.notifier.finished(progress.global_step, output_dir)
 
     def stopped(self, progress: Progress) -> None:
+        for runner in (self.background, self.external):
+            if runner is not None:  # a validation under way finishes (and is logged) first
+                runner.close()
         if self.ctx.rank == 0:
             say(f"stopped early by the campaign at step {progress.global_step}")
             if self.publisher is not None:  # checkpoint uploads still under way

@@ -22,6 +22,7 @@ from st_ray.placement import (
     train_worker_resources,
 )
 from st_ray.plan import Plan
+from st_ray.train import validation_mode
 from st_ray.train.checkpoints import Progress
 from st_ray.train.context import SavedCallback
 from st_ray.train.notifications import job_id_from_env
@@ -78,6 +79,11 @@ def fit(
     )
     if problem:
         raise ConfigError([Problem("Ray cluster", "num_machines", problem)])
+    validation = validation_mode.choose(
+        options, nodes, resources_per_worker, int(options["num_processes"])
+    )
+    if not options.get("validation_disable"):
+        print(f"  validation {validation.describe()}", flush=True)
     # Workers need the resolved plan, not the driver's environment (it may hold secrets).
     shipped = dataclasses.replace(plan, config=dataclasses.replace(plan.config, env={}))
     trainer = TorchTrainer(
@@ -86,6 +92,7 @@ def fit(
             "plan": shipped,
             "stop_check": stop_check,
             "job_id": job_id_from_env(plan.config.env),
+            "validation": validation,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=int(options["num_processes"]),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models.family import FamilySpec, get_family_module, unwrap
-from st_ray.train import attention, lycoris_adapter, watermark
+from st_ray.train import attention, clip_score, guidance, lycoris_adapter, watermark
 from st_ray.train.validation_pipeline import build_pipeline, check_scheduler, flow_matching
 from st_ray.train.validation_settings import ValidationSettings, is_due, training_edge
 
@@ -83,15 +83,16 @@ def render_with(
                     family.prepare_render(pipeline, width, height)
                     seeds = [base_seed + i for i in range(settings.num_images)]
                     generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
-                    images = pipeline(
-                        prompt=prompt,
-                        height=height,
-                        width=width,
-                        num_images_per_prompt=settings.num_images,
-                        generator=generators,
-                        output_type="pil",
-                        **call,
-                    ).images
+                    with guidance.no_cfg_until(denoiser, settings.guidance_modes):
+                        images = pipeline(
+                            prompt=prompt,
+                            height=height,
+                            width=width,
+                            num_images_per_prompt=settings.num_images,
+                            generator=generators,
+                            output_type="pil",
+                            **call,
+                        ).images
                     for i, (image, seed) in enumerate(zip(images, seeds, strict=True)):
                         tail = f"-{suffix}" if suffix else ""
                         path = folder / f"{name}-{width}x{height}-{i}{tail}.png"
@@ -143,7 +144,11 @@ class Validator:
         ema: EMAModel | None = None,
         out_dir: Path | None = None,
         text_encoders: TextEncoders | None = None,
+        eval_every: int = 0,
     ) -> None:
+        """``eval_every``: the eval schedule in steps (eval_steps_interval /
+        eval_epoch_interval); with evaluation_type clip, validations (and their CLIP scores)
+        also run on it."""
         config_path = plan.config.config_path
         self.text_encoders = text_encoders  # the trained ones (train_text_encoder), if any
         self.plan = plan
@@ -160,11 +165,24 @@ class Validator:
         check_scheduler(self.settings.scheduler, flow_matching(plan.family, self.settings))
         if self.settings.enabled:  # the family's own refusals (e.g. Cosmos' sampler) too
             get_family_module(plan.family.name).validation_components(plan.options)
+            import diffusers
+
+            pipeline_class = getattr(diffusers, plan.family.pipeline_class)
+            guidance.check(self.settings.guidance_modes, pipeline_class, plan.family.name)
         self.pipeline: Any = None
         self.done: dict[int, list[Path]] = {}
+        self.clip = clip_score.is_enabled(plan.options) and self.settings.enabled
+        self.eval_every = eval_every if self.clip else 0
+        self.scorer: clip_score.ClipScorer | None = None
+        self.metrics: dict[int, dict[str, float]] = {}  # step -> CLIP scores
 
     def is_due(self, step: int, epoch_end: bool = False, epoch: int = 0) -> bool:
-        return is_due(self.settings, step, epoch_end, epoch) and step not in self.done
+        if step in self.done:
+            return False
+        on_eval = self.eval_every > 0 and step > 0 and not epoch_end
+        return is_due(self.settings, step, epoch_end, epoch) or (
+            on_eval and step % self.eval_every == 0
+        )
 
     def run(self, step: int) -> list[Path]:
         """Render the validation for ``step``; the paths written (a step renders once)."""
@@ -203,6 +221,11 @@ class Validator:
         for encoder in trained:  # the render may have offloaded them; training goes on
             encoder.to(self.device)
         self.done[step] = paths
+        if self.clip:
+            if self.scorer is None:
+                self.scorer = clip_score.ClipScorer.from_options(self.plan.options, self.device)
+            assert self.scorer is not None
+            self.metrics[step] = self.scorer.score_files(paths, self.settings.prompts)
         return paths
 
 
@@ -216,7 +239,7 @@ def _call_kwargs(
         "guidance_scale": settings.guidance,
     }
     # A guidance-distilled pipeline's negative prompt only feeds true CFG
-    # (validation_guidance_real), unsupported here.
+    # (validation_guidance_real > 1: guidance.call_kwargs).
     if (
         settings.negative_prompt
         and "negative_prompt" in accepted
@@ -225,6 +248,7 @@ def _call_kwargs(
         kwargs["negative_prompt"] = settings.negative_prompt
     if settings.guidance_rescale > 0 and "guidance_rescale" in accepted:
         kwargs["guidance_rescale"] = settings.guidance_rescale
+    kwargs.update(guidance.call_kwargs(settings.guidance_modes, accepted, settings.negative_prompt))
     family = get_family_module(family_spec.name)
     # Family extras, e.g. the T5 length the prompts were encoded with for training.
     kwargs.update({k: v for k, v in family.validation_kwargs(options).items() if k in accepted})

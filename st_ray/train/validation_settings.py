@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from st_ray.config.sources import read_json
 from st_ray.models.family import get_family
+from st_ray.train.guidance import GuidanceModes
 
 if TYPE_CHECKING:
     from st_ray.plan import Plan
@@ -57,6 +58,7 @@ class ValidationSettings:
     prediction_type: str | None  # the run's prediction_type override, for the sampler
     zero_terminal_snr: bool  # rescale_betas_zero_snr: the sampler must use the same betas
     timestep_spacing: str = "trailing"  # inference_scheduler_timestep_spacing (DDPM samplers)
+    guidance_modes: GuidanceModes = GuidanceModes()  # skip-layer guidance, true CFG
 
     @property
     def enabled(self) -> bool:
@@ -105,6 +107,7 @@ class ValidationSettings:
             prediction_type=options.get("prediction_type") or None,
             zero_terminal_snr=bool(options.get("rescale_betas_zero_snr")),
             timestep_spacing=str(options.get("inference_scheduler_timestep_spacing") or "trailing"),
+            guidance_modes=GuidanceModes.from_options(options),
         )
 
 

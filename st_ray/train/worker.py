@@ -54,6 +54,7 @@ def train_worker(config: dict[str, Any]) -> None:
         ctx.resume_dir = explicit_checkpoint(plan)
     prefer_rolling(ctx)  # the newest of either checkpoint series (st_ray.train.rolling)
     ctx.job_id = config.get("job_id")
+    ctx.validation = config.get("validation")  # sync or async (chosen by the driver)
     if config.get("stop_check") is not None:
         ctx.should_stop = config["stop_check"]()
     train(plan, ctx)

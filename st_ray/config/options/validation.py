@@ -3,10 +3,7 @@
 from st_ray.config.schema import Json, opt
 
 _NO_ADAPTER = "loading extra adapters only for validation is not implemented in st_ray"
-_NO_EXTERNAL = "st_ray renders validations in its own pipeline; external scripts are not supported"
-_NO_SLG = "skip-layer guidance during validation is not implemented in st_ray"
 _NO_PREVIEW = "streaming validation previews (Tiny AutoEncoder frames sent by webhook) are not implemented in st_ray"
-_REAL_CFG = "true-CFG sampling for guidance-distilled models is not implemented in st_ray"
 
 GROUP = "Validation and evaluation"
 
@@ -47,27 +44,50 @@ OPTIONS = [
         "Turn off validation image generation entirely.",
     ),
     opt(
+        "validation_mode",
+        str,
+        "auto",
+        "st_ray: where validations render. 'sync': on rank 0 while every rank waits "
+        "(SimpleTuner's behaviour); 'async': on a validation actor of their own from a "
+        "snapshot of the weights while training goes on; 'auto': async when the Ray cluster "
+        "has a GPU the Train workers do not take, else sync (CPU-only clusters: sync).",
+        choices=("auto", "sync", "async"),
+    ),
+    opt(
+        "validation_actor_gpus",
+        float,
+        None,
+        "st_ray: GPUs of the asynchronous validation actor (a fraction shares one; 0 renders "
+        "on CPU). Unset: 1 when a GPU is spare, else 0.",
+        minimum=0,
+    ),
+    opt(
+        "validation_actor_cpus",
+        float,
+        1.0,
+        "st_ray: CPUs the asynchronous validation actor asks of Ray.",
+        minimum=0,
+    ),
+    opt(
         "validation_method",
         str,
         "simpletuner-local",
         "How validation runs: the built-in pipeline, or an external script.",
         choices=("simpletuner-local", "external-script"),
-        unsupported=_NO_EXTERNAL,
     ),
     opt(
         "validation_external_script",
         str,
         None,
         "Command run for validation when validation_method is 'external-script'; may contain "
-        "placeholders such as {local_checkpoint_path} and {global_step}.",
-        unsupported=_NO_EXTERNAL,
+        "placeholders such as {local_checkpoint_path} (the latest checkpoint) and "
+        "{global_step} (as for post_checkpoint_script).",
     ),
     opt(
         "validation_external_background",
         bool,
         False,
         "Start the external validation script without waiting for it.",
-        unsupported=_NO_EXTERNAL,
     ),
     # Prompts
     opt(
@@ -206,9 +226,9 @@ OPTIONS = [
         "validation_guidance_real",
         float,
         1.0,
-        "True classifier-free guidance scale for guidance-distilled models; 1.0 leaves it off.",
+        "True classifier-free guidance scale for guidance-distilled models (pipelines with "
+        "true_cfg_scale; uses the validation negative prompt); 1.0 leaves it off.",
         minimum=1,
-        unsupported=_REAL_CFG,
     ),
     opt(
         "validation_no_cfg_until_timestep",
@@ -217,14 +237,13 @@ OPTIONS = [
         "With true CFG on a guidance-distilled model, the number of initial sampling steps run "
         "without it.",
         minimum=0,
-        unsupported=_REAL_CFG,
     ),
     opt(
         "validation_guidance_skip_layers",
         Json,
         None,
-        "JSON list of transformer block indices to skip for skip-layer guidance during validation.",
-        unsupported=_NO_SLG,
+        "JSON list of transformer block indices to skip for skip-layer guidance during "
+        "validation (pipelines with skip_guidance_layers; needs validation_guidance above 1).",
     ),
     opt(
         "validation_guidance_skip_layers_start",
@@ -232,7 +251,6 @@ OPTIONS = [
         0.01,
         "Fraction of the sampling schedule at which skip-layer guidance begins.",
         minimum=0,
-        unsupported=_NO_SLG,
     ),
     opt(
         "validation_guidance_skip_layers_stop",
@@ -240,7 +258,6 @@ OPTIONS = [
         0.2,
         "Fraction of the sampling schedule at which skip-layer guidance ends.",
         minimum=0,
-        unsupported=_NO_SLG,
     ),
     opt(
         "validation_guidance_skip_scale",
@@ -248,7 +265,6 @@ OPTIONS = [
         2.8,
         "Strength of skip-layer guidance.",
         minimum=0,
-        unsupported=_NO_SLG,
     ),
     # Previews
     opt(
@@ -314,16 +330,15 @@ OPTIONS = [
         str,
         "none",
         "Extra score computed on validation images; 'clip' measures prompt adherence with a "
-        "CLIP model.",
+        "CLIP model (logged per prompt and as clip/mean at each validation; validations also "
+        "run on eval_steps_interval / eval_epoch_interval).",
         choices=("none", "clip"),
-        unsupported_values={"clip": "CLIP scoring of validation images is not implemented"},
     ),
     opt(
         "pretrained_evaluation_model_name_or_path",
         str,
         "openai/clip-vit-large-patch14-336",
-        "CLIP model used when evaluation_type is 'clip'.",
-        unsupported="CLIP scoring of validation images is not implemented",
+        "CLIP model used when evaluation_type is 'clip' (a Hub id or a local folder).",
     ),
     opt(
         "num_eval_images",
