@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from st_ray.models import qwen_text
 from st_ray.models import text_encoders as te
 from st_ray.models.family import JOINT_DIT_BLOCKS, FamilySpec, Prediction, conditioning, unwrap
-from st_ray.models.latent_stats import normalised_latents
+from st_ray.models.latent_stats import denormalised_pixels, normalised_latents
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,6 +67,10 @@ def encode_latents(
     vae: Any, pixels: torch.Tensor, noise_like: Callable[[tuple[int, ...]], torch.Tensor]
 ) -> torch.Tensor:
     return normalised_latents(vae, pixels, noise_like)
+
+
+def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    return denormalised_pixels(vae, latents)
 
 
 def predict(

@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from st_ray.config.schema import opt
 from st_ray.models import text_encoders as te
-from st_ray.models.family import JOINT_DIT_BLOCKS, FamilySpec, Prediction, conditioning, unwrap
+from st_ray.models.family import (
+    JOINT_DIT_BLOCKS,
+    FamilySpec,
+    Prediction,
+    conditioning,
+    unwrap,
+)
+from st_ray.models.slider_targets import SLIDER_ATTENTION_TARGETS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,6 +48,8 @@ OPTIONS = (
 )
 
 SPEC = FamilySpec(
+    # SimpleTuner's SLIDER_LORA_TARGET for sd3: the image stream's attention only.
+    slider_lora_targets=SLIDER_ATTENTION_TARGETS,
     name="sd3",
     denoiser="transformer",
     denoiser_class="SD3Transformer2DModel",

@@ -21,6 +21,7 @@ from st_ray.storage import S3Settings
 from st_ray.train import data_feed, epoch_plan, noise, timesteps
 from st_ray.train.checkpoints import Progress
 from st_ray.train.context import WorkerContext
+from st_ray.train.crepa import Crepa
 from st_ray.train.ema import EMAModel
 from st_ray.train.feed import Feed, rank_planner
 from st_ray.train.layersync import LayerSync
@@ -57,6 +58,7 @@ class Run:
     prediction_type: str
     dtype: torch.dtype
     layersync: LayerSync | None = None  # hooks on the core's student / teacher blocks
+    crepa: Crepa | None = None  # hooks, projection head, frozen encoder and VAE
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -106,8 +108,11 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
         steps_per_epoch=epoch_plan.steps_per_epoch(first_epoch),
     )
 
+    crepa = attach_crepa(plan, family, core, datasets, empty, derived.total_steps, dtype)
     named = {name: p for name, p in core.named_parameters() if p.requires_grad}
-    optimizer = build_optimizer(list(named.values()), options, learning_rate=derived.learning_rate)
+    # The CREPA head trains with the adapter (same optimizer and schedule), outside EMA.
+    trained = list(named.values()) + (crepa.parameters() if crepa is not None else [])
+    optimizer = build_optimizer(trained, options, learning_rate=derived.learning_rate)
     if loop.release_gradients:
         import optimi
 
@@ -152,7 +157,48 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
         prediction_type=options.get("prediction_type") or plan.family.prediction_types[0],
         dtype=dtype,
         layersync=LayerSync.attach(options, core, plan.family.hidden_blocks),
+        crepa=crepa,
     )
+
+
+def attach_crepa(
+    plan: Plan,
+    family: Family,
+    core: torch.nn.Module,
+    datasets: list[epoch_plan.DatasetSamples],
+    empty: dict[str, torch.Tensor],
+    total_steps: int,
+    dtype: torch.dtype,
+) -> Crepa | None:
+    """CREPA's hooks and head; its block widths are read from one forward pass of the core
+    at the smallest training bucket (st_ray.train.crepa.probe_inputs)."""
+    if not plan.options.get("crepa_enabled"):
+        return None
+    from st_ray.data.encoders import VaeEncoder
+    from st_ray.train import crepa, step
+
+    options = plan.options
+    device = next(core.parameters()).device
+    buckets = (tuple(b) for d in datasets for b in d.samples.bucket.tolist())
+    shape, inputs = crepa.probe_inputs(plan.family, buckets, empty)
+
+    def probe() -> None:
+        x = torch.zeros((1, *shape), device=device, dtype=dtype)
+        t = torch.full((1,), 500.0, device=device)
+        with step.autocast(dtype, core):
+            family.predict(core, x, t, {k: v.to(device) for k, v in inputs.items()}, options)
+
+    def vae() -> Any:
+        loader = VaeEncoder(
+            plan.model,
+            family=plan.family.name,
+            vae_path=options.get("pretrained_vae_model_name_or_path"),
+            vae_dtype=str(options.get("vae_dtype") or "default"),
+            revision=options.get("revision"),
+        )
+        return None if loader.vae is None else loader.vae.to(device)
+
+    return Crepa.attach(options, core, family, probe=probe, total_steps=total_steps, vae_loader=vae)
 
 
 def load_denoiser(

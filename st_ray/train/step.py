@@ -44,6 +44,8 @@ def train_step(
             loss = batch_loss(run, batch, generator, step) / len(batches)
         loss.backward()
         total += float(loss.detach())
+    if run.crepa is not None:
+        run.crepa.sync_gradients(_world_size())
     run.metrics["grad_norm"] = clip_gradients(run)  # before step: schedule-free rewrites .grad
     run.optimizer.step()
     run.scheduler.step()
@@ -97,7 +99,7 @@ def batch_loss(
             return run.family.predict(*args, generator=gen).output
 
         target = regularisation.base_model_target(base_prediction, run.core, generator)
-    with layersync.capturing(run.layersync):
+    with layersync.capturing(run.layersync, run.crepa):
         prediction = run.family.predict(
             run.denoiser, noisy.to(run.dtype), t, inputs, run.plan.options, generator=generator
         )
@@ -123,6 +125,10 @@ def batch_loss(
             layersync_loss=float(term.detach()), layersync_similarity=float(similarity.detach())
         )
         loss = loss + term.to(loss.device)
+    if run.crepa is not None:
+        term, crepa_metrics = run.crepa.loss(x0, step)
+        run.metrics.update(crepa_metrics)
+        loss = loss + term.to(loss.device)
     # A family's own loss term from that forward pass (e.g. a MoE load-balancing loss).
     extra = prediction.aux_loss
     return loss if extra is None else loss + extra.to(loss.device, loss.dtype)
@@ -138,7 +144,8 @@ def autocast(dtype: torch.dtype, model: torch.nn.Module) -> contextlib.AbstractC
 
 def clip_gradients(run: Run) -> float:
     """The gradients' total norm (logged as grad_norm), clipped to max_grad_norm when set."""
-    params = [p for p in run.core.parameters() if p.requires_grad and p.grad is not None]
+    trained = [*run.core.parameters(), *(run.crepa.parameters() if run.crepa else [])]
+    params = [p for p in trained if p.requires_grad and p.grad is not None]
     norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
     max_norm = run.loop.max_grad_norm
     if max_norm > 0:
@@ -147,3 +154,9 @@ def clip_gradients(run: Run) -> float:
         else:
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return float(norm)
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

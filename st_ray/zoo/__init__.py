@@ -23,8 +23,9 @@ from st_ray.models.family import FAMILIES as _MODEL_FAMILIES
 # ``FamilySpec.zoo_recipe``) exposing ``build(out_dir: Path, seed: int) -> None``.
 FAMILIES: tuple[str, ...] = tuple(_MODEL_FAMILIES)
 # Helper models that are not diffusion pipelines (a transformers folder with config.json),
-# built and cached the same way: "captioner" is a tiny BLIP image-to-text model.
-EXTRAS: tuple[str, ...] = ("captioner",)
+# built and cached the same way: "captioner" is a tiny BLIP image-to-text model, "dinov2" a
+# tiny DINOv2 image encoder (CREPA).
+EXTRAS: tuple[str, ...] = ("captioner", "dinov2")
 # The smallest, fastest family: what the built-in demo run and the benches use by default.
 DEMO_FAMILY = "sd1x"
 # The family whose real (full-size) architecture ``python -m st_ray.bench sizing`` counts.
