@@ -1,4 +1,5 @@
-"""Training objectives and regularisers (issue 17): diff2flow and LayerSync.
+"""Training objectives and regularisers (issue 17): diff2flow, LayerSync and CREPA (whose maths
+is tested in test_crepa.py).
 
 Each method: its maths against a hand-computed case, its refusal at --dry-run (build_plan) for
 the families it cannot apply to, and an in-process 2-step run on tiny families where turning it
@@ -188,6 +189,51 @@ def test_layersync_adds_exactly_its_term(family: str, setups, base_runs, tmp_pat
     assert first["layersync_loss"] == pytest.approx(-0.5 * first["layersync_similarity"])
     assert first["loss"] - base[0]["loss"] == pytest.approx(first["layersync_loss"], abs=1e-5)
     assert -1 <= first["layersync_similarity"] < 1
+
+
+def test_crepa_trains_logs_its_term_and_resumes_exactly(
+    setups, base_runs, zoo_root: Path, tmp_path: Path
+) -> None:
+    """CREPA on the tiny Flux with the tiny DINOv2: the term is logged and finite, it is all the
+    first step's loss gained at the same seed, the head is in the checkpoints and trains, and a
+    resume from step 1 repeats step 2 exactly (head, schedule state, optimizer)."""
+    from st_ray import zoo
+    from st_ray.train import checkpoints
+
+    _, config = setups("flux")
+    base, _ = base_runs("flux")
+    crepa_args = (
+        *("--crepa_enabled", "--crepa_block_index", "1", "--crepa_lambda", "0.5"),
+        *("--crepa_model", str(zoo.ensure("dinov2", zoo_root))),
+        *("--crepa_encoder_image_size", "64", "--checkpoint_step_interval", "1"),
+    )
+    steps = _first_steps(config, tmp_path / "crepa", *crepa_args)
+    assert all("crepa_loss" in s for s in steps) and not any("crepa_loss" in s for s in base)
+    first = steps[0]
+    assert math.isfinite(first["crepa_loss"]) and first["crepa_loss"] != 0
+    assert first["crepa_weight"] == 0.5 and -1 <= first["crepa_similarity_self"] <= 1
+    # One frame: the term is -λ·self-similarity, and it is all the step's loss gained.
+    assert first["crepa_loss"] == pytest.approx(-0.5 * first["crepa_similarity_self"], rel=1e-5)
+    assert first["loss"] - base[0]["loss"] == pytest.approx(first["crepa_loss"], abs=1e-5)
+
+    # The head (LayerNorm + Linear, transformer width -> DINOv2 width) is in the checkpoint.
+    saved = tmp_path / "crepa" / "ckpt"
+    head = checkpoints.load_state(saved / "checkpoint-2")["crepa"]
+    earlier = checkpoints.load_state(saved / "checkpoint-1")["crepa"]
+    assert head["head"]["1.weight"].shape == (32, 32) and head["schedule"]["ema"] is not None
+    assert not torch.equal(earlier["head"]["1.weight"], head["head"]["1.weight"])  # it trains
+
+    # Resume from step 1: step 2 repeats exactly.
+    plan = _plan(
+        config,
+        tmp_path / "resumed" / "out",
+        *("--max_train_steps", "2", "--train_batch_size", "1", *crepa_args),
+    )
+    _, resumed = fit_in_process(plan, tmp_path / "resumed" / "ckpt", saved / "checkpoint-1")
+    again = checkpoints.load_state(tmp_path / "resumed" / "ckpt" / "checkpoint-2")["crepa"]
+    assert resumed[-1]["crepa_loss"] == pytest.approx(steps[-1]["crepa_loss"], rel=1e-6)
+    assert resumed[-1]["loss"] == pytest.approx(steps[-1]["loss"], rel=1e-6)
+    assert torch.allclose(again["head"]["1.weight"], head["head"]["1.weight"])
 
 
 def test_diff2flow_rescales_the_v_prediction_loss_by_its_flow_factor(

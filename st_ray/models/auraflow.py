@@ -8,13 +8,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import FamilySpec, Prediction, conditioning, unwrap
+from st_ray.models.family import (
+    FamilySpec,
+    Prediction,
+    conditioning,
+    unwrap,
+)
+from st_ray.models.slider_targets import SLIDER_ATTENTION_TARGETS
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
 SPEC = FamilySpec(
+    # SimpleTuner's SLIDER_LORA_TARGET for auraflow: the image stream's attention only.
+    slider_lora_targets=(*SLIDER_ATTENTION_TARGETS, "to_qkv"),
     name="auraflow",
     token_routing_refused=(
         "auraflow's single-stream blocks take register, text and image tokens as one sequence "

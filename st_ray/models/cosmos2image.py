@@ -24,7 +24,7 @@ from st_ray.models.family import (
     load_pretrained_denoiser,
     unwrap,
 )
-from st_ray.models.latent_stats import normalised_latents
+from st_ray.models.latent_stats import denormalised_pixels, normalised_latents
 
 if TYPE_CHECKING:
     import numpy as np
@@ -149,6 +149,10 @@ def encode_latents(
     vae: Any, pixels: torch.Tensor, noise_like: Callable[[tuple[int, ...]], torch.Tensor]
 ) -> torch.Tensor:
     return normalised_latents(vae, pixels, noise_like, scale=SIGMA_DATA)
+
+
+def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    return denormalised_pixels(vae, latents, scale=SIGMA_DATA)
 
 
 def predict(

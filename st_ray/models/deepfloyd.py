@@ -11,7 +11,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from st_ray.models import text_encoders as te
-from st_ray.models.family import UNET_BLOCKS, FamilySpec, Prediction, conditioning, unwrap
+from st_ray.models.family import (
+    UNET_BLOCKS,
+    FamilySpec,
+    Prediction,
+    conditioning,
+    unwrap,
+)
+from st_ray.models.slider_targets import SLIDER_ATTENTION_TARGETS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,6 +32,8 @@ _STAGE_II = (
 SLOTS = (te.Slot("text_encoder", "tokenizer", "T5EncoderModel"),)
 
 SPEC = FamilySpec(
+    # SimpleTuner's SLIDER_LORA_TARGET for deepfloyd: the image stream's attention only.
+    slider_lora_targets=SLIDER_ATTENTION_TARGETS,
     name="deepfloyd",
     denoiser="unet",
     denoiser_class="UNet2DConditionModel",

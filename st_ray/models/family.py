@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from st_ray.config.schema import Option
 from st_ray.models import checkpointing
+from st_ray.models.kl_vae import kl_latents, kl_pixels
 from st_ray.models.routing import TokenRouting
+from st_ray.models.slider_targets import SLIDER_TARGETS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -84,6 +86,8 @@ class FamilySpec:
     # the preset used when unset); empty: ``lora_targets`` is the only preset.
     lora_presets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     lora_preset_option: str | None = None
+    # What slider_lora_target adapts instead of the preset (standard PEFT LoRA only).
+    slider_lora_targets: tuple[str, ...] = SLIDER_TARGETS
     # Flavours the family defines upstream that st_ray refuses at validation: flavour -> why.
     refused_flavours: Mapping[str, str] = field(default_factory=dict)
     # Options only this family reads (declared here, collected into the option catalog; set
@@ -189,6 +193,13 @@ class FamilyModule(Protocol):
         gives (B, *shape) standard-normal noise fixed per image, so a posterior sample is
         reproducible. ``vae`` is ``SPEC.vae_class`` loaded from ``vae/`` (None for pixel-space
         families). Default: ``kl_latents``; for pixel-space families the pixels themselves."""
+        ...
+
+    def decode_latents(self, vae: Any, latents: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, H, W) in [-1, 1] of training latents (B, C, h, w): the inverse of
+        ``encode_latents`` followed by the VAE's decoder, as the pipeline decodes (regularisers
+        that compare with a visual encoder, CREPA). Default: ``kl_pixels``; for pixel-space
+        families the latents themselves."""
         ...
 
     def lora_targets(self, options: Mapping[str, Any]) -> list[str]:
@@ -303,6 +314,11 @@ class Family:
         if own := self._own("encode_latents"):
             return own(vae, pixels, noise_like)
         return pixels if self.spec.vae_class is None else kl_latents(vae, pixels, noise_like)
+
+    def decode_latents(self, vae: Any, latents: torch.Tensor) -> torch.Tensor:
+        if own := self._own("decode_latents"):
+            return own(vae, latents)
+        return latents if self.spec.vae_class is None else kl_pixels(vae, latents)
 
     def lora_targets(self, options: Mapping[str, Any]) -> list[str]:
         if own := self._own("lora_targets"):
@@ -422,18 +438,6 @@ def conditioning(
 ) -> torch.Tensor:
     """``batch[key]`` on ``like``'s device in ``dtype`` (the denoiser's compute dtype)."""
     return batch[key].to(device=like.device, dtype=dtype)
-
-
-def kl_latents(
-    vae: Any, pixels: torch.Tensor, noise_like: Callable[[tuple[int, ...]], torch.Tensor]
-) -> torch.Tensor:
-    """An AutoencoderKL posterior sample (mean + std * fixed noise), shifted and scaled by the
-    VAE config's ``shift_factor`` / ``scaling_factor`` (what the pipelines invert on decode)."""
-    dist = vae.encode(pixels).latent_dist
-    noise = noise_like(tuple(dist.mean.shape[1:])).to(dist.mean.device, dist.mean.dtype)
-    sample = dist.mean + dist.std * noise
-    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-    return (sample - shift) * float(vae.config.scaling_factor)
 
 
 # ---------------------------------------------------------------------------------- registry

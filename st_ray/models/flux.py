@@ -15,6 +15,7 @@ from st_ray.models.family import (
     load_pretrained_denoiser,
     unwrap,
 )
+from st_ray.models.slider_targets import SLIDER_ATTENTION_TARGETS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -120,6 +121,8 @@ OPTIONS = (
 )
 
 SPEC = FamilySpec(
+    # SimpleTuner's SLIDER_LORA_TARGET for flux: the image stream's attention only.
+    slider_lora_targets=(*SLIDER_ATTENTION_TARGETS, "to_qkv"),
     name="flux",
     denoiser="transformer",
     denoiser_class="FluxTransformer2DModel",

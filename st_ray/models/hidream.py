@@ -18,6 +18,7 @@ from st_ray.models.family import (
     load_pretrained_denoiser,
     unwrap,
 )
+from st_ray.models.slider_targets import SLIDER_ATTENTION_TARGETS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,6 +42,8 @@ OPTIONS = (
 )
 
 SPEC = FamilySpec(
+    # SimpleTuner's SLIDER_LORA_TARGET for hidream: the image stream's attention only.
+    slider_lora_targets=SLIDER_ATTENTION_TARGETS,
     name="hidream",
     token_routing_refused=(
         "hidream's single-stream blocks take image and text tokens as one sequence (its "

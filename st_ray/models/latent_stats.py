@@ -40,3 +40,11 @@ def normalised_latents(
     sample = dist.mean + dist.std * noise
     mean, std = channel_stats(vae.config, sample)
     return ((sample - mean) / std * scale).squeeze(2)
+
+
+def denormalised_pixels(vae: Any, latents: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
+    """``normalised_latents`` undone (over ``scale``, times ``latents_std``, plus
+    ``latents_mean``) and decoded as a one-frame video: pixels (B, 3, H, W)."""
+    frames = latents.unsqueeze(2) / scale
+    mean, std = channel_stats(vae.config, frames)
+    return vae.decode(frames * std + mean).sample.squeeze(2)

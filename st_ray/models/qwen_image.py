@@ -16,7 +16,7 @@ from st_ray.models.family import (
     conditioning,
     unwrap,
 )
-from st_ray.models.latent_stats import normalised_latents
+from st_ray.models.latent_stats import denormalised_pixels, normalised_latents
 
 if TYPE_CHECKING:
     import numpy as np
@@ -75,6 +75,10 @@ def encode_latents(
     vae: Any, pixels: torch.Tensor, noise_like: Callable[[tuple[int, ...]], torch.Tensor]
 ) -> torch.Tensor:
     return normalised_latents(vae, pixels, noise_like)
+
+
+def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    return denormalised_pixels(vae, latents)
 
 
 def predict(

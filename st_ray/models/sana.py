@@ -139,6 +139,10 @@ def encode_latents(
     return vae.encode(pixels).latent * float(vae.config.scaling_factor)
 
 
+def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    return vae.decode(latents / float(vae.config.scaling_factor)).sample
+
+
 def predict(
     denoiser: torch.nn.Module,
     noisy_latents: torch.Tensor,

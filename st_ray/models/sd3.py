@@ -15,6 +15,7 @@ from st_ray.models.family import (
     conditioning,
     unwrap,
 )
+from st_ray.models.slider_targets import SLIDER_ATTENTION_TARGETS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,6 +49,8 @@ OPTIONS = (
 )
 
 SPEC = FamilySpec(
+    # SimpleTuner's SLIDER_LORA_TARGET for sd3: the image stream's attention only.
+    slider_lora_targets=SLIDER_ATTENTION_TARGETS,
     name="sd3",
     denoiser="transformer",
     denoiser_class="SD3Transformer2DModel",

@@ -30,6 +30,7 @@ from st_ray.train import (
 )
 from st_ray.train.checkpoints import Progress
 from st_ray.train.context import WorkerContext
+from st_ray.train.crepa import Crepa
 from st_ray.train.ema import EMAModel
 from st_ray.train.feed import Feed
 from st_ray.train.layersync import LayerSync
@@ -74,6 +75,7 @@ class Run:
     tread: Tread | None = None  # token routing hooks on the core's blocks (training only)
     scheduled_sampling: scheduled_sampling.Settings | None = None  # rollouts, ReflexFlow
     text_training: TextEncoderTraining | None = None  # train_text_encoder
+    crepa: Crepa | None = None  # hooks, projection head, frozen encoder and VAE
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -135,9 +137,11 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
         steps_per_epoch=epoch_plan.steps_per_epoch(first_epoch),
     )
 
+    crepa = attach_crepa(plan, family, core, datasets, empty, derived.total_steps, dtype)
     named = {name: p for name, p in core.named_parameters() if p.requires_grad}
     text_training = TextEncoderTraining.build(plan, family, ctx.device, dtype)
-    params: list = list(named.values())
+    # The CREPA head trains with the adapter (same optimizer and schedule), outside EMA.
+    params: list = list(named.values()) + (crepa.parameters() if crepa is not None else [])
     if text_training is not None:  # the encoders' own group (text_encoder_lr)
         params = [{"params": params}, text_training.param_group(derived.learning_rate)]
     optimizer = build_optimizer(params, options, learning_rate=derived.learning_rate)
@@ -190,7 +194,48 @@ def build_run(plan: Plan, ctx: WorkerContext, seed: int) -> Run:
         tread=tread,
         scheduled_sampling=scheduled_sampling.Settings.from_options(options, flow_matching=flow),
         text_training=text_training,
+        crepa=crepa,
     )
+
+
+def attach_crepa(
+    plan: Plan,
+    family: Family,
+    core: torch.nn.Module,
+    datasets: list[epoch_plan.DatasetSamples],
+    empty: dict[str, torch.Tensor],
+    total_steps: int,
+    dtype: torch.dtype,
+) -> Crepa | None:
+    """CREPA's hooks and head; its block widths are read from one forward pass of the core
+    at the smallest training bucket (st_ray.train.crepa.probe_inputs)."""
+    if not plan.options.get("crepa_enabled"):
+        return None
+    from st_ray.data.encoders import VaeEncoder
+    from st_ray.train import crepa, step
+
+    options = plan.options
+    device = next(core.parameters()).device
+    buckets = (tuple(b) for d in datasets for b in d.samples.bucket.tolist())
+    shape, inputs = crepa.probe_inputs(plan.family, buckets, empty)
+
+    def probe() -> None:
+        x = torch.zeros((1, *shape), device=device, dtype=dtype)
+        t = torch.full((1,), 500.0, device=device)
+        with step.autocast(dtype, core):
+            family.predict(core, x, t, {k: v.to(device) for k, v in inputs.items()}, options)
+
+    def vae() -> Any:
+        loader = VaeEncoder(
+            plan.model,
+            family=plan.family.name,
+            vae_path=options.get("pretrained_vae_model_name_or_path"),
+            vae_dtype=str(options.get("vae_dtype") or "default"),
+            revision=options.get("revision"),
+        )
+        return None if loader.vae is None else loader.vae.to(device)
+
+    return Crepa.attach(options, core, family, probe=probe, total_steps=total_steps, vae_loader=vae)
 
 
 def load_denoiser(

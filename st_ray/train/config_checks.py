@@ -76,7 +76,8 @@ def _cpu_only(values: Mapping[str, Any]) -> bool:
 def check_objectives(loaded: LoadedConfig, problems: ProblemList) -> None:
     """Training objectives and regularisers that cannot apply to the run's family."""
     from st_ray.models.family import FAMILIES
-    from st_ray.train import diff2flow, layersync, scheduled_sampling, tread
+    from st_ray.train import crepa, diff2flow, layersync, scheduled_sampling, tread
+    from st_ray.train.lora_targets import slider_problems
 
     values = loaded.values
     family = FAMILIES.get(values.get("model_family"))
@@ -92,6 +93,8 @@ def check_objectives(loaded: LoadedConfig, problems: ProblemList) -> None:
         *tread.option_problems(
             values, family, tread.block_count(family, values.get("pretrained_model_name_or_path"))
         ),
+        *crepa.option_problems(values, hidden_blocks=family.hidden_blocks, family=family.name),
+        *slider_problems(values),
     ]
     for key, message in found:
         problems.add(loaded.provenance.get(key, "configuration"), key, message)

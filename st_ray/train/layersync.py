@@ -77,11 +77,55 @@ def denoiser_blocks(
 
 
 @dataclass
-class LayerSync:
-    settings: Settings
-    blocks: list[tuple[torch.nn.Module, int]]
+class Capture:
+    """Forward hooks on some of ``blocks`` that keep each one's first output of a forward pass
+    run inside ``capturing`` (gradient checkpointing re-runs blocks; the re-run is ignored)."""
+
     captured: dict[int, torch.Tensor] = field(default_factory=dict)
     active: bool = False
+
+    @classmethod
+    def on(cls, blocks: list[tuple[torch.nn.Module, int]], indices: set[int]) -> Capture:
+        capture = cls()
+        for index in indices:
+            block, output = blocks[index]
+            block.register_forward_hook(capture._hook(index, output))
+        return capture
+
+    def _hook(self, index: int, output_index: int):
+        def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+            if self.active and index not in self.captured:
+                self.captured[index] = output[output_index] if isinstance(output, tuple) else output
+
+        return hook
+
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[None]:
+        """Capture the blocks' outputs during the forward pass inside this block."""
+        self.captured.clear()
+        self.active = True
+        try:
+            yield
+        finally:
+            self.active = False
+
+
+def check_index(key: str, index: int, blocks: list, *, one_based: bool) -> None:
+    """A clear error when block ``index`` (0-based) is beyond the denoiser's blocks."""
+    if index < len(blocks):
+        return
+    named = f"block {index + 1} (1-based)" if one_based else f"block {index} (0-based)"
+    accepted = f"1..{len(blocks)} (0 is the first block)" if one_based else f"0..{len(blocks) - 1}"
+    raise ValueError(
+        f"{key}: {named} does not exist; this denoiser has {len(blocks)} blocks, "
+        f"accepted {accepted}"
+    )
+
+
+@dataclass
+class LayerSync:
+    settings: Settings
+    capture: Capture
 
     @classmethod
     def attach(
@@ -99,39 +143,17 @@ class LayerSync:
             ("layersync_student_block", settings.student),
             ("layersync_teacher_block", settings.teacher),
         ):
-            if index >= len(blocks):
-                raise ValueError(
-                    f"{key}: block {index + 1} (1-based) does not exist; this denoiser has "
-                    f"{len(blocks)} blocks, accepted 1..{len(blocks)} (0 is the first block)"
-                )
-        sync = cls(settings, blocks)
-        for index in {settings.student, settings.teacher}:
-            block, output = blocks[index]
-            block.register_forward_hook(sync._hook(index, output))
-        return sync
+            check_index(key, index, blocks, one_based=True)
+        return cls(settings, Capture.on(blocks, {settings.student, settings.teacher}))
 
-    def _hook(self, index: int, output_index: int):
-        def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
-            # The first call per forward pass only: gradient checkpointing re-runs blocks.
-            if self.active and index not in self.captured:
-                self.captured[index] = output[output_index] if isinstance(output, tuple) else output
-
-        return hook
-
-    @contextlib.contextmanager
-    def capturing(self) -> Iterator[None]:
-        """Capture the blocks' outputs during the forward pass inside this block."""
-        self.captured.clear()
-        self.active = True
-        try:
-            yield
-        finally:
-            self.active = False
+    def capturing(self) -> contextlib.AbstractContextManager:
+        return self.capture.capturing()
 
     def loss(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(the weighted term, the mean similarity) of the last captured forward pass."""
-        student = self.captured.pop(self.settings.student, None)
-        teacher = self.captured.pop(self.settings.teacher, student)
+        captured = self.capture.captured
+        student = captured.pop(self.settings.student, None)
+        teacher = captured.pop(self.settings.teacher, student)
         if student is None or teacher is None:
             raise RuntimeError("LayerSync: the student / teacher block did not run in the forward")
         s, t = tokens(student), tokens(teacher)
@@ -142,13 +164,17 @@ class LayerSync:
                 f"{self.settings.teacher + 1}) gives {tuple(t.shape)}; choose two blocks of the "
                 "same width and token count"
             )
-        self.captured.clear()
+        captured.clear()
         return alignment_loss(s, t, self.settings.weight)
 
 
-def capturing(sync: LayerSync | None) -> contextlib.AbstractContextManager:
-    """``sync.capturing()``, or nothing when LayerSync is off."""
-    return contextlib.nullcontext() if sync is None else sync.capturing()
+def capturing(*users: Any) -> contextlib.AbstractContextManager:
+    """Every given regulariser's ``capturing()`` (LayerSync, CREPA); None entries are off."""
+    stack = contextlib.ExitStack()
+    for user in users:
+        if user is not None:
+            stack.enter_context(user.capturing())
+    return stack
 
 
 def option_problems(

@@ -26,7 +26,35 @@ def lora_target_modules(family: str, options: Mapping[str, Any]) -> list[str]:
         return _parse_targets(override)
     from st_ray.models.family import get_family_module
 
-    return get_family_module(family).lora_targets(options)
+    chosen = get_family_module(family)
+    if options.get("slider_lora_target"):
+        return list(chosen.spec.slider_lora_targets)
+    return chosen.lora_targets(options)
+
+
+def slider_problems(options: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Where slider_lora_target cannot act (SimpleTuner: standard PEFT LoRA only)."""
+    if not options.get("slider_lora_target"):
+        return []
+    if options.get("model_type") != "lora":
+        return [("slider_lora_target", "only applies to model_type 'lora' (a standard PEFT LoRA)")]
+    if str(options.get("lora_type") or "standard").lower() == "lycoris":
+        return [
+            (
+                "slider_lora_target",
+                "only affects a standard PEFT LoRA (as in SimpleTuner); with lora_type "
+                "'lycoris' list the slider modules in lycoris_config's apply_preset.target_module",
+            )
+        ]
+    if options.get("peft_lora_target_modules") not in (None, "", []):
+        return [
+            (
+                "slider_lora_target",
+                "cannot be combined with peft_lora_target_modules, which names the targets "
+                "itself (SimpleTuner lets peft_lora_target_modules win); set one of them",
+            )
+        ]
+    return []
 
 
 def _parse_targets(value: Any) -> list[str]:
@@ -71,6 +99,8 @@ def matching_modules(denoiser: torch.nn.Module, targets: Sequence[str]) -> list[
 def _targets_source(family: str, options: Mapping[str, Any]) -> str:
     if options.get("peft_lora_target_modules") not in (None, "", []):
         return "peft_lora_target_modules"
+    if options.get("slider_lora_target"):
+        return "slider_lora_target's module set"
     from st_ray.models.family import get_family_module
 
     # A family whose preset is chosen by an option names it, with the preset chosen.

@@ -115,6 +115,8 @@ def write_checkpoint(run: Run, progress: Progress, generator: torch.Generator) -
                 "optimizer": run.optimizer.state_dict(),
                 "scheduler": run.scheduler.state_dict(),
                 "ema": run.ema.state_dict() if run.ema is not None else None,
+                # CREPA's projection head and schedule state (similarity EMA, cutoff).
+                "crepa": run.crepa.state_dict() if run.crepa is not None else None,
                 "rng": checkpoints.rng_state(),
                 "generator": generator.get_state(),
             },
@@ -191,6 +193,8 @@ def restore(run: Run, directory: Path, generator: torch.Generator) -> Progress:
         run.text_training.after_step(progress.global_step, run.total_steps)
     if run.ema is not None and state["ema"] is not None:
         run.ema.load_state_dict(state["ema"])
+    if run.crepa is not None and state.get("crepa") is not None:
+        run.crepa.load_state_dict(state["crepa"])
     checkpoints.restore_rng(state["rng"])
     generator.set_state(state["generator"])
     return progress

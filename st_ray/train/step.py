@@ -51,6 +51,8 @@ def train_step(
         total += float(loss.detach())
     if run.text_training is not None:
         run.text_training.sync_gradients()
+    if run.crepa is not None:
+        run.crepa.sync_gradients(_world_size())
     run.metrics["grad_norm"] = clip_gradients(run)  # before step: schedule-free rewrites .grad
     run.optimizer.step()
     run.scheduler.step()
@@ -115,7 +117,7 @@ def batch_loss(
             return run.family.predict(*args, generator=gen).output
 
         target = regularisation.base_model_target(base_prediction, run.core, generator)
-    with layersync.capturing(run.layersync):
+    with layersync.capturing(run.layersync, run.crepa):
         prediction = run.family.predict(
             run.denoiser, noisy.to(run.dtype), t, inputs, run.plan.options, generator=generator
         )
@@ -146,6 +148,10 @@ def batch_loss(
             layersync_loss=float(term.detach()), layersync_similarity=float(similarity.detach())
         )
         loss = loss + term.to(loss.device)
+    if run.crepa is not None:
+        term, crepa_metrics = run.crepa.loss(x0, step)
+        run.metrics.update(crepa_metrics)
+        loss = loss + term.to(loss.device)
     # A family's own loss term from that forward pass (e.g. a MoE load-balancing loss).
     extra = prediction.aux_loss
     return loss if extra is None else loss + extra.to(loss.device, loss.dtype)
@@ -161,7 +167,7 @@ def autocast(dtype: torch.dtype, model: torch.nn.Module) -> contextlib.AbstractC
 
 def clip_gradients(run: Run) -> float:
     """The gradients' total norm (logged as grad_norm), clipped to max_grad_norm when set."""
-    trained = list(run.core.parameters())
+    trained = [*run.core.parameters(), *(run.crepa.parameters() if run.crepa else [])]
     if run.text_training is not None:
         trained += run.text_training.parameters()
     params = [p for p in trained if p.requires_grad and p.grad is not None]
@@ -173,3 +179,9 @@ def clip_gradients(run: Run) -> float:
         else:
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return float(norm)
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -24,8 +24,9 @@ from st_ray.models.family import FAMILIES as _MODEL_FAMILIES
 FAMILIES: tuple[str, ...] = tuple(_MODEL_FAMILIES)
 # Helper models that are not diffusion pipelines (a transformers folder with config.json),
 # built and cached the same way: "captioner" is a tiny BLIP image-to-text model, "clip" a
-# tiny CLIP that scores validation images against their prompts (evaluation_type clip).
-EXTRAS: tuple[str, ...] = ("captioner", "clip")
+# tiny CLIP that scores validation images against their prompts (evaluation_type clip),
+# "dinov2" a tiny DINOv2 image encoder (CREPA).
+EXTRAS: tuple[str, ...] = ("captioner", "clip", "dinov2")
 # The smallest, fastest family: what the built-in demo run and the benches use by default.
 DEMO_FAMILY = "sd1x"
 # The family whose real (full-size) architecture ``python -m st_ray.bench sizing`` counts.

@@ -4,7 +4,6 @@ from st_ray.config.schema import Json, opt
 
 _NO_CONTROL = "control-signal (channel-concatenated) training is not implemented in st_ray"
 _NO_VIDEO = "st_ray trains image models only; video and audio options are not implemented"
-_NO_CREPA = "CREPA regularisation is on st_ray's later roadmap, not implemented yet"
 _NO_DISTILL = "model distillation is not implemented in st_ray"
 _NO_GROUP_OFFLOAD = "diffusers group offloading is not implemented in st_ray"
 _NO_MUSUBI = "Musubi-style block swapping is not implemented in st_ray"
@@ -141,17 +140,19 @@ OPTIONS = [
         "crepa_enabled",
         bool,
         False,
-        "Add the CREPA loss, which aligns a transformer block's hidden states with image-encoder "
-        "features of neighbouring video frames.",
-        unsupported=_NO_CREPA,
+        "Add the CREPA loss: -crepa_lambda x the cosine similarity between a denoiser block's "
+        "projected hidden states and a frozen DINOv2 encoder's features of the image (and of "
+        "neighbouring frames for video), logged as crepa_loss. The training latents are "
+        "decoded with the VAE in the step; the projection head trains with the adapter and is "
+        "kept in checkpoints. Families that expose their block list only.",
     ),
     opt(
         "crepa_block_index",
         int,
         8,
-        "Transformer block whose hidden states CREPA aligns.",
+        "Denoiser block whose hidden states CREPA aligns, 0-based (UNets count down blocks, the "
+        "mid block, then up blocks).",
         minimum=0,
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_lambda",
@@ -159,7 +160,6 @@ OPTIONS = [
         0.5,
         "Weight of the CREPA loss relative to the main loss.",
         minimum=0,
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_adjacent_distance",
@@ -167,7 +167,6 @@ OPTIONS = [
         1,
         "Frame distance d of the neighbours each frame is aligned with.",
         minimum=0,
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_adjacent_tau",
@@ -175,21 +174,18 @@ OPTIONS = [
         1.0,
         "Temperature of the exponential weight that fades alignment with frame distance.",
         minimum=0,
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_cumulative_neighbors",
         bool,
         False,
         "Align with every frame from distance 1 up to d instead of only those exactly d away.",
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_normalize_by_frames",
         bool,
         True,
         "Divide the CREPA loss by the frame count so clip length does not change its scale.",
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_spatial_align",
@@ -197,22 +193,20 @@ OPTIONS = [
         True,
         "Interpolate token grids when transformer and encoder resolutions differ; off uses "
         "global pooling instead.",
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_model",
         str,
         "dinov2_vitg14",
-        "Pretrained image encoder that supplies CREPA's target features.",
-        choices=("dinov2_vitg14", "dinov2_vitb14", "dinov2_vits14"),
-        unsupported=_NO_CREPA,
+        "Pretrained DINOv2 image encoder that supplies CREPA's target features: "
+        "dinov2_vits14/vitb14/vitl14/vitg14 (the Hub's facebook/dinov2-* weights), or a Hub id "
+        "or folder that transformers' AutoModel loads.",
     ),
     opt(
         "crepa_encoder_frames_batch_size",
         int,
         -1,
         "Frames passed through the image encoder at once; zero or negative means all frames.",
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_encoder_image_size",
@@ -220,14 +214,12 @@ OPTIONS = [
         518,
         "Input resolution of the CREPA image encoder.",
         minimum=64,
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_use_backbone_features",
         bool,
         False,
         "Align with a deeper block of the model itself instead of an external image encoder.",
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_teacher_block_index",
@@ -235,7 +227,6 @@ OPTIONS = [
         None,
         "Teacher block when crepa_use_backbone_features is on. Unset: crepa_block_index.",
         minimum=0,
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_scheduler",
@@ -243,23 +234,21 @@ OPTIONS = [
         "constant",
         "How the CREPA weight decays over training.",
         choices=("constant", "linear", "cosine", "polynomial"),
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_warmup_steps",
         int,
         0,
-        "Steps over which the CREPA weight ramps up from zero to crepa_lambda.",
+        "Steps over which the CREPA weight ramps up linearly from zero to crepa_lambda.",
         minimum=0,
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_decay_steps",
         int,
         0,
-        "Length of the decay after warmup; 0 decays over the whole run.",
+        "Step at which the decay reaches crepa_lambda_end (counted from step 0, warmup "
+        "included, as in SimpleTuner); 0 decays over the whole run.",
         minimum=0,
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_lambda_end",
@@ -267,7 +256,6 @@ OPTIONS = [
         0.0,
         "CREPA weight reached at the end of the decay.",
         minimum=0,
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_power",
@@ -275,7 +263,6 @@ OPTIONS = [
         1.0,
         "Exponent of the polynomial decay (1 is linear).",
         minimum=0,
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_cutoff_step",
@@ -283,7 +270,6 @@ OPTIONS = [
         0,
         "Global step after which CREPA is switched off; 0 never switches it off.",
         minimum=0,
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_similarity_threshold",
@@ -293,7 +279,6 @@ OPTIONS = [
         "no similarity cutoff.",
         minimum=0,
         maximum=1,
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_similarity_ema_decay",
@@ -302,7 +287,6 @@ OPTIONS = [
         "Decay of the moving average used for the similarity cutoff.",
         minimum=0,
         maximum=1,
-        unsupported=_NO_CREPA,
     ),
     opt(
         "crepa_threshold_mode",
@@ -311,7 +295,6 @@ OPTIONS = [
         "After the similarity cutoff fires, keep CREPA off for good or turn it back on if "
         "similarity drops.",
         choices=("permanent", "recoverable"),
-        unsupported=_NO_CREPA,
     ),
     # LayerSync
     opt(
@@ -504,9 +487,9 @@ OPTIONS = [
         "slider_lora_target",
         bool,
         False,
-        "Aim a standard PEFT LoRA at slider-friendly modules (self-attention, conv and time "
-        "embeddings).",
-        unsupported="slider LoRA targeting is not implemented in st_ray",
+        "Aim a standard PEFT LoRA at slider-friendly modules instead of the family preset: "
+        "self-attention, proj_in/out, conv_in/out and the time embedding (families with joint "
+        "image/text attention: the attention projections), SimpleTuner's per-family sets.",
     ),
     opt(
         "singlora_ramp_up_steps",
