@@ -8,7 +8,6 @@ from st_ray.config.dataset_fields.common import (
     CONDITIONING,
     IMAGE_EMBEDS,
     MEMORY,
-    VIDEO,
     WEBSHART,
     group,
 )
@@ -39,7 +38,8 @@ IDENTITY: list[Option] = group(
             "dataset_type",
             str,
             "image",
-            "What the entry holds: 'image' training samples, 'eval' images the evaluation loss "
+            "What the entry holds: 'image' training samples, 'video' training clips (mp4, "
+            "webm, mov, gif; the 'video' block sets their length), 'eval' images the evaluation loss "
             "is measured on (cached like images, never trained on), or 'text_embeds', the cache "
             "that stores text-encoder outputs (one entry with default true is needed).",
             choices=(
@@ -57,7 +57,6 @@ IDENTITY: list[Option] = group(
                 "image_embeds": IMAGE_EMBEDS,
                 "conditioning_image_embeds": COND_EMBEDS,
                 "conditioning": CONDITIONING,
-                "video": VIDEO,
                 "audio": AUDIO,
                 "caption": "caption-only (text-only) datasets are not implemented yet",
             },

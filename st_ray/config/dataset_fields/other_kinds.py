@@ -1,5 +1,6 @@
-"""Dataset fields of dataset kinds st_ray does not implement yet (conditioning, video, audio,
-grounding, webshart, memory): accepted at their defaults, refused otherwise with the reason."""
+"""Dataset fields of other dataset kinds: the video block, and kinds st_ray does not implement
+yet (conditioning, audio, grounding, webshart, memory), accepted at their defaults and refused
+otherwise with the reason."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from st_ray.config.dataset_fields.common import (
     CONDITIONING,
     GROUNDING,
     MEMORY,
-    VIDEO,
     WEBSHART,
     group,
 )
@@ -73,9 +73,8 @@ OTHER_KINDS: list[Option] = group(
             "video",
             Json,
             None,
-            "Video options: num_frames, min_frames, max_frames, is_i2v, bucket_strategy, "
-            "frame_interval.",
-            unsupported=VIDEO,
+            'video only: {"num_frames", "min_frames", "max_frames", "is_i2v", '
+            '"bucket_strategy"} (the video block).',
         ),
         opt(
             "audio",
