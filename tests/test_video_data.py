@@ -95,7 +95,7 @@ def _config(
             "dataset_type": "video",
             "instance_data_dir": str(clip_dir),
             "caption_strategy": "textfile",
-            "resolution": 32,
+            "resolution": 64,
             "resolution_type": "pixel_area",
             "cache_dir_vae": str(caches / "vae"),
             **({"video": video} if video is not None else {}),
@@ -168,18 +168,18 @@ def test_wan_caches_the_example_clips_and_trains_a_lora(tmp_path, zoo_root, clip
     assert dataset.encoded == 4  # mp4, webm, mov, gif
     assert dataset.skipped == {"not_a_video": 1, "too_short": 1}
     assert "skip:not_a_video" in report.table() and "skip:too_short" in report.table()
-    # (16, 5 frames -> 2 latent frames, 32 / 8, 32 / 8): the 32 px bucket of a 64x48 clip.
+    # (16, 5 frames -> 2 latent frames, 64 / 8, 64 / 8): the 64 px bucket of a 64x48 clip.
     store = CacheStore(str(plan.datasets[0]["cache_dir_vae"]), LATENTS)
     rows = CacheRows(store)
     key = next(iter(rows.index.keys()))
-    assert tuple(rows.fetch([key])[key]["latent"].shape) == (16, 2, 4, 4)
+    assert tuple(rows.fetch([key])[key]["latent"].shape) == (16, 2, 8, 8)
     assert build_caches(plan).datasets[0].encoded == 0  # warm: nothing encoded again
 
     out = tmp_path / "lora"
     validation = {
         "--validation_disable": "false",
         "--validation_prompt": "a red square",
-        "--validation_resolution": "32",
+        "--validation_resolution": "64",
         "--validation_num_inference_steps": "1",
         "--validation_num_video_frames": "5",
         "--validation_step_interval": "2",
@@ -201,8 +201,8 @@ def test_wan_caches_the_example_clips_and_trains_a_lora(tmp_path, zoo_root, clip
     kwargs = dict(
         prompt="a red square sliding right",
         num_frames=5,
-        height=32,
-        width=32,
+        height=64,
+        width=64,
         num_inference_steps=1,
         guidance_scale=1.0,
         max_sequence_length=16,
@@ -211,5 +211,5 @@ def test_wan_caches_the_example_clips_and_trains_a_lora(tmp_path, zoo_root, clip
     base = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
     pipe.load_lora_weights(out)
     tuned = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
-    assert base.shape == tuned.shape == (1, 5, 32, 32, 3)
+    assert base.shape == tuned.shape == (1, 5, 64, 64, 3)
     assert np.abs(base - tuned).max() > 0  # the LoRA changes the rendered frames

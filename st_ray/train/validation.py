@@ -71,6 +71,8 @@ def render_with(
     base_seed = _base_seed(settings) if seed is None else seed
     gen_device = device if settings.seed_source == "gpu" else torch.device("cpu")
     call = _call_kwargs(pipeline, family_spec, settings, options)
+    # Video pipelines count clips per prompt under another name.
+    count_key = "num_videos_per_prompt" if family_spec.video else "num_images_per_prompt"
     family = get_family_module(family_spec.name)
     paths: list[Path] = []
     for module in others:
@@ -88,7 +90,7 @@ def render_with(
                         prompt=prompt,
                         height=height,
                         width=width,
-                        num_images_per_prompt=settings.num_images,
+                        **{count_key: settings.num_images},
                         generator=generators,
                         output_type="pil",
                         **call,
