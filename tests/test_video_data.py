@@ -171,7 +171,7 @@ def test_wan_caches_the_example_clips_and_trains_a_lora(tmp_path, zoo_root, clip
     # (16, 5 frames -> 2 latent frames, 64 / 8, 64 / 8): the 64 px bucket of a 64x48 clip.
     store = CacheStore(str(plan.datasets[0]["cache_dir_vae"]), LATENTS)
     rows = CacheRows(store)
-    key = next(iter(rows.index.keys()))
+    key = rows.index.key_list()[0]
     assert tuple(rows.fetch([key])[key]["latent"].shape) == (16, 2, 8, 8)
     assert build_caches(plan).datasets[0].encoded == 0  # warm: nothing encoded again
 
