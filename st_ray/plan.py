@@ -151,6 +151,8 @@ def build_plan(
     _check_captions(dataset_config, datasets, problems)
     _check_regularisation(loaded, datasets, problems)
     control_notes = check_controlnet(values, family, datasets, problems)
+    if family is not None:
+        _check_video(loaded, family, datasets, problems)
 
     output_dir = Path(str(values["output_dir"])).expanduser()
     if "://" in str(values["output_dir"]):
@@ -262,6 +264,38 @@ def _check_eval(loaded: LoadedConfig, datasets: list[DatasetEntry], problems: Pr
                 'dataset has "dataset_type": "eval", so none is computed; add one to the '
                 "dataset config to measure it (its images are cached, never trained on)"
             )
+
+
+def _check_video(
+    loaded: LoadedConfig, family: FamilySpec, datasets: list[DatasetEntry], problems: ProblemList
+) -> None:
+    """Video datasets need a video family, frame counts its VAE takes, and an I2V flavour
+    for is_i2v (st_ray.data.video_settings)."""
+    from st_ray.data.video_settings import video_problems
+
+    flavour = loaded.values.get("model_flavour") or family.default_flavour
+    for entry in [d for d in datasets if d.is_video]:
+        found = video_problems(
+            entry.fields.get("video"),
+            family=family.name,
+            frame_step=family.frame_step,
+            i2v_flavour=flavour in family.i2v_flavours,
+        )
+        for key, message in found:
+            problems.add(f"{entry.id} (dataset)", key, message)
+        if entry.fields.get("conditioning_data"):
+            problems.add(
+                f"{entry.id} (dataset)",
+                "conditioning_data",
+                "conditioning is paired with image datasets only; video datasets take none yet",
+            )
+    if family.frame_step > 0 and str(loaded.values.get("evaluation_type") or "").lower() == "clip":
+        problems.add(
+            loaded.provenance.get("evaluation_type", "configuration"),
+            "evaluation_type",
+            f"'clip' scores still images; model_family '{family.name}' renders video clips "
+            "(accepted: none)",
+        )
 
 
 def _check_regularisation(

@@ -103,14 +103,9 @@ CASES: list[tuple[str, Case, tuple[str, ...]]] = [
         ("model_family", "'sdxxl' is not allowed", "'sdxl'"),
     ),
     (
-        "video family",
-        _set(model_family="wan"),
-        ("model_family", "'wan'", "video families are not supported"),
-    ),
-    (
-        "video family unsupported",
-        _set(model_family="wan"),
-        ("model_family", "'wan' is not supported by st_ray yet", "video"),
+        "unavailable family",
+        _set(model_family="ltxvideo"),
+        ("model_family", "'ltxvideo' is not supported by st_ray yet", "LTX-Video"),
     ),
     (
         "wrong type int",

@@ -119,6 +119,8 @@ def pipeline_kwargs(family: str, batch: dict[str, torch.Tensor]) -> dict[str, An
             "guidance_scale": 1.0,
             "use_resolution_binning": False,
         }
+    if family == "wan":  # 5 frames: 2 latent frames (the VAE's 4x in time, first alone)
+        return embeds | {"guidance_scale": 1.0, "num_frames": 5}
     if family == "qwen_image":
         # One step from sigma 0.6: with a single step the default schedule's shift_terminal
         # stretch divides by zero.
@@ -240,7 +242,8 @@ def test_predict_matches_pipeline_denoiser_call(setup, family: str) -> None:
         torch.testing.assert_close(ids, sdxl.time_ids(batch).float())
     # pixel space: the image itself; else the VAE's downscale (DC-AE: 32)
     side = 64 // get_family(family).latent_downscale
-    assert sample.shape == (batch_size, s.channels, side, side)
+    frames = (2,) if get_family(family).video else ()  # video latents: (B, C, F, h, w)
+    assert sample.shape == (batch_size, s.channels, *frames, side, side)
     with torch.no_grad():
         pred = s.module.predict(
             s.denoiser, sample, timestep.expand(batch_size), batch, options
@@ -303,7 +306,8 @@ DEAD = {
 def test_predict_trains_every_parameter(setup, family: str) -> None:
     s = setup(family)
     gen = torch.Generator().manual_seed(0)
-    latents = torch.randn(len(PROMPTS), s.channels, 8, 8, generator=gen)
+    frames = (2,) if get_family(family).video else ()
+    latents = torch.randn(len(PROMPTS), s.channels, *frames, 8, 8, generator=gen)
     # DDPM indices, or sigma * 1000 for the flow-matching families.
     flow = get_family(family).flow_matching
     timesteps = torch.tensor([250.0, 750.0]) if flow else torch.tensor([10, 900])

@@ -138,6 +138,12 @@ def reference(family: str, path: Path) -> dict[str, torch.Tensor]:
             PROMPTS, do_classifier_free_guidance=False, device=CPU
         )
         return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+    if family == "wan":
+        # WanPipeline.__call__'s length (encode_prompt alone defaults to 226).
+        embeds, _ = pipe.encode_prompt(
+            PROMPTS, do_classifier_free_guidance=False, device=CPU, max_sequence_length=512
+        )
+        return {"prompt_embeds": embeds}
     if family == "sana":
         embeds, mask, _, _ = pipe.encode_prompt(
             PROMPTS,
@@ -199,6 +205,7 @@ SHAPES = {
     "auraflow": {"prompt_embeds": (2, 120, D), "prompt_attention_mask": (2, 120)},
     "cosmos2image": {"prompt_embeds": (2, 512, D)},
     "omnigen": {"input_ids": (2, 256), "attention_mask": (2, 256)},
+    "wan": {"prompt_embeds": (2, 512, D)},
 }
 
 

@@ -32,6 +32,7 @@ PIPELINES = {
     "auraflow": "AuraFlowPipeline",
     "cosmos2image": "Cosmos2TextToImagePipeline",
     "omnigen": "OmniGenPipeline",
+    "wan": "WanPipeline",
 }
 
 # Component folders each family must have, as in the real checkpoints.
@@ -84,6 +85,7 @@ LAYOUT = {
     "cosmos2image": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
     # No text encoder: the transformer embeds the tokenizer's ids itself.
     "omnigen": ("transformer", "vae", "tokenizer", "scheduler"),
+    "wan": ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
 }
 # The sentencepiece/BPE files the real tokenizers ship next to tokenizer.json.
 LEGACY_TOKENIZER_FILES = {
@@ -186,6 +188,8 @@ def test_render(built, family: str) -> None:
         kwargs = {"clean_caption": False}
     if family == "sana":
         kwargs = {"use_resolution_binning": False}
+    if family == "wan":
+        kwargs = {"num_frames": 5, "max_sequence_length": 64}
     out = pipe(
         "a photo of a cat",
         height=64,
@@ -194,7 +198,12 @@ def test_render(built, family: str) -> None:
         output_type="np",
         generator=torch.Generator().manual_seed(0),
         **kwargs,
-    ).images
+    )
+    if family == "wan":  # a video: the first of its 5 frames
+        assert out.frames.shape == (1, 5, 64, 64, 3)
+        out = out.frames[:, 0]
+    else:
+        out = out.images
     assert out.shape == (1, 64, 64, 3)
     assert np.isfinite(out).all()
     assert out.min() >= 0.0 and out.max() <= 1.0

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from st_ray.config.conditioning_checks import CONDITIONING, check_links
-from st_ray.config.dataset_fields import FIELDS, HUGGINGFACE_FIELDS, PARQUET_FIELDS
+from st_ray.config.dataset_fields import FIELDS, HUGGINGFACE_FIELDS, PARQUET_FIELDS, VIDEO_FIELDS
 from st_ray.config.errors import ProblemList, unknown_key_message
 from st_ray.config.schema import Option, Support
 from st_ray.config.sources import read_json
@@ -28,6 +28,7 @@ for _field in FIELDS:
 NESTED_BLOCKS: dict[str, list[Option]] = {
     "parquet": PARQUET_FIELDS,
     "huggingface": HUGGINGFACE_FIELDS,
+    "video": VIDEO_FIELDS,
 }
 
 
@@ -46,12 +47,17 @@ class DatasetEntry:
 
     @property
     def is_image(self) -> bool:
-        return self.dataset_type == "image"
+        """Training samples: images, or video clips (cached and trained on the same way)."""
+        return self.dataset_type in ("image", "video")
+
+    @property
+    def is_video(self) -> bool:
+        return self.dataset_type == "video"
 
     @property
     def holds_images(self) -> bool:
-        """Image files to cache: training images, or eval images (never trained on)."""
-        return self.dataset_type in ("image", "eval")
+        """Files to cache: training images or clips, or eval images (never trained on)."""
+        return self.dataset_type in ("image", "video", "eval")
 
 
 def load_datasets(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from st_ray.data.discovery_rows import (
     ListedFile,
     file_stamp,
     is_image_name,
+    is_video_name,
     make_row,
     name_extension,
 )
@@ -67,7 +68,8 @@ def _walk(root: str) -> Iterator[ListedFile]:
                 elif item.is_file():
                     rel = Path(os.path.relpath(item.path, root)).as_posix()
                     info = item.stat()
-                    size = info.st_size if is_image_name(item.name) else None
+                    sample = is_image_name(item.name) or is_video_name(item.name)
+                    size = info.st_size if sample else None
                     yield ListedFile(
                         rel, item.path, size, file_stamp(info.st_size, info.st_mtime_ns)
                     )
@@ -100,12 +102,15 @@ def _list_s3(dataset_id: str, root: str, s3: S3Settings | None) -> list[ListedFi
     ]
 
 
-def listing_rows(dataset_id: str, files: list[ListedFile]) -> list[dict[str, Any]]:
+def listing_rows(
+    dataset_id: str, files: list[ListedFile], is_sample: Callable[[str], bool] = is_image_name
+) -> list[dict[str, Any]]:
+    """One row per sample file (an image; a clip for a video dataset) with its caption."""
     captions = caption_index(files)
     return [
         make_row(dataset_id, f.rel, f.uri, **file_values(f, captions))
         for f in files
-        if is_image_name(f.rel)
+        if is_sample(f.rel)
     ]
 
 

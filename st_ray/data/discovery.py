@@ -31,7 +31,7 @@ from typing import Any
 from st_ray import storage
 from st_ray.config.datasets import DatasetEntry
 from st_ray.data.dataset_files import list_files, listing_rows
-from st_ray.data.discovery_rows import DiscoveryError, ignored_count
+from st_ray.data.discovery_rows import DiscoveryError, ignored_count, is_video_name
 from st_ray.data.hf_datasets import HF_SCHEME, hf_image_bytes, huggingface_rows, parse_hf_uri
 from st_ray.data.metadata_tables import csv_rows, parquet_rows, read_table
 from st_ray.storage import S3Settings
@@ -77,6 +77,15 @@ def discover_counted(
     elif entry.backend in ("local", "aws"):
         settings = s3 if s3 is not None else S3Settings.from_entry(entry)
         root, files = list_files(entry, settings, base_dir)
+        if entry.is_video:
+            if entry["metadata_backend"] == "parquet":
+                raise DiscoveryError(
+                    f"dataset '{entry.id}': video datasets are listed from their folder; "
+                    "metadata_backend 'parquet' is not implemented for video yet"
+                )
+            return sorted(listing_rows(entry.id, files, is_video_name), key=_by_id), (
+                ignored_count(files, is_video_name)
+            )
         ignored = ignored_count(files)
         if entry["metadata_backend"] == "parquet":
             table = read_table(entry, root, settings, base_dir)
@@ -87,7 +96,11 @@ def discover_counted(
         raise DiscoveryError(
             f"dataset '{entry.id}': storage type '{entry.backend}' is not supported"
         )
-    return sorted(rows, key=lambda row: row["image_id"]), ignored
+    return sorted(rows, key=_by_id), ignored
+
+
+def _by_id(row: Mapping[str, Any]) -> str:
+    return row["image_id"]
 
 
 def read_image_bytes(row: Mapping[str, Any], s3: S3Settings | None = None) -> bytes:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import functools
 import math
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from st_ray.data.video_settings import VIDEO_EXTENSIONS
 
 CAPTION_EXTENSION = "txt"
 ROW_KEYS = (
@@ -87,10 +89,18 @@ def is_image_name(name: str) -> bool:
     return name_extension(name) in image_extensions()
 
 
-def ignored_count(files: Iterable[ListedFile]) -> int:
-    """Listed files that are neither an image Pillow opens nor a caption sidecar."""
+def is_video_name(name: str) -> bool:
+    """A clip of a video dataset: mp4, webm, mov or gif."""
+    return name_extension(name) in VIDEO_EXTENSIONS
+
+
+def ignored_count(
+    files: Iterable[ListedFile], is_sample: Callable[[str], bool] = is_image_name
+) -> int:
+    """Listed files that are neither a sample (an image Pillow opens, or a clip of a video
+    dataset) nor a caption sidecar."""
     return sum(
-        1 for f in files if not is_image_name(f.rel) and name_extension(f.rel) != CAPTION_EXTENSION
+        1 for f in files if not is_sample(f.rel) and name_extension(f.rel) != CAPTION_EXTENSION
     )
 
 

@@ -56,8 +56,8 @@ def latent_storage_dtype(vae_dtype: str) -> np.dtype:
 
 
 class VaeEncoder:
-    """Encodes uint8 HxWx3 ``pixels`` to the family's training latents; groups a batch by
-    bucket shape."""
+    """Encodes uint8 HxWx3 ``pixels`` (FxHxWx3 for clips) to the family's training latents;
+    groups a batch by bucket shape."""
 
     def __init__(
         self,
@@ -148,8 +148,10 @@ class VaeEncoder:
         return pa.table(columns)
 
     def encode(self, pixels: np.ndarray, keys: list[str]) -> np.ndarray:
-        """(B, H, W, 3) uint8 -> (B, C, h, w) latents as the family trains on them."""
-        x = torch.from_numpy(pixels).to(self.device).permute(0, 3, 1, 2)
+        """(B, H, W, 3) uint8 -> (B, C, h, w) latents as the family trains on them; clips
+        (B, F, H, W, 3) -> (B, C, f, h, w)."""
+        x = torch.from_numpy(pixels).to(self.device)
+        x = x.permute(0, 4, 1, 2, 3) if x.ndim == 5 else x.permute(0, 3, 1, 2)
         x = (x.to(self.dtype) / 127.5) - 1.0
 
         def noise_like(shape: tuple[int, ...]) -> torch.Tensor:

@@ -31,6 +31,7 @@ from st_ray.data.cache_store import CacheStore, Manifest
 from st_ray.data.captions import load_caption_filters, resolve_captions, with_shuffle_seed
 from st_ray.data.encoders import TextEncoder, VaeEncoder
 from st_ray.data.prepare import CACHED, OK, PrepareSettings, prepare_batch
+from st_ray.data.video_settings import ClipSettings
 from st_ray.models.family import LATENT_CACHE, TEXT_CACHE, FamilySpec
 from st_ray.placement import ActorRequest, cache_actor_request, cluster_nodes
 from st_ray.plan import Plan
@@ -130,6 +131,11 @@ def latent_settings(plan: Plan, entry: DatasetEntry) -> dict[str, Any]:
         **{k: entry.fields.get(k) for k in keys},
         **{k: options.get(k) for k in plan.family.cache_options(LATENT_CACHE)},
         **conditioning.cache_settings(plan.datasets, entry),
+        **(
+            {"video": entry.fields.get("video"), "framerate": options.get("framerate")}
+            if entry.is_video
+            else {}
+        ),
     }
 
 
@@ -277,6 +283,7 @@ def _encode_rows(
         delete_unwanted=bool(options.get("delete_unwanted_images")),
         caption_filters=caption_filters,
         conditioning_s3=conditioning.source_s3(plan.datasets, entry),
+        clip=ClipSettings.for_entry(entry, plan.options),
     )
     actors = caching_actors(plan)
     run_uri, run_dir = store.new_run_dir()
@@ -404,8 +411,9 @@ def cached_hashes(
     for row in table.to_pylist():
         if row["status"] != OK:
             continue
+        # (C, h, w) for an image, (C, frames, h, w) for a clip.
         shape = row["latent_shape"] or []
-        consistent = len(shape) == 3 and (shape[0], shape[1] * down, shape[2] * down) == (
+        consistent = len(shape) in (3, 4) and (shape[0], shape[-2] * down, shape[-1] * down) == (
             family.latent_channels,
             row["bucket_height"],
             row["bucket_width"],

@@ -1,5 +1,7 @@
 """The CPU stage of caching: read bytes, hash, decode, bucket, resize/crop, resolve captions.
 
+Video datasets decode their clips here too (``st_ray.data.video``), streaming frames.
+
 ``prepare_batch`` runs as a Ray Data task over a batch of discovered rows. Every row comes
 out with a ``status``: "ok" (decoded, pixels ready for the VAE), "cached" (its content hash
 is already in the cache: nothing decoded) or a skip reason. Bad files never raise.
@@ -21,11 +23,13 @@ from st_ray.data.bucket_settings import BucketSettings
 from st_ray.data.bucketing import aspect_in_range, plan_image
 from st_ray.data.captions import resolve_captions
 from st_ray.data.transforms import BadImage, apply_plan, load_image
+from st_ray.data.video import BadClip, read_clip
+from st_ray.data.video_settings import ClipSettings
 from st_ray.storage import S3Settings
 
 CACHED = "cached"
 OK = "ok"
-DECODE_FAILURES = ("unreadable", "zero_bytes", "not_an_image", "truncated")
+DECODE_FAILURES = ("unreadable", "zero_bytes", "not_an_image", "not_a_video", "truncated")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class PrepareSettings:
     caption_filters: tuple[str, ...] = ()
     # One per paired conditioning dataset: its storage settings (rows carry the files).
     conditioning_s3: tuple[S3Settings | None, ...] = ()
+    # A video dataset's clip settings (None: an image dataset).
+    clip: ClipSettings | None = None
 
 
 # Rows without pixels carry an empty image, so the column is always a uint8 HxWx3 tensor.
@@ -123,6 +129,16 @@ def prepare_row(row: dict[str, Any], settings: PrepareSettings) -> dict[str, Any
     if result["content_hash"] in settings.cached_hashes:
         return {**result, "status": CACHED}
 
+    rng = random.Random(f"{result['content_hash']}:{settings.seed}")
+    if settings.clip is not None:
+        try:
+            pixels, plan = read_clip(data, settings.clip, settings.buckets, rng)
+        except BadClip as bad:
+            if settings.delete_problematic and bad.reason in DECODE_FAILURES:
+                _delete(row["uri"], settings.s3)
+            return {**result, "status": bad.reason}
+        result.update(original_width=plan.original_size[0], original_height=plan.original_size[1])
+        return _planned(result, plan, pixels)
     try:
         image = load_image(data)
     except BadImage as bad:
@@ -136,7 +152,6 @@ def prepare_row(row: dict[str, Any], settings: PrepareSettings) -> dict[str, Any
         width / height, buckets.minimum_aspect_ratio, buckets.maximum_aspect_ratio
     ):
         return {**result, "status": "aspect_out_of_range"}
-    rng = random.Random(f"{result['content_hash']}:{settings.seed}")
     plan = plan_image(width, height, buckets, rng)
     if plan.skip_reason is not None:
         if settings.delete_unwanted and plan.skip_reason == "too_small":
@@ -151,6 +166,11 @@ def prepare_row(row: dict[str, Any], settings: PrepareSettings) -> dict[str, Any
         if aligned is None:
             return {**result, "status": conditioning.SIZE_MISMATCH}
         result[conditioning.PIXELS] = aligned
+    return _planned(result, plan, pixels)
+
+
+def _planned(result: dict[str, Any], plan: Any, pixels: np.ndarray) -> dict[str, Any]:
+    """A decoded row: its bucket, crop and pixels ((H, W, 3), or (F, H, W, 3) for a clip)."""
     return {
         **result,
         "bucket_width": plan.bucket[0],

@@ -103,6 +103,11 @@ class FamilySpec:
     # The module whose ``build(out_dir, seed)`` writes the tiny test model; default
     # ``st_ray.zoo.<name>``.
     zoo_recipe: str = ""
+    # Video families: the VAE's temporal compression (clips of frame_step * k + 1 frames,
+    # cached as (C, k + 1, h, w) latents); 0 for image families, which refuse video datasets.
+    frame_step: int = 0
+    # Flavours that train image-to-video (first-frame conditioning: a video block's is_i2v).
+    i2v_flavours: tuple[str, ...] = ()
 
     @property
     def default_flavour(self) -> str:
@@ -115,6 +120,10 @@ class FamilySpec:
     @property
     def zoo_module(self) -> str:
         return self.zoo_recipe or f"st_ray.zoo.{self.name}"
+
+    @property
+    def video(self) -> bool:
+        return self.frame_step > 0
 
     def cache_options(self, cache: str) -> tuple[str, ...]:
         """Names of the owned options whose value changes ``cache`` ("text" or "latent")."""
@@ -447,8 +456,7 @@ _FAMILY_MODULES: dict[str, Family] = {}
 # SimpleTuner families st_ray does not implement yet: accepted as model_family values and
 # refused at validation with the reason.
 UNAVAILABLE_FAMILIES: dict[str, str] = {
-    "wan": "video families are not supported yet",
-    "ltxvideo": "video families are not supported yet",
+    "ltxvideo": "LTX-Video is not supported yet",
 }
 
 

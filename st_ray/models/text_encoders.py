@@ -26,13 +26,13 @@ class Slot:
 
     name: str  # encoder subfolder, e.g. "text_encoder_2"; also the key in TextEncoders
     tokenizer: str  # tokenizer subfolder, e.g. "tokenizer_2"
-    model_class: str  # "CLIPTextModel", "CLIPTextModelWithProjection" or "T5EncoderModel"
+    model_class: str  # "CLIPTextModel", "CLIPTextModelWithProjection", "(U)T5EncoderModel"
     # Absent in some checkpoints of the family (the SDXL refiner has no CLIP-L encoder).
     optional: bool = False
 
     @property
     def is_t5(self) -> bool:
-        return self.model_class.startswith("T5")
+        return "T5" in self.model_class  # T5EncoderModel, UMT5EncoderModel (Wan)
 
 
 @dataclass

@@ -85,7 +85,7 @@ def batch_loss(
     device = run.core_device
     x0 = batch["latents"].to(device, torch.float32)
     draw = run.timestep_sampler.sample(
-        x0.shape[0], generator, image_seq_len=timesteps.image_seq_len(x0.shape[1:])
+        x0.shape[0], generator, image_seq_len=timesteps.image_seq_len(x0.shape)
     )
     target_noise, input_noise = run.noise_sampler.sample(x0, generator, step)
     t = draw.timesteps.to(device)

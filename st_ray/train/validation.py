@@ -23,6 +23,7 @@ from st_ray.models.family import FamilySpec, get_family_module, unwrap
 from st_ray.train import attention, clip_score, guidance, lycoris_adapter, watermark
 from st_ray.train.validation_pipeline import build_pipeline, check_scheduler, flow_matching
 from st_ray.train.validation_settings import ValidationSettings, is_due, training_edge
+from st_ray.train.validation_video import clip_fps, save_clip
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +47,8 @@ def render_with(
     seed: int | None = None,
 ) -> list[Path]:
     """Render every prompt x resolution x ``num_images`` and save
-    ``out_dir/validation/step-<step>/<name>-<W>x<H>-<i>[-<suffix>].png``.
+    ``out_dir/validation/step-<step>/<name>-<W>x<H>-<i>[-<suffix>].png`` (a video family:
+    ``.mp4`` and a ``.gif`` preview of validation_num_video_frames frames).
 
     Image ``i`` draws its noise from a generator seeded ``seed + i`` (a fresh random base seed
     per call with validation_randomize), so an image depends on neither the batch nor what was
@@ -70,6 +72,8 @@ def render_with(
     base_seed = _base_seed(settings) if seed is None else seed
     gen_device = device if settings.seed_source == "gpu" else torch.device("cpu")
     call = _call_kwargs(pipeline, family_spec, settings, options)
+    # Video pipelines count clips per prompt under another name.
+    count_key = "num_videos_per_prompt" if family_spec.video else "num_images_per_prompt"
     family = get_family_module(family_spec.name)
     paths: list[Path] = []
     for module in others:
@@ -84,17 +88,23 @@ def render_with(
                     seeds = [base_seed + i for i in range(settings.num_images)]
                     generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
                     with guidance.no_cfg_until(denoiser, settings.guidance_modes):
-                        images = pipeline(
+                        result = pipeline(
                             prompt=prompt,
                             height=height,
                             width=width,
-                            num_images_per_prompt=settings.num_images,
+                            **{count_key: settings.num_images},
                             generator=generators,
                             output_type="pil",
                             **call,
-                        ).images
+                        )
+                    tail = f"-{suffix}" if suffix else ""
+                    if family_spec.video:  # clips: (prompt x image) lists of PIL frames
+                        for i, frames in enumerate(result.frames):
+                            stem = folder / f"{name}-{width}x{height}-{i}{tail}"
+                            paths += save_clip(frames, stem, clip_fps(options))
+                        continue
+                    images = result.images
                     for i, (image, seed) in enumerate(zip(images, seeds, strict=True)):
-                        tail = f"-{suffix}" if suffix else ""
                         path = folder / f"{name}-{width}x{height}-{i}{tail}.png"
                         info = PngInfo()
                         info.add_text("parameters", _parameters(prompt, seed, settings))

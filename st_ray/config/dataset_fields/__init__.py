@@ -5,7 +5,7 @@ Fields an entry inherits from the run-wide option of the same name (``resolution
 ``dataset_field=True`` and the field is derived from it (same type, choices, default and help).
 The modules of this package declare only the fields that exist per dataset alone, by concern:
 ``identity``, ``storage``, ``metadata`` (captions), ``images`` (sizes), ``sampling``, ``caches``,
-``other_kinds`` (not implemented yet) and ``blocks`` (the nested parquet/huggingface blocks).
+``other_kinds`` (not implemented yet) and ``blocks`` (the nested parquet/huggingface/video blocks).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from st_ray.config.dataset_fields import (
     sampling,
     storage,
 )
-from st_ray.config.dataset_fields.blocks import HUGGINGFACE_FIELDS, PARQUET_FIELDS
+from st_ray.config.dataset_fields.blocks import HUGGINGFACE_FIELDS, PARQUET_FIELDS, VIDEO_FIELDS
 from st_ray.config.options import OPTIONS
 from st_ray.config.schema import Option, Support
 
@@ -31,6 +31,7 @@ __all__ = [
     "INHERITED_GROUP",
     "PARQUET_FIELDS",
     "SAME_NAME_OTHER_MEANING",
+    "VIDEO_FIELDS",
     "inherited_field",
 ]
 

@@ -1,5 +1,5 @@
-"""Fields of the nested blocks of a dataset entry: ``"parquet": {...}`` (the metadata table) and
-``"huggingface": {...}`` (Hub dataset options)."""
+"""Fields of the nested blocks of a dataset entry: ``"parquet": {...}`` (the metadata table),
+``"huggingface": {...}`` (Hub dataset options) and ``"video": {...}`` (clip lengths)."""
 
 from __future__ import annotations
 
@@ -177,6 +177,62 @@ HUGGINGFACE_FIELDS: list[Option] = group(
             None,
             "Columns joined into an audio prompt (SimpleTuner default ['prompt', 'tags']).",
             unsupported=AUDIO,
+        ),
+    ],
+)
+
+
+VIDEO_FIELDS: list[Option] = group(
+    "video block",
+    [
+        opt(
+            "num_frames",
+            int,
+            125,
+            "Frames of each clip trained on, taken from its start at the run's framerate. "
+            "Must be a length the family's VAE takes (frame_step * k + 1; see the family table).",
+            minimum=1,
+        ),
+        opt(
+            "min_frames",
+            int,
+            None,
+            "Clips shorter than this (at the run's framerate) are skipped as too_short. "
+            "Unset: num_frames. Shorter clips than num_frames would need frame-count buckets.",
+            minimum=1,
+        ),
+        opt(
+            "max_frames",
+            int,
+            None,
+            "Clips longer than this (from the container's duration, nothing decoded) are "
+            "skipped as too_long. Unset or 0: no limit.",
+            minimum=0,
+        ),
+        opt(
+            "is_i2v",
+            bool,
+            False,
+            "Train image-to-video: the first frame conditions the rest. Needs an I2V flavour.",
+        ),
+        opt(
+            "bucket_strategy",
+            str,
+            "aspect_ratio",
+            "How clips are bucketed: by aspect ratio (every clip num_frames long), or by "
+            "resolution and frame count.",
+            choices=("aspect_ratio", "resolution_frames"),
+            unsupported_values={
+                "resolution_frames": "frame-count buckets are not implemented yet; clips are "
+                "cut to num_frames"
+            },
+        ),
+        opt(
+            "frame_interval",
+            int,
+            None,
+            "Frame-count bucket interval of the resolution_frames strategy.",
+            unsupported="frame-count buckets are not implemented yet",
         ),
     ],
 )

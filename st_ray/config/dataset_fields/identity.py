@@ -7,7 +7,6 @@ from st_ray.config.dataset_fields.common import (
     COND_EMBEDS,
     IMAGE_EMBEDS,
     MEMORY,
-    VIDEO,
     WEBSHART,
     group,
 )
@@ -38,8 +37,9 @@ IDENTITY: list[Option] = group(
             "dataset_type",
             str,
             "image",
-            "What the entry holds: 'image' training samples, 'eval' images the evaluation loss "
-            "is measured on (cached like images, never trained on), 'conditioning' images "
+            "What the entry holds: 'image' training samples, 'video' training clips (mp4, "
+            "webm, mov, gif; the 'video' block sets their length), 'eval' images the evaluation "
+            "loss is measured on (cached like images, never trained on), 'conditioning' images "
             "paired file by file with an image dataset (conditioning_data), or 'text_embeds', "
             "the cache that stores text-encoder outputs (one entry with default true is "
             "needed).",
@@ -57,7 +57,6 @@ IDENTITY: list[Option] = group(
             unsupported_values={
                 "image_embeds": IMAGE_EMBEDS,
                 "conditioning_image_embeds": COND_EMBEDS,
-                "video": VIDEO,
                 "audio": AUDIO,
                 "caption": "caption-only (text-only) datasets are not implemented yet",
             },

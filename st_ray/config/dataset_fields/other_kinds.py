@@ -1,5 +1,6 @@
-"""Dataset fields of conditioning datasets, and of the kinds st_ray does not implement yet
-(video, audio, grounding, webshart, memory: accepted at their defaults, refused otherwise)."""
+"""Dataset fields of other dataset kinds: conditioning datasets, the video block, and kinds
+st_ray does not implement yet (audio, grounding, webshart, memory), accepted at their defaults
+and refused otherwise with the reason."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from st_ray.config.dataset_fields.common import (
     GROUNDING,
     MEMORY,
     REFERENCES,
-    VIDEO,
     WEBSHART,
     group,
 )
@@ -88,9 +88,8 @@ OTHER_KINDS: list[Option] = group(
             "video",
             Json,
             None,
-            "Video options: num_frames, min_frames, max_frames, is_i2v, bucket_strategy, "
-            "frame_interval.",
-            unsupported=VIDEO,
+            'video only: {"num_frames", "min_frames", "max_frames", "is_i2v", '
+            '"bucket_strategy"} (the video block).',
         ),
         opt(
             "audio",

@@ -76,17 +76,17 @@ OPTIONS = [
         "framerate",
         int,
         None,
-        "Frames per second assumed for video training and validation clips.",
+        "Frames per second video datasets' clips are resampled to before their frames are "
+        "taken (unset: each clip's own rate).",
         minimum=1,
-        unsupported=_NO_VIDEO,
     ),
     opt(
         "validation_num_video_frames",
         int,
         None,
-        "Number of frames rendered for video validations.",
+        "Number of frames rendered for video validations (saved as mp4 and a gif preview); "
+        "unset: the video family's default.",
         minimum=1,
-        unsupported=_NO_VIDEO,
     ),
     opt(
         "validation_audio_only",
