@@ -83,6 +83,14 @@ def test_objectives_are_refused_where_they_cannot_apply(tmp_path: Path) -> None:
     assert "layersync_lambda: must be greater than 0" in message
 
 
+def test_feature_pairs_not_built_together_are_refused(tmp_path: Path) -> None:
+    route = {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": 0}]}
+    message = _refusals(tmp_path, model_family="flux", tread_config=route, crepa_enabled=True)
+    assert "crepa_enabled: cannot be combined with tread_config yet" in message
+    message = _refusals(tmp_path, model_family="flux", tread_config=route, dynamo_backend="eager")
+    assert "dynamo_backend: cannot be combined with tread_config yet" in message
+
+
 # ------------------------------------------------------------------------------- LayerSync
 
 

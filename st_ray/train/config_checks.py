@@ -95,6 +95,7 @@ def check_objectives(loaded: LoadedConfig, problems: ProblemList) -> None:
         ),
         *crepa.option_problems(values, hidden_blocks=family.hidden_blocks, family=family.name),
         *slider_problems(values),
+        *_combination_problems(values),
     ]
     for key, message in found:
         problems.add(loaded.provenance.get(key, "configuration"), key, message)
@@ -105,6 +106,25 @@ def check_objectives(loaded: LoadedConfig, problems: ProblemList) -> None:
             "diff2flow_enabled without diff2flow_loss changes nothing (as in SimpleTuner): "
             "set diff2flow_loss to train against the flow target"
         )
+
+
+# Pairs this round's features were not built or tested together for: refused with the reason
+# rather than failing mid-run (first option, second option, why).
+_UNTESTED_PAIRS = (
+    ("tread_config", "crepa_enabled", "CREPA aligns every image token of its block"),
+    ("tread_config", "dynamo_backend", "TREAD's routing hooks change token counts per step"),
+    ("tread_config", "controlnet", "the ControlNet families have no routed DiT blocks"),
+    ("train_text_encoder", "controlnet", "ControlNet training keeps the base model frozen"),
+    ("crepa_enabled", "controlnet", "CREPA hooks the frozen UNet, not the ControlNet"),
+)
+
+
+def _combination_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (second, f"cannot be combined with {first} yet ({why}); accepted: one or the other")
+        for first, second, why in _UNTESTED_PAIRS
+        if values.get(first) and values.get(second) not in (None, False, "", "no")
+    ]
 
 
 def check_training_modes(loaded: LoadedConfig, problems: ProblemList) -> None:
