@@ -9,29 +9,8 @@ from diffusers import AuraFlowPipeline, AuraFlowTransformer2DModel, FlowMatchEul
 from . import parts
 
 
-def umt5_encoder(seed: int, name: str, *, d_model: int = parts.HIDDEN):
-    """Tiny UMT5EncoderModel (per-layer relative attention bias, gated-gelu, untied)."""
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    config = UMT5Config(
-        vocab_size=parts.T5_VOCAB_TARGET,
-        d_model=d_model,
-        d_kv=8,
-        d_ff=d_model * 2,
-        num_layers=2,
-        num_heads=d_model // 8,
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        is_encoder_decoder=False,
-        use_cache=False,
-    )
-    return parts.seeded(seed, name, lambda: UMT5EncoderModel(config).eval())
-
-
 def build(out_dir: Path, seed: int) -> None:
-    text_encoder = umt5_encoder(seed, "text_encoder")
+    text_encoder = parts.umt5_encoder(seed, "text_encoder")
     transformer = parts.seeded(
         seed,
         "transformer",

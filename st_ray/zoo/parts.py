@@ -277,6 +277,27 @@ def t5_encoder(seed: int, name: str, *, d_model: int = HIDDEN):
 # ------------------------------------------------------------------------------------ VAE
 
 
+def umt5_encoder(seed: int, name: str, *, d_model: int = HIDDEN):
+    """Tiny UMT5EncoderModel (per-layer relative attention bias, gated-gelu, untied)."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(
+        vocab_size=T5_VOCAB_TARGET,
+        d_model=d_model,
+        d_kv=8,
+        d_ff=d_model * 2,
+        num_layers=2,
+        num_heads=d_model // 8,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        is_encoder_decoder=False,
+        use_cache=False,
+    )
+    return seeded(seed, name, lambda: UMT5EncoderModel(config).eval())
+
+
 def vae(
     seed: int,
     *,

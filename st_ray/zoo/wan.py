@@ -18,27 +18,6 @@ from . import parts
 Z_DIM = 16
 
 
-def umt5_encoder(seed: int, name: str, *, d_model: int = parts.HIDDEN):
-    """Tiny UMT5EncoderModel (umt5-xxl's architecture: gated-gelu, per-layer relative bias)."""
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    config = UMT5Config(
-        vocab_size=parts.T5_VOCAB_TARGET,
-        d_model=d_model,
-        d_kv=8,
-        d_ff=d_model * 2,
-        num_layers=2,
-        num_heads=d_model // 8,
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        is_encoder_decoder=False,
-        use_cache=False,
-    )
-    return parts.seeded(seed, name, lambda: UMT5EncoderModel(config).eval())
-
-
 def video_vae(seed: int):
     """AutoencoderKLWan with three downsampling stages (two of them in time)."""
     return parts.seeded(
@@ -57,7 +36,7 @@ def video_vae(seed: int):
 
 
 def build(out_dir: Path, seed: int) -> None:
-    text_encoder = umt5_encoder(seed, "text_encoder")
+    text_encoder = parts.umt5_encoder(seed, "text_encoder")
     transformer = parts.seeded(
         seed,
         "transformer",
