@@ -63,6 +63,7 @@ PRESET_COUNTS = {
     "auraflow": 12,
     "cosmos2image": 8,  # attn1 + attn2 of one block
     "omnigen": 8,  # two Phi-3 layers x q/k/v/out
+    "wan": 16,  # two blocks x (self + cross attention) x q/k/v/out
 }
 FLUX_PRESET_COUNTS = {
     "mmdit": 7,  # 4 double-block + 3 single-block attention projections
@@ -184,6 +185,12 @@ def _inputs(family: str, config, generator: torch.Generator) -> dict:
             encoder_hidden_states=r(1, 5, config.cap_feat_dim),
             encoder_attention_mask=torch.ones(1, 5, dtype=torch.int64),
             timestep=torch.tensor([0.5]),
+        )
+    if family == "wan":  # one latent frame
+        return dict(
+            hidden_states=r(1, config.in_channels, 1, 8, 8),
+            encoder_hidden_states=r(1, 5, config.text_dim),
+            timestep=torch.tensor([500.0]),
         )
     if family == "sana":
         return dict(
