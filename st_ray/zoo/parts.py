@@ -253,11 +253,9 @@ def t5_tokenizer():
     return tok
 
 
-def t5_encoder(seed: int, name: str, *, d_model: int = HIDDEN):
-    """Tiny T5EncoderModel with the t5-v1_1 (gated-gelu, untied) architecture."""
-    from transformers import T5Config, T5EncoderModel
-
-    config = T5Config(
+def _t5_config(d_model: int) -> dict:
+    """The tiny T5-family encoder shape (gated-gelu, untied) T5 and UMT5 share."""
+    return dict(
         vocab_size=T5_VOCAB_TARGET,
         d_model=d_model,
         d_kv=8,
@@ -271,31 +269,25 @@ def t5_encoder(seed: int, name: str, *, d_model: int = HIDDEN):
         is_encoder_decoder=False,
         use_cache=False,
     )
+
+
+def t5_encoder(seed: int, name: str, *, d_model: int = HIDDEN):
+    """Tiny T5EncoderModel with the t5-v1_1 (gated-gelu, untied) architecture."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(**_t5_config(d_model))
     return seeded(seed, name, lambda: T5EncoderModel(config).eval())
-
-
-# ------------------------------------------------------------------------------------ VAE
 
 
 def umt5_encoder(seed: int, name: str, *, d_model: int = HIDDEN):
     """Tiny UMT5EncoderModel (per-layer relative attention bias, gated-gelu, untied)."""
     from transformers import UMT5Config, UMT5EncoderModel
 
-    config = UMT5Config(
-        vocab_size=T5_VOCAB_TARGET,
-        d_model=d_model,
-        d_kv=8,
-        d_ff=d_model * 2,
-        num_layers=2,
-        num_heads=d_model // 8,
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        is_encoder_decoder=False,
-        use_cache=False,
-    )
+    config = UMT5Config(**_t5_config(d_model))
     return seeded(seed, name, lambda: UMT5EncoderModel(config).eval())
+
+
+# ------------------------------------------------------------------------------------ VAE
 
 
 def vae(
