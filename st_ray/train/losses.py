@@ -328,6 +328,36 @@ class LossConfig:
         )
 
 
+def configured_elementwise_loss(
+    config: LossConfig,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    timesteps: torch.Tensor,
+    snr: torch.Tensor | None,
+    flow: bool,
+    num_train_timesteps: int = 1000,
+) -> torch.Tensor:
+    """``elementwise_loss`` with the run's loss settings; the 'snr' Huber schedule follows
+    the flow-matching SNR for flow models and ``snr`` (required then) for DDPM models."""
+    huber_snr = None
+    if config.loss_type != "l2" and config.huber_schedule == "snr":
+        if flow:
+            huber_snr = flow_matching_huber_snr(timesteps, num_train_timesteps)
+        else:
+            huber_snr = _required(snr, "snr", "huber_schedule 'snr' follows it")
+    return elementwise_loss(
+        pred,
+        target,
+        config.loss_type,
+        huber_c=config.huber_c,
+        huber_schedule=config.huber_schedule,
+        timesteps=timesteps,
+        num_train_timesteps=num_train_timesteps,
+        snr=huber_snr,
+    )
+
+
 def compute_loss(
     config: LossConfig,
     pred: torch.Tensor,
@@ -351,21 +381,14 @@ def compute_loss(
             f"prediction_type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}"
         )
     flow = prediction_type == "flow_matching"
-    huber_snr = None
-    if config.loss_type != "l2" and config.huber_schedule == "snr":
-        if flow:
-            huber_snr = flow_matching_huber_snr(timesteps, num_train_timesteps)
-        else:
-            huber_snr = _required(snr, "snr", "huber_schedule 'snr' follows it")
-    elementwise = elementwise_loss(
+    elementwise = configured_elementwise_loss(
+        config,
         pred,
         target,
-        config.loss_type,
-        huber_c=config.huber_c,
-        huber_schedule=config.huber_schedule,
         timesteps=timesteps,
+        snr=snr,
+        flow=flow,
         num_train_timesteps=num_train_timesteps,
-        snr=huber_snr,
     )
     weights = None
     if not flow and config.snr_gamma is not None:

@@ -128,18 +128,14 @@ def rolled_loss(
     """The ReflexFlow loss of a rolled-out flow-matching batch (its anti-drift term logged as
     reflexflow_anti_drift); a loss mask multiplies the per-element loss first, as in
     ``losses.masked_mean``."""
-    config = run.loss_config
-    elementwise = losses.elementwise_loss(
+    elementwise = losses.configured_elementwise_loss(
+        run.loss_config,
         pred,
         target,
-        config.loss_type,
-        huber_c=config.huber_c,
-        huber_schedule=config.huber_schedule,
         timesteps=t,
+        snr=None,
+        flow=True,
         num_train_timesteps=run.timestep_sampler.num_train_timesteps,
-        snr=losses.flow_matching_huber_snr(t, run.timestep_sampler.num_train_timesteps)
-        if config.loss_type != "l2" and config.huber_schedule == "snr"
-        else None,
     )
     if mask is not None:
         elementwise = elementwise * (
