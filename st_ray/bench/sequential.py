@@ -18,7 +18,7 @@ from st_ray.data import discovery
 from st_ray.data.bucket_settings import BucketSettings
 from st_ray.data.bucketing import plan_image
 from st_ray.data.captions import resolve_captions
-from st_ray.data.encoders import TextEncoder, VaeEncoder
+from st_ray.data.encoders import TextEncoder, VaeEncoder, vae_encoder_kwargs
 from st_ray.data.transforms import apply_plan, load_image
 from st_ray.plan import Plan, build_plan
 
@@ -63,14 +63,7 @@ def _sequential(plan: Plan, out_dir: Path) -> SequentialRun:
     text_batch = int(options.get("write_batch_size") or 64)
 
     start = time.perf_counter()
-    vae = VaeEncoder(
-        plan.model,
-        family=plan.family.name,
-        vae_path=options.get("pretrained_vae_model_name_or_path"),
-        vae_dtype=str(options.get("vae_dtype") or "default"),
-        revision=options.get("revision"),
-        seed=seed,
-    )
+    vae = VaeEncoder(**vae_encoder_kwargs(plan, seed))  # as the caching actors build it
     plain = {k: v for k, v in options.items() if isinstance(v, str | int | float | bool | None)}
     text = TextEncoder(plan.family.name, plan.model, plain)
     load_seconds = time.perf_counter() - start

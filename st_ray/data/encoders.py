@@ -55,6 +55,22 @@ def latent_storage_dtype(vae_dtype: str) -> np.dtype:
     return np.dtype(np.float32) if vae_dtype == "fp32" else np.dtype(np.float16)
 
 
+def vae_encoder_kwargs(plan: Any, seed: int = 0) -> dict[str, Any]:
+    """``VaeEncoder``'s keyword arguments for a run's plan (model, family and the vae_*
+    options): the caching actor pool, the sequential benchmark and CREPA build it alike."""
+    options = plan.options
+    return {
+        "model_path": plan.model,
+        "family": plan.family.name,
+        "vae_path": options.get("pretrained_vae_model_name_or_path"),
+        "vae_dtype": str(options.get("vae_dtype") or "default"),
+        "revision": options.get("revision"),
+        "enable_slicing": bool(options.get("vae_enable_slicing")),
+        "enable_tiling": bool(options.get("vae_enable_tiling")),
+        "seed": seed,
+    }
+
+
 class VaeEncoder:
     """Encodes uint8 HxWx3 ``pixels`` (FxHxWx3 for clips) to the family's training latents;
     groups a batch by bucket shape."""

@@ -28,7 +28,7 @@ from st_ray.data.bucket_settings import BucketSettings
 from st_ray.data.cache_index import SHARD_WRITE_ARGS
 from st_ray.data.cache_store import CacheStore, Manifest
 from st_ray.data.captions import load_caption_filters, with_shuffle_seed
-from st_ray.data.encoders import TextEncoder, VaeEncoder
+from st_ray.data.encoders import TextEncoder, VaeEncoder, vae_encoder_kwargs
 from st_ray.data.prepare import CACHED, OK, PrepareSettings, prepare_batch
 from st_ray.data.video_settings import ClipSettings
 from st_ray.models.family import LATENT_CACHE, TEXT_CACHE, FamilySpec
@@ -296,16 +296,7 @@ def _encode_rows(
         )
         .map_batches(
             VaeEncoder,
-            fn_constructor_kwargs={
-                "model_path": plan.model,
-                "family": plan.family.name,
-                "vae_path": options.get("pretrained_vae_model_name_or_path"),
-                "vae_dtype": str(options.get("vae_dtype") or "default"),
-                "revision": options.get("revision"),
-                "enable_slicing": bool(options.get("vae_enable_slicing")),
-                "enable_tiling": bool(options.get("vae_enable_tiling")),
-                "seed": settings.seed,
-            },
+            fn_constructor_kwargs=vae_encoder_kwargs(plan, settings.seed),
             **actors.map_batches_args(),
             batch_size=int(options.get("vae_batch_size") or 4),
             batch_format="numpy",

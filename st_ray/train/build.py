@@ -211,7 +211,7 @@ def attach_crepa(
     at the smallest training bucket (st_ray.train.crepa.probe_inputs)."""
     if not plan.options.get("crepa_enabled"):
         return None
-    from st_ray.data.encoders import VaeEncoder
+    from st_ray.data.encoders import VaeEncoder, vae_encoder_kwargs
     from st_ray.train import crepa, step
 
     options = plan.options
@@ -226,13 +226,7 @@ def attach_crepa(
             family.predict(core, x, t, {k: v.to(device) for k, v in inputs.items()}, options)
 
     def vae() -> Any:
-        loader = VaeEncoder(
-            plan.model,
-            family=plan.family.name,
-            vae_path=options.get("pretrained_vae_model_name_or_path"),
-            vae_dtype=str(options.get("vae_dtype") or "default"),
-            revision=options.get("revision"),
-        )
+        loader = VaeEncoder(**vae_encoder_kwargs(plan))
         return None if loader.vae is None else loader.vae.to(device)
 
     return Crepa.attach(options, core, family, probe=probe, total_steps=total_steps, vae_loader=vae)
